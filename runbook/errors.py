@@ -1,0 +1,52 @@
+"""The exceptions the runbook raises, one per failure the operator must act on.
+
+    RunbookError
+    ├── ParameterError          a parameter is invalid; nothing was read or written
+    ├── DatabaseConfigError     no usable database: environment unset, unreachable, bad DSN
+    ├── TargetNotFoundError     the table or one of its columns does not exist
+    ├── ReadOnlyError           the server or role cannot write; the sweep refused to start
+    └── EmbeddedServerError     the embedded PostgreSQL could not be initialised or started
+
+Every message names what was wrong and what is allowed, and never contains a password.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RunbookError",
+    "ParameterError",
+    "DatabaseConfigError",
+    "TargetNotFoundError",
+    "ReadOnlyError",
+    "EmbeddedServerError",
+]
+
+
+class RunbookError(Exception):
+    """Base class of every error the runbook raises on purpose."""
+
+
+class ParameterError(RunbookError, ValueError):
+    """A parameter has the wrong type or value. Raised before any query runs."""
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"parameter {name}={value!r} is not allowed: {allowed}")
+
+
+class DatabaseConfigError(RunbookError):
+    """The database to work on is not configured or cannot be reached."""
+
+
+class TargetNotFoundError(RunbookError):
+    """The target table or a column the runbook needs does not exist."""
+
+
+class ReadOnlyError(RunbookError):
+    """The database or role cannot write; raised before the first batch."""
+
+
+class EmbeddedServerError(RunbookError):
+    """The embedded PostgreSQL server could not be initialised, started or stopped."""

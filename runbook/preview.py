@@ -1,0 +1,91 @@
+"""Preview: exactly the rows the next batch would change, and the SQL that would change them.
+
+Read-only: runs in a READ ONLY transaction and needs only SELECT on the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import statements
+from .params import Options
+from .session import Conn, check_target, read_only, resolve_cutoff
+from .target import Target
+
+__all__ = ["PreviewRow", "PreviewReport", "preview", "fingerprint"]
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    id: str
+    status: str | None
+    created_at: datetime
+    purpose: str
+
+
+@dataclass
+class PreviewReport:
+    """The next batch, oldest first, as the sweep will take it if nothing changes meanwhile."""
+
+    target: dict[str, Any]
+    cutoff_utc: datetime
+    batch_size: int
+    candidates: int
+    rows: list[PreviewRow]
+    fingerprint: str
+    sql: dict[str, str]
+    parameters: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "cutoff_utc": self.cutoff_utc.isoformat() + "Z",
+            "batch_size": self.batch_size,
+            "candidates": self.candidates,
+            "ids": [r.id for r in self.rows],
+            "fingerprint": self.fingerprint,
+        }
+
+
+def fingerprint(ids: list[str]) -> str:
+    """A short digest of a batch's ids in order: equal fingerprints, identical batches."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
+    """Read the next batch's rows and render the statements the sweep will run. Reads only.
+
+    Raises TargetNotFoundError when the table or a column is missing.
+    """
+    check_target(conn, target)
+    with read_only(conn):
+        cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff)
+        params: dict[str, Any] = {**target.predicate_params(), "cutoff": cutoff, "batch_size": opts.batch_size}
+        found = conn.execute(statements.next_batch(target), params).fetchall()
+        count_row = conn.execute(statements.candidate_count(target), params).fetchone()
+        rendered = {
+            "next batch (this preview)": statements.next_batch(target).as_string(conn),
+            "sweep: candidate snapshot": ";\n".join(s.as_string(conn) for s in statements.snapshot(target)),
+            "sweep: keyset step": statements.snapshot_next().as_string(conn),
+            "sweep: batch update": statements.batch_update(target).as_string(conn),
+        }
+    rows = [PreviewRow(str(r[0]), None if r[1] is None else str(r[1]), r[2], str(r[3])) for r in found]  # type: ignore[arg-type]
+    return PreviewReport(
+        target=target.describe(),
+        cutoff_utc=cutoff,
+        batch_size=opts.batch_size,
+        candidates=int(count_row[0]) if count_row else 0,  # type: ignore[call-overload]
+        rows=rows,
+        fingerprint=fingerprint([r.id for r in rows]),
+        sql=rendered,
+        parameters={
+            "cutoff": cutoff.isoformat(sep=" "),
+            "purpose": target.purpose,
+            "terminal": list(target.terminal_statuses),
+            "new_status": target.new_status,
+            "batch_size": opts.batch_size,
+        },
+    )

@@ -1,0 +1,62 @@
+"""Helpers every unit of work shares: read-only transactions, the target check, the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+import psycopg
+from .errors import TargetNotFoundError
+from .target import Target
+
+__all__ = ["read_only", "check_target", "db_now_utc", "resolve_cutoff"]
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+@contextmanager
+def read_only(conn: Conn) -> Iterator[Conn]:
+    """A READ ONLY transaction: the server itself refuses any write inside it."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        yield conn
+
+
+def check_target(conn: Conn, target: Target) -> None:
+    """Raise TargetNotFoundError unless the table and all the columns it needs exist."""
+    with read_only(conn):
+        row = conn.execute(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s",
+            [target.schema, target.table],
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise TargetNotFoundError(
+                f"table {target.schema}.{target.table} does not exist in this database "
+                "(is this LiteLLM's database? is DATABASE_URL set?)"
+            )
+        wanted = [target.key_column, target.time_column, target.status_column, target.purpose_column]
+        present = {
+            r[0]
+            for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", [row[0]]
+            )
+        }
+        missing = [c for c in wanted if c not in present]
+        if missing:
+            raise TargetNotFoundError(f"table {target.schema}.{target.table} has no column(s) {missing}")
+
+
+def db_now_utc(conn: Conn) -> datetime:
+    """The server's clock as naive UTC, the convention of LiteLLM's timestamp columns."""
+    row = conn.execute("SELECT (statement_timestamp() AT TIME ZONE 'UTC')").fetchone()
+    assert row is not None and isinstance(row[0], datetime)
+    return row[0]
+
+
+def resolve_cutoff(conn: Conn, stale_after_days: float, cutoff: datetime | None) -> datetime:
+    """The fixed cutoff of this run: ``cutoff`` if given, else server-now minus the days."""
+    if cutoff is not None:
+        return cutoff
+    return db_now_utc(conn) - timedelta(days=stale_after_days)

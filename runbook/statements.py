@@ -1,0 +1,156 @@
+"""The SQL the runbook runs, built and never executed here.
+
+Every function returns a ``psycopg.sql.Composed`` whose identifiers come from the
+Target through ``sql.Identifier`` and whose values are named placeholders bound at
+execution time. Keeping construction apart from execution lets a preview print
+exactly the statements a sweep will run.
+
+How a sweep selects rows without an index (FACTS.md: nothing indexes status,
+file_purpose or created_at, so the production subquery scans the table for every
+batch): one scan copies the candidates' (created_at, id) into a session-local temp
+table (``snapshot``), and each batch walks that list in (created_at, id) order by
+keyset, locks its rows by primary key with ``FOR UPDATE SKIP LOCKED`` and re-checks the
+full predicate before updating. Rows a concurrent transaction made terminal fail the
+re-check; rows it holds locked are skipped and picked up by a later pass.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from .target import Target
+
+__all__ = [
+    "SNAPSHOT_TABLE",
+    "predicate",
+    "next_batch",
+    "candidate_count",
+    "breakdown",
+    "snapshot",
+    "snapshot_next",
+    "batch_update",
+]
+
+SNAPSHOT_TABLE = sql.Identifier("pg_temp", "runbook_candidates")
+
+
+def _col(target: Target, column: str, alias: str | None) -> sql.Composable:
+    name = getattr(target, column)
+    return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+
+
+def table(target: Target) -> sql.Identifier:
+    return sql.Identifier(target.schema, target.table)
+
+
+def predicate(target: Target, alias: str | None = None) -> sql.Composed:
+    """The candidate rule. Placeholders: %(purpose)s, %(terminal)s, %(cutoff)s.
+
+    ``<> ALL(array)`` is ``NOT IN (list)`` with one bound parameter; like NOT IN it is
+    never true for a NULL status. %(cutoff)s is bound as a naive UTC ``timestamp``.
+    """
+    return sql.SQL(
+        "{purpose} = %(purpose)s AND {status} <> ALL(%(terminal)s::text[]) AND {time} < %(cutoff)s::timestamp"
+    ).format(
+        purpose=_col(target, "purpose_column", alias),
+        status=_col(target, "status_column", alias),
+        time=_col(target, "time_column", alias),
+    )
+
+
+def next_batch(target: Target) -> sql.Composed:
+    """The rows the next batch takes, oldest first: what preview shows. %(batch_size)s."""
+    return sql.SQL(
+        "SELECT {key}, {status}, {time}, {purpose} FROM {table} WHERE {pred} "
+        "ORDER BY {time}, {key} LIMIT %(batch_size)s"
+    ).format(
+        key=sql.Identifier(target.key_column),
+        status=sql.Identifier(target.status_column),
+        time=sql.Identifier(target.time_column),
+        purpose=sql.Identifier(target.purpose_column),
+        table=table(target),
+        pred=predicate(target),
+    )
+
+
+def candidate_count(target: Target) -> sql.Composed:
+    """How many candidates, and the oldest one's time."""
+    return sql.SQL("SELECT count(*), min({time}) FROM {table} WHERE {pred}").format(
+        time=sql.Identifier(target.time_column), table=table(target), pred=predicate(target)
+    )
+
+
+def breakdown(target: Target) -> sql.Composed:
+    """One scan grouping every row by purpose, status, age bucket, candidacy and age vs cutoff.
+
+    Age is measured against %(now)s (naive UTC). Buckets: <1d, 1-7d, 7-30d, 30-90d, >=90d.
+    """
+    return sql.SQL(
+        "SELECT {purpose}, {status}, "
+        "CASE WHEN {time} >= %(now)s::timestamp - interval '1 day' THEN '<1d' "
+        "WHEN {time} >= %(now)s::timestamp - interval '7 days' THEN '1-7d' "
+        "WHEN {time} >= %(now)s::timestamp - interval '30 days' THEN '7-30d' "
+        "WHEN {time} >= %(now)s::timestamp - interval '90 days' THEN '30-90d' "
+        "ELSE '>=90d' END AS age, "
+        "coalesce(({pred}), false) AS candidate, {time} < %(cutoff)s::timestamp AS stale, count(*), min({time}) "
+        "FROM {table} GROUP BY 1, 2, 3, 4, 5"
+    ).format(
+        purpose=sql.Identifier(target.purpose_column),
+        status=sql.Identifier(target.status_column),
+        time=sql.Identifier(target.time_column),
+        pred=predicate(target),
+        table=table(target),
+    )
+
+
+def snapshot(target: Target) -> list[sql.Composed]:
+    """Copy every candidate's (time, key) into a session temp table, and index it.
+
+    Four statements, run in order in one transaction; the second's rowcount is the
+    number of candidates at the start of the pass.
+    """
+    return [
+        sql.SQL("DROP TABLE IF EXISTS {snap}").format(snap=SNAPSHOT_TABLE),
+        sql.SQL("CREATE TEMP TABLE {name} AS SELECT {time} AS t, {key} AS k FROM {table} WHERE {pred}").format(
+            name=sql.Identifier("runbook_candidates"),
+            time=sql.Identifier(target.time_column),
+            key=sql.Identifier(target.key_column),
+            table=table(target),
+            pred=predicate(target),
+        ),
+        sql.SQL("CREATE INDEX ON {snap} (t, k)").format(snap=SNAPSHOT_TABLE),
+        sql.SQL("ANALYZE {snap}").format(snap=SNAPSHOT_TABLE),
+    ]
+
+
+def snapshot_next() -> sql.Composed:
+    """The next %(batch_size)s snapshot entries after the keyset (%(after_t)s, %(after_k)s)."""
+    return sql.SQL("SELECT t, k FROM {snap} WHERE (t, k) > (%(after_t)s, %(after_k)s) ORDER BY t, k LIMIT %(batch_size)s").format(
+        snap=SNAPSHOT_TABLE
+    )
+
+
+def batch_update(target: Target) -> sql.Composed:
+    """Set %(new_status)s on the rows of %(ids)s that are still candidates; lock-skipping.
+
+    The predicate is checked twice: in the locking subquery (re-evaluated on the newest
+    row version once locked) and again in the UPDATE itself, so a row that turned
+    terminal meanwhile is never overwritten. Returns (key, previous status).
+    """
+    key = sql.Identifier(target.key_column)
+    return sql.SQL(
+        "WITH locked AS ("
+        "SELECT c.{key}, c.{status} FROM {table} AS c "
+        "WHERE c.{key} = ANY(%(ids)s::text[]) AND {pred_c} "
+        "ORDER BY c.{time}, c.{key} FOR UPDATE SKIP LOCKED) "
+        "UPDATE {table} AS u SET {status} = %(new_status)s FROM locked "
+        "WHERE u.{key} = locked.{key} AND {pred_u} "
+        "RETURNING u.{key}, locked.{status}"
+    ).format(
+        key=key,
+        status=sql.Identifier(target.status_column),
+        time=sql.Identifier(target.time_column),
+        table=table(target),
+        pred_c=predicate(target, "c"),
+        pred_u=predicate(target, "u"),
+    )
