@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -101,7 +102,7 @@ def resolve(environ: dict[str, str] | None = None) -> Database:
     return Database(server.dsn(DEMO_DATABASE), "embedded")
 
 
-def connect(database: Database | None = None, *, purpose: str = "runbook") -> psycopg.Connection[tuple[object, ...]]:
+def connect(database: Database | None = None, *, purpose: str = "runbook") -> "psycopg.Connection[Any]":
     """An autocommit connection; every unit of work opens its own ``conn.transaction()``.
 
     Raises DatabaseConfigError (password scrubbed) when the server cannot be reached.

@@ -22,6 +22,7 @@ __all__ = [
     "check_cutoff",
     "Options",
     "options",
+    "refuse_secrets",
 ]
 
 # Larger batches hold more row locks for longer than an incident-time sweep should;
@@ -138,3 +139,21 @@ def options(
         statement_timeout_s=check_number("statement_timeout_s", statement_timeout_s, 0.1, 3600, "seconds"),
         pause_s=check_number("pause_s", pause_s, 0, 60, "seconds"),
     )
+
+
+_SECRET_MARKERS = ("password", "passwd", "pgpass", "secret", "token=")
+
+
+def refuse_secrets(params: dict[str, object]) -> None:
+    """ParameterError if any string parameter looks like it carries a credential.
+
+    Papermill writes every parameter into the executed notebook, so credentials must
+    come from the environment. The offending value is never echoed.
+    """
+    for name, value in params.items():
+        if isinstance(value, str):
+            lowered = value.lower()
+            if any(m in lowered for m in _SECRET_MARKERS) or ("://" in value and "@" in value.split("://", 1)[1]):
+                raise ParameterError(
+                    name, "<redacted>", "no credentials in parameters; set DATABASE_URL or PGPASSWORD in the environment"
+                )

@@ -72,12 +72,12 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
             "sweep: keyset step": statements.snapshot_next().as_string(conn),
             "sweep: batch update": statements.batch_update(target).as_string(conn),
         }
-    rows = [PreviewRow(str(r[0]), None if r[1] is None else str(r[1]), r[2], str(r[3])) for r in found]  # type: ignore[arg-type]
+    rows = [PreviewRow(str(r[0]), None if r[1] is None else str(r[1]), r[2], str(r[3])) for r in found]
     return PreviewReport(
         target=target.describe(),
         cutoff_utc=cutoff,
         batch_size=opts.batch_size,
-        candidates=int(count_row[0]) if count_row else 0,  # type: ignore[call-overload]
+        candidates=int(count_row[0]) if count_row else 0,
         rows=rows,
         fingerprint=fingerprint([r.id for r in rows]),
         sql=rendered,

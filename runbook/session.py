@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 from .errors import TargetNotFoundError
@@ -12,7 +13,8 @@ from .target import Target
 
 __all__ = ["read_only", "check_target", "db_now_utc", "resolve_cutoff"]
 
-Conn = psycopg.Connection[tuple[object, ...]]
+# Rows come back as tuples of whatever the server sent; the callers know the shapes.
+Conn = psycopg.Connection[Any]
 
 
 @contextmanager

@@ -68,12 +68,22 @@ class SweepResult:
         return out
 
 
-def _check_writable(conn: Conn) -> None:
-    row = conn.execute("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')").fetchone()
+def _check_writable(conn: Conn, target: Target) -> None:
+    table = statements.table(target).as_string(conn)
+    row = conn.execute(
+        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'),"
+        " has_table_privilege(%s, 'UPDATE'), current_user",
+        [table],
+    ).fetchone()
     if row and row[0]:
         raise ReadOnlyError("the server is a read-only standby (pg_is_in_recovery() is true): sweep refused, nothing written")
     if row and row[1] == "on":
         raise ReadOnlyError("default_transaction_read_only is on for this session: sweep refused, nothing written")
+    if row and not row[2]:
+        raise ReadOnlyError(
+            f"role {row[3]} may not UPDATE {table}: sweep refused, nothing written "
+            f"(GRANT SELECT, UPDATE ON {table} TO {row[3]}; or run inspect/preview only)"
+        )
 
 
 def _utc_now() -> str:
@@ -102,7 +112,7 @@ def sweep(
     if opts.dry_run:
         with read_only(conn):
             row = conn.execute(statements.candidate_count(target), params).fetchone()
-        count = int(row[0]) if row else 0  # type: ignore[call-overload]
+        count = int(row[0]) if row else 0
         return SweepResult(
             target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=True,
             candidates_at_start=count, stop_reason="dry_run", seconds=time.monotonic() - started, remaining=count,
@@ -110,7 +120,7 @@ def sweep(
             would_batches=min(math.ceil(count / opts.batch_size), opts.max_batches),
         )  # fmt: skip
 
-    _check_writable(conn)
+    _check_writable(conn, target)
     result = SweepResult(
         target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=False, candidates_at_start=0
     )
@@ -166,7 +176,7 @@ def sweep(
                     time.sleep(opts.pause_s)
             with read_only(conn):
                 row = conn.execute(statements.candidate_count(target), params).fetchone()
-            result.remaining = int(row[0]) if row else 0  # type: ignore[call-overload]
+            result.remaining = int(row[0]) if row else 0
             if result.remaining == 0:
                 result.stop_reason = "done"
                 return result

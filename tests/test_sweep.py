@@ -1,0 +1,194 @@
+"""The sweep on LiteLLM's real schema: which rows change, in what batches, and what never does."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from runbook import Target, options, preview, sweep
+from runbook.errors import ReadOnlyError
+from tests.rows import insert, production_candidates, standard_mix, state, statuses
+
+LIVE = {"dry_run": False}
+
+
+def test_production_e2e_five_stale_rows_batch_size_three(conn: psycopg.Connection) -> None:
+    stale = [insert(conn, status="queued", age_days=8 + i) for i in range(5)]
+    keep = insert(conn, status="queued", age_days=1)
+
+    first = sweep(conn, Target(), options(batch_size=3, max_batches=1, **LIVE))
+    assert [b.changed for b in first.batches] == [3]
+    assert first.stop_reason == "max_batches"
+    # oldest first: the three oldest of the five
+    assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(stale[2:])
+
+    second = sweep(conn, Target(), options(batch_size=3, max_batches=1, **LIVE))
+    assert [b.changed for b in second.batches] == [2]
+
+    third = sweep(conn, Target(), options(batch_size=3, **LIVE))
+    assert third.changed == 0 and third.batches == [] and third.stop_reason == "done"
+    assert statuses(conn) == {**{k: "stale_expired" for k in stale}, keep: "queued"}
+
+
+def test_one_sweep_runs_batches_until_done(conn: psycopg.Connection) -> None:
+    for i in range(7):
+        insert(conn, status="in_progress", age_days=10 + i)
+    result = sweep(conn, Target(), options(batch_size=3, **LIVE))
+    assert [b.changed for b in result.batches] == [3, 3, 1]
+    assert result.changed == 7 and result.candidates_at_start == 7
+    assert result.stop_reason == "done" and result.remaining == 0
+
+
+def test_default_predicate_selects_exactly_the_production_rows(conn: psycopg.Connection) -> None:
+    rows = standard_mix(conn)
+    expected = production_candidates(conn, 7)
+    assert expected == {rows[k] for k in ("queued_old", "in_progress_old", "incomplete_old", "requires_action_old")}
+    seen = preview(conn, Target(), options(batch_size=1000))
+    assert {r.id for r in seen.rows} == expected and seen.candidates == len(expected)
+    sweep(conn, Target(), options(batch_size=1000, **LIVE))
+    assert {k for k, v in statuses(conn).items() if v == "stale_expired"} - {rows["stale_expired_old"]} == expected
+
+
+def test_only_status_of_candidates_changes(conn: psycopg.Connection) -> None:
+    rows = standard_mix(conn)
+    before = state(conn)
+    result = sweep(conn, Target(), options(batch_size=2, **LIVE))
+    after = state(conn)
+    changed = {k for k in before if before[k] != after[k]}
+    candidates = {rows[k] for k in ("queued_old", "in_progress_old", "incomplete_old", "requires_action_old")}
+    assert changed == candidates and result.changed == 4
+    status_index = 9  # the 10th column of the real table is status
+    for key in changed:
+        assert after[key][status_index] == "stale_expired"
+        assert after[key][:status_index] + after[key][status_index + 1 :] == before[key][:status_index] + before[key][status_index + 1 :]
+    # the traps stay as production leaves them
+    for label in ("null_old", "queued_recent", "queued_just_inside", "batch_old", "finetune_old", "completed_old"):
+        assert after[rows[label]] == before[rows[label]], label
+
+
+def test_preview_is_exactly_the_next_batch(conn: psycopg.Connection) -> None:
+    for i in range(10):
+        insert(conn, status="queued", age_days=8 + (i % 4))  # ties in created_at, broken by id
+    batch = preview(conn, Target(), options(batch_size=4))
+    before = statuses(conn)
+    sweep(conn, Target(), options(batch_size=4, max_batches=1, **LIVE))
+    after = statuses(conn)
+    assert {k for k in before if before[k] != after[k]} == {r.id for r in batch.rows}
+    assert len(batch.rows) == 4
+
+
+def test_preview_order_is_oldest_first_ties_by_id(conn: psycopg.Connection) -> None:
+    for i in range(6):
+        insert(conn, status="queued", age_days=8 + (i % 2))
+    rows = preview(conn, Target(), options(batch_size=6)).rows
+    assert [(r.created_at, r.id) for r in rows] == sorted((r.created_at, r.id) for r in rows)
+
+
+def test_dry_run_changes_nothing(conn: psycopg.Connection) -> None:
+    standard_mix(conn)
+    before = state(conn)
+    result = sweep(conn, Target(), options(batch_size=2))
+    assert state(conn) == before
+    assert result.dry_run and result.stop_reason == "dry_run" and result.changed == 0
+    assert result.candidates_at_start == 4 and result.would_change == 4 and result.would_batches == 2
+
+
+def test_max_batches_bounds_the_work(conn: psycopg.Connection) -> None:
+    for i in range(10):
+        insert(conn, status="queued", age_days=8 + i)
+    result = sweep(conn, Target(), options(batch_size=2, max_batches=3, **LIVE))
+    assert [b.changed for b in result.batches] == [2, 2, 2]
+    assert result.stop_reason == "max_batches"
+    assert sum(v == "stale_expired" for v in statuses(conn).values()) == 6
+
+
+def test_concurrent_completion_between_snapshot_and_batch_wins(conn: psycopg.Connection, dsn: str) -> None:
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(6)]  # ids[0] oldest
+    late = ids[5]  # in the second batch
+
+    def poller(result: object, batch: object) -> None:
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute('UPDATE "LiteLLM_ManagedObjectTable" SET status = %s WHERE id = %s', ["completed", late])
+
+    result = sweep(conn, Target(), options(batch_size=3, **LIVE), on_batch=poller)
+    assert statuses(conn)[late] == "completed"
+    assert result.changed == 5 and [b.changed for b in result.batches] == [3, 2]
+
+
+def test_row_locked_by_a_poller_is_skipped_and_its_completion_wins(conn: psycopg.Connection, dsn: str) -> None:
+    ids = [insert(conn, status="in_progress", age_days=10 + i) for i in range(4)]
+    with psycopg.connect(dsn) as poller:  # a transaction, as LiteLLM's poller holds one
+        poller.execute('UPDATE "LiteLLM_ManagedObjectTable" SET status = %s WHERE id = %s', ["completed", ids[0]])
+        outcome: dict[str, object] = {}
+        worker = threading.Thread(
+            target=lambda: outcome.setdefault("r", sweep(psycopg.connect(dsn, autocommit=True), Target(), options(batch_size=10, lock_timeout_s=0.5, **LIVE)))
+        )
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "the sweep waited on a locked row instead of skipping it"
+        poller.commit()
+    result = outcome["r"]
+    assert result.changed == 3  # type: ignore[attr-defined]
+    assert statuses(conn) == {ids[0]: "completed", **{k: "stale_expired" for k in ids[1:]}}
+
+
+def test_two_sweeps_at_once_never_change_a_row_twice(conn: psycopg.Connection, dsn: str) -> None:
+    for i in range(300):
+        insert(conn, status="queued", age_days=8 + i / 100)
+    results: list[object] = []
+
+    def run() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            results.append(sweep(c, Target(), options(batch_size=7, **LIVE)))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(r.changed for r in results) == 300  # type: ignore[attr-defined]
+    assert set(statuses(conn).values()) == {"stale_expired"}
+
+
+def test_cutoff_does_not_shift_with_session_timezone(conn: psycopg.Connection, dsn: str) -> None:
+    rows = {h: insert(conn, status="queued", age_days=7 + h / 24) for h in (-13, -11, -1, 1, 11, 13)}
+    utc = {r.id for r in preview(conn, Target(), options(batch_size=100)).rows}
+    assert utc == {rows[1], rows[11], rows[13]}
+    for zone in ("Pacific/Kiritimati", "America/Anchorage"):
+        with psycopg.connect(dsn, autocommit=True, options=f"-c TimeZone={zone}") as shifted:
+            assert {r.id for r in preview(shifted, Target(), options(batch_size=100)).rows} == utc
+
+
+def test_fixed_cutoff_selects_rows_older_than_it(conn: psycopg.Connection) -> None:
+    old = insert(conn, status="queued", age_days=30)
+    insert(conn, status="queued", age_days=10)
+    from tests.rows import db_now
+    from datetime import timedelta
+
+    cutoff = (db_now(conn) - timedelta(days=20)).isoformat() + "Z"
+    assert [r.id for r in preview(conn, Target(), options(cutoff=cutoff)).rows] == [old]
+
+
+def test_sweep_refuses_on_read_only_session(conn: psycopg.Connection, dsn: str) -> None:
+    insert(conn, status="queued", age_days=10)
+    before = state(conn)
+    with psycopg.connect(dsn, autocommit=True, options="-c default_transaction_read_only=on") as ro:
+        with pytest.raises(ReadOnlyError, match="default_transaction_read_only is on"):
+            sweep(ro, Target(), options(**LIVE))
+        assert sweep(ro, Target(), options()).candidates_at_start == 1  # the dry run still works
+    assert state(conn) == before
+
+
+def test_interrupt_stops_at_batch_boundary(conn: psycopg.Connection) -> None:
+    for i in range(9):
+        insert(conn, status="queued", age_days=8 + i)
+
+    def interrupt_after_second(result: object, batch: object) -> None:
+        if batch.number == 2:  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+
+    result = sweep(conn, Target(), options(batch_size=3, **LIVE), on_batch=interrupt_after_second)
+    assert result.stop_reason == "interrupted"
+    assert sum(v == "stale_expired" for v in statuses(conn).values()) == 6 == result.changed
