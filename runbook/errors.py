@@ -5,6 +5,11 @@
     ├── DatabaseConfigError     no usable database: environment unset, unreachable, bad DSN
     ├── TargetNotFoundError     the table or one of its columns does not exist
     ├── ReadOnlyError           the server or role cannot write; the sweep refused to start
+    ├── LedgerUnavailableError  the ledger cannot be created or written; says what to grant
+    ├── SweepInProgressError    another session holds this target's sweep lock; names it
+    ├── TooManyCandidatesError  more candidates than max_rows; nothing written
+    ├── PreviewMismatchError    the first batch is not the approved preview's; nothing written
+    ├── UnknownRunError         undo was given a run id the ledger does not know
     └── EmbeddedServerError     the embedded PostgreSQL could not be initialised or started
 
 Every message names what was wrong and what is allowed, and never contains a password.
@@ -18,6 +23,11 @@ __all__ = [
     "DatabaseConfigError",
     "TargetNotFoundError",
     "ReadOnlyError",
+    "LedgerUnavailableError",
+    "SweepInProgressError",
+    "TooManyCandidatesError",
+    "PreviewMismatchError",
+    "UnknownRunError",
     "EmbeddedServerError",
 ]
 
@@ -46,6 +56,29 @@ class TargetNotFoundError(RunbookError):
 
 class ReadOnlyError(RunbookError):
     """The database or role cannot write; raised before the first batch."""
+
+
+class LedgerUnavailableError(RunbookError):
+    """The ledger schema or tables cannot be created or written by this role.
+
+    A live sweep never runs without its ledger, so this is raised before the first batch.
+    """
+
+
+class SweepInProgressError(RunbookError):
+    """Another session holds the target's advisory lock; the message names that session."""
+
+
+class TooManyCandidatesError(RunbookError):
+    """More candidates than the operator's ``max_rows`` cap; raised before any write."""
+
+
+class PreviewMismatchError(RunbookError):
+    """The sweep's first batch differs from the approved preview (``expect_fingerprint``)."""
+
+
+class UnknownRunError(RunbookError):
+    """Undo was asked for a run the ledger has no record of."""
 
 
 class EmbeddedServerError(RunbookError):

@@ -21,7 +21,9 @@ from .record import check_run_id, read_record
 __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = {"inspect": "01_inspect", "preview": "02_preview", "sweep": "03_sweep"}
+NOTEBOOKS = {"inspect": "01_inspect", "preview": "02_preview", "sweep": "03_sweep", "undo": "04_undo"}
+# The parameter that names the run itself: in the undo notebook, run_id names the run to undo.
+OWN_ID = {"undo": "undo_run_id"}
 
 
 def default_run_dir() -> Path:
@@ -48,8 +50,9 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     if name not in NOTEBOOKS:
         raise ParameterError("notebook", name, f"one of {sorted(NOTEBOOKS)}")
     refuse_secrets(parameters)
-    run_id = check_run_id(parameters.get("run_id", ""))
-    parameters = {**parameters, "run_id": run_id}
+    own = OWN_ID.get(name, "run_id")
+    run_id = check_run_id(parameters.get(own, ""))
+    parameters = {**parameters, own: run_id}
     run_dir = run_dir or default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

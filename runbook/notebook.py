@@ -24,16 +24,18 @@ from . import __version__, render
 from .connect import Database, connect, resolve
 from .errors import ParameterError
 from .inspection import InspectReport, inspect
+from .ledger import recent_runs
 from .params import Options, options, refuse_secrets
 from .preview import PreviewReport, preview
 from .record import RECORD_KEY, check_run_id, code_revision, database_identity, operator
 from .session import Conn
 from .sweep import BatchResult, SweepResult, sweep
 from .target import Target
+from .undo import UndoResult, undo
 
 __all__ = ["Run", "start", "interactive"]
 
-KINDS = ("inspect", "preview", "sweep")
+KINDS = ("inspect", "preview", "sweep", "undo")
 
 
 def interactive() -> bool:
@@ -64,6 +66,7 @@ class Run:
     params: dict[str, Any]
     outcome: dict[str, Any] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
+    of_run_id: str = ""
 
     @contextmanager
     def _step(self, name: str) -> Iterator[None]:
@@ -107,9 +110,31 @@ class Run:
             )
 
         with self._step("sweep"):
-            result = sweep(self.conn, self.target, self.opts, on_batch=progress)
+            result = sweep(self.conn, self.target, self.opts, run_id=self.run_id, parameters=self.params, on_batch=progress)
         show_sweep(result)
         self.outcome["sweep"] = result.to_dict()
+        if result.stop_reason in ("gave_up", "failed"):
+            self.outcome["status"] = "failed"
+        return result
+
+    def undo(self) -> UndoResult | None:
+        """Restore what run ``of_run_id`` changed (a dry run unless dry_run=False).
+
+        Without a run id it changes nothing and lists the recent sweep runs to choose from.
+        """
+        if not self.of_run_id:
+            with self._step("undo"):
+                runs = recent_runs(self.conn)
+            head = "No run_id given: nothing undone. Recent sweep runs in the ledger (newest first):"
+            rows = [(r["run_id"], r["started_at"], r["stop_reason"], r["rows_changed"], r["undone_by"]) for r in runs]
+            headers = ["run_id", "started (UTC)", "stopped", "rows changed", "undone by"]
+            _display(render.notice(head, "info") + render.table(headers, rows), head + "\n" + render.text_table(headers, rows))
+            self.outcome["undo"] = {"status": "nothing_to_do", "recent_runs": [r["run_id"] for r in runs]}
+            return None
+        with self._step("undo"):
+            result = undo(self.conn, self.target, self.opts, of_run_id=self.of_run_id, run_id=self.run_id, parameters=self.params)
+        show_undo(result)
+        self.outcome["undo"] = result.to_dict()
         return result
 
     def finish(self) -> dict[str, Any]:
@@ -140,16 +165,19 @@ class Run:
         return record
 
 
-def start(kind: str, run_id: str = "", **params: Any) -> Run:
+def start(kind: str, run_id: str = "", of_run_id: str = "", **params: Any) -> Run:
     """Validate parameters, connect, and show where. Nothing is read before validation.
 
+    ``run_id`` names this run; for ``undo``, ``of_run_id`` is the sweep run to undo.
     Raises ParameterError (bad or secret-bearing parameter), DatabaseConfigError.
     """
     if kind not in KINDS:
         raise ParameterError("kind", kind, f"one of {list(KINDS)}")
-    refuse_secrets({"run_id": run_id, **params})
+    refuse_secrets({"run_id": run_id, "of_run_id": of_run_id, **params})
     opts = options(**params)
     rid = check_run_id(run_id)
+    if kind == "undo" and of_run_id:
+        check_run_id(of_run_id)
     database = resolve()
     conn = connect(database, purpose=f"{kind}/{rid}")
     run = Run(
@@ -160,7 +188,8 @@ def start(kind: str, run_id: str = "", **params: Any) -> Run:
         database=database,
         conn=conn,
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        params={"run_id": rid, **params},
+        params={"run_id": rid, **({"of_run_id": of_run_id} if of_run_id else {}), **params},
+        of_run_id=of_run_id,
     )
     run.identity = database_identity(conn)
     mode = f"fixed cutoff {opts.cutoff.isoformat()} UTC" if opts.cutoff else f"older than {opts.stale_after_days:g} days"
@@ -169,7 +198,9 @@ def start(kind: str, run_id: str = "", **params: Any) -> Run:
         f"target {run.target.schema}.{run.target.table}: {run.target.purpose} rows {mode}, batch size {opts.batch_size:,}",
     ]
     level = "info"
-    if kind == "sweep":
+    if kind == "undo":
+        lines[1] = f"undo of run {of_run_id} on {run.target.schema}.{run.target.table}, batch size {opts.batch_size:,}"
+    if kind in ("sweep", "undo"):
         lines.append("DRY RUN: nothing will be written" if opts.dry_run else "LIVE: rows will be updated")
         level = "info" if opts.dry_run else "warning"
     _display("".join(render.notice(line, level) for line in lines), "\n".join(lines))
@@ -238,6 +269,8 @@ def show_sweep(s: SweepResult) -> None:
         f"{s.changed:,} rows set to {s.target['new_status']} in {len(s.batches):,} batches, {s.seconds:.2f} s "
         f"(batch p50 {p50 * 1000:.0f} ms). Stopped: {s.stop_reason}."
         + (f" Remaining candidates: {s.remaining:,}." if s.remaining is not None else "")
+        + (f" ({s.stop_detail})" if s.stop_detail else "")
+        + f" Ledger: litellm_runbook.changes where run_id = '{s.run_id}'."
     )
     rows = [(b.number, b.selected, b.changed, round(b.seconds * 1000, 1), b.committed_at) for b in s.batches]
     level = "ok" if s.stop_reason == "done" else "warning"
@@ -247,4 +280,25 @@ def show_sweep(s: SweepResult) -> None:
         + render.table(["batch", "looked at", "changed", "ms", "committed (UTC)"], rows)
         + "</div>",
         head + "\n" + render.text_table(["batch", "looked at", "changed", "ms", "committed"], rows[-20:]),
+    )
+
+
+def show_undo(u: UndoResult) -> None:
+    if u.dry_run:
+        head = (
+            f"DRY RUN, nothing written: run {u.of_run_id} changed {u.rows_in_ledger:,} rows; {u.restorable:,} can be "
+            f"restored, {u.rows_in_ledger - u.restorable - u.already_undone:,} changed again since (left alone), "
+            f"{u.already_undone:,} already undone."
+        )
+        _display(render.notice(head, "info"), head)
+        return
+    head = (
+        f"Undo {u.run_id} of run {u.of_run_id}: {u.restored:,} rows restored in {len(u.batches):,} batches, "
+        f"{u.left_alone:,} left alone (changed since), {u.already_undone:,} already undone. Stopped: {u.stop_reason}."
+    )
+    rows = [(b.number, b.selected, b.changed, round(b.seconds * 1000, 1), b.committed_at) for b in u.batches]
+    _display(
+        render.notice(head, "ok" if u.stop_reason == "done" else "warning")
+        + render.table(["batch", "looked at", "restored", "ms", "committed (UTC)"], rows),
+        head,
     )

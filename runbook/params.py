@@ -66,6 +66,20 @@ def check_status(name: str, value: object) -> str:
     return value
 
 
+def check_path(name: str, value: object) -> str:
+    """A file-system path (need not exist yet), or '' for none."""
+    if not isinstance(value, str) or len(value) > 4096 or "\x00" in value:
+        raise ParameterError(name, value, "a path (string) or '' for none")
+    return value
+
+
+def check_fingerprint(name: str, value: object) -> str:
+    """A preview fingerprint (16 hex digits), or '' for none."""
+    if not isinstance(value, str) or not (value == "" or (len(value) == 16 and all(c in "0123456789abcdef" for c in value))):
+        raise ParameterError(name, value, "the 16 hex digits a preview printed, or '' for none")
+    return value
+
+
 def check_cutoff(name: str, value: object, now: datetime | None = None) -> datetime:
     """An absolute UTC cutoff at least one day in the past, as a naive UTC datetime.
 
@@ -103,6 +117,11 @@ class Options:
     lock_timeout_s: float = 5.0
     statement_timeout_s: float = 60.0
     pause_s: float = 0.0
+    max_rows: int = 1_000_000
+    max_retries: int = 3
+    stop_file: str = ""
+    metrics_dir: str = ""
+    expect_fingerprint: str = ""
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -121,6 +140,11 @@ def options(
     lock_timeout_s: object = 5.0,
     statement_timeout_s: object = 60.0,
     pause_s: object = 0.0,
+    max_rows: object = 1_000_000,
+    max_retries: object = 3,
+    stop_file: object = "",
+    metrics_dir: object = "",
+    expect_fingerprint: object = "",
 ) -> Options:
     """Check every parameter and return Options; ParameterError names the first bad one.
 
@@ -138,6 +162,11 @@ def options(
         lock_timeout_s=check_number("lock_timeout_s", lock_timeout_s, 0.01, 600, "seconds"),
         statement_timeout_s=check_number("statement_timeout_s", statement_timeout_s, 0.1, 3600, "seconds"),
         pause_s=check_number("pause_s", pause_s, 0, 60, "seconds"),
+        max_rows=check_int("max_rows", max_rows, 1, 10**9),
+        max_retries=check_int("max_retries", max_retries, 0, 10),
+        stop_file=check_path("stop_file", stop_file),
+        metrics_dir=check_path("metrics_dir", metrics_dir),
+        expect_fingerprint=check_fingerprint("expect_fingerprint", expect_fingerprint),
     )
 
 

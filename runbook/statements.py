@@ -20,6 +20,8 @@ from psycopg import sql
 
 from .target import Target
 
+LEDGER_SCHEMA = "litellm_runbook"  # runbook.ledger.SCHEMA; kept here so SQL needs no import cycle
+
 __all__ = [
     "SNAPSHOT_TABLE",
     "predicate",
@@ -29,6 +31,8 @@ __all__ = [
     "snapshot",
     "snapshot_next",
     "batch_update",
+    "undo_next",
+    "undo_update",
 ]
 
 SNAPSHOT_TABLE = sql.Identifier("pg_temp", "runbook_candidates")
@@ -131,26 +135,82 @@ def snapshot_next() -> sql.Composed:
 
 
 def batch_update(target: Target) -> sql.Composed:
-    """Set %(new_status)s on the rows of %(ids)s that are still candidates; lock-skipping.
+    """Set %(new_status)s on the rows of %(ids)s still candidates, and write the ledger.
 
-    The predicate is checked twice: in the locking subquery (re-evaluated on the newest
-    row version once locked) and again in the UPDATE itself, so a row that turned
-    terminal meanwhile is never overwritten. Returns (key, previous status).
+    One statement, so the UPDATE, its ``changes`` rows and its ``batches`` row commit
+    together or not at all. The predicate is checked twice: in the locking subquery
+    (re-evaluated on the newest row version once locked) and again in the UPDATE itself,
+    so a row that turned terminal meanwhile is never overwritten; rows another session
+    holds locked are skipped. Placeholders: the predicate's, %(ids)s, %(new_status)s,
+    %(run_id)s, %(batch)s. Returns one row: the number of rows changed.
     """
-    key = sql.Identifier(target.key_column)
     return sql.SQL(
         "WITH locked AS ("
         "SELECT c.{key}, c.{status} FROM {table} AS c "
         "WHERE c.{key} = ANY(%(ids)s::text[]) AND {pred_c} "
-        "ORDER BY c.{time}, c.{key} FOR UPDATE SKIP LOCKED) "
+        "ORDER BY c.{time}, c.{key} FOR UPDATE SKIP LOCKED), "
+        "changed AS ("
         "UPDATE {table} AS u SET {status} = %(new_status)s FROM locked "
         "WHERE u.{key} = locked.{key} AND {pred_u} "
-        "RETURNING u.{key}, locked.{status}"
+        "RETURNING u.{key} AS object_id, locked.{status} AS previous_status), "
+        "logged AS ("
+        "INSERT INTO {changes} (run_id, batch, object_id, previous_status, new_status) "
+        "SELECT %(run_id)s, %(batch)s, object_id, previous_status, %(new_status)s FROM changed RETURNING 1) "
+        "INSERT INTO {batches} (run_id, batch, rows_changed) "
+        "SELECT %(run_id)s, %(batch)s, count(*) FROM logged RETURNING rows_changed"
     ).format(
-        key=key,
+        key=sql.Identifier(target.key_column),
         status=sql.Identifier(target.status_column),
         time=sql.Identifier(target.time_column),
         table=table(target),
         pred_c=predicate(target, "c"),
         pred_u=predicate(target, "u"),
+        changes=sql.Identifier(LEDGER_SCHEMA, "changes"),
+        batches=sql.Identifier(LEDGER_SCHEMA, "batches"),
+    )
+
+
+def undo_next() -> sql.Composed:
+    """The next %(batch_size)s objects run %(of_run)s changed, after keyset %(after)s.
+
+    For each object, its latest change by that run; objects an earlier undo of that run
+    already restored are left out.
+    """
+    changes = sql.Identifier(LEDGER_SCHEMA, "changes")
+    runs = sql.Identifier(LEDGER_SCHEMA, "runs")
+    return sql.SQL(
+        "SELECT DISTINCT ON (c.object_id) c.object_id, c.previous_status, c.new_status FROM {changes} AS c "
+        "WHERE c.run_id = %(of_run)s AND c.object_id > %(after)s AND NOT EXISTS ("
+        "SELECT 1 FROM {changes} AS d JOIN {runs} AS r ON r.run_id = d.run_id "
+        "WHERE r.undoes_run_id = %(of_run)s AND d.object_id = c.object_id) "
+        "ORDER BY c.object_id, c.batch DESC LIMIT %(batch_size)s"
+    ).format(changes=changes, runs=runs)
+
+
+def undo_update(target: Target) -> sql.Composed:
+    """Restore each object of %(ids)s/%(previous)s that still has %(swept_status)s; log it.
+
+    Waits for row locks (bounded by lock_timeout) instead of skipping them, so that a
+    row left alone is one that really changed since. Placeholders: %(ids)s, %(previous)s
+    (parallel arrays), %(swept_status)s, %(run_id)s, %(batch)s. Returns rows restored.
+    """
+    key = sql.Identifier(target.key_column)
+    status = sql.Identifier(target.status_column)
+    return sql.SQL(
+        "WITH wanted AS (SELECT * FROM unnest(%(ids)s::text[], %(previous)s::text[]) AS w(object_id, previous_status)), "
+        "locked AS (SELECT c.{key}, wanted.previous_status FROM {table} AS c JOIN wanted ON c.{key} = wanted.object_id "
+        "WHERE c.{status} = %(swept_status)s ORDER BY c.{key} FOR UPDATE OF c), "
+        "changed AS (UPDATE {table} AS u SET {status} = locked.previous_status FROM locked "
+        "WHERE u.{key} = locked.{key} AND u.{status} = %(swept_status)s "
+        "RETURNING u.{key} AS object_id, locked.previous_status), "
+        "logged AS (INSERT INTO {changes} (run_id, batch, object_id, previous_status, new_status) "
+        "SELECT %(run_id)s, %(batch)s, object_id, %(swept_status)s, previous_status FROM changed RETURNING 1) "
+        "INSERT INTO {batches} (run_id, batch, rows_changed) "
+        "SELECT %(run_id)s, %(batch)s, count(*) FROM logged RETURNING rows_changed"
+    ).format(
+        key=key,
+        status=status,
+        table=table(target),
+        changes=sql.Identifier(LEDGER_SCHEMA, "changes"),
+        batches=sql.Identifier(LEDGER_SCHEMA, "batches"),
     )

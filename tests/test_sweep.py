@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from runbook import Target, options, preview, sweep
-from runbook.errors import ReadOnlyError
+from runbook.errors import ReadOnlyError, SweepInProgressError
 from tests.rows import insert, production_candidates, standard_mix, state, statuses
 
 LIVE = {"dry_run": False}
@@ -138,18 +138,31 @@ def test_two_sweeps_at_once_never_change_a_row_twice(conn: psycopg.Connection, d
     for i in range(300):
         insert(conn, status="queued", age_days=8 + i / 100)
     results: list[object] = []
+    refused: list[str] = []
+    barrier = threading.Barrier(4)
 
     def run() -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
-            results.append(sweep(c, Target(), options(batch_size=7, **LIVE)))
+            barrier.wait()
+            try:
+                results.append(sweep(c, Target(), options(batch_size=7, **LIVE)))
+            except SweepInProgressError as exc:
+                refused.append(str(exc))
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    threads = [threading.Thread(target=run) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    assert len(results) + len(refused) == 4 and len(results) >= 1
     assert sum(r.changed for r in results) == 300  # type: ignore[attr-defined]
+    for message in refused:
+        assert "another sweep or undo of public.LiteLLM_ManagedObjectTable is running: pid " in message
+        assert "litellm-runbook" in message or "no application name" in message
     assert set(statuses(conn).values()) == {"stale_expired"}
+    # the ledger holds each row exactly once
+    counted = conn.execute("SELECT count(*), count(DISTINCT object_id) FROM litellm_runbook.changes").fetchone()
+    assert counted == (300, 300)
 
 
 def test_cutoff_does_not_shift_with_session_timezone(conn: psycopg.Connection, dsn: str) -> None:

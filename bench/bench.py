@@ -1,0 +1,947 @@
+#!/usr/bin/env python3
+"""Benchmark: the runbook's sweep against LiteLLM's own statement and the unbounded UPDATE.
+
+One command, nothing to set up beyond ``make venv``::
+
+    .venv/bin/python bench/bench.py                                   # 1M rows, 300K candidates
+    .venv/bin/python bench/bench.py --rows 20000 --candidates 6000    # smoke run, < 1 minute
+
+What it does, in order:
+
+1. starts its own PostgreSQL 16 (``runbook.embedded``) in a fresh folder under /var/tmp;
+2. builds LiteLLM's schema from its migrations (``runbook.demo.reset_database``);
+3. loads ``--rows`` managed objects with COPY, in ``created_at`` order as LiteLLM inserts
+   them: ``--candidates`` of them are stale ``response`` rows in non-terminal statuses,
+   the rest a mix of terminal statuses, NULL statuses, recent rows and batch/fine-tune
+   rows; ``file_object`` is an OpenAI Response document of 1.0-2.0 KB (mean 1.5 KB);
+   no row is created within 6 hours either side of the 7-day cutoff, so every variant,
+   whenever it runs, sees exactly the same candidates;
+4. VACUUM ANALYZE, CHECKPOINT, then restarts the server with the measurement settings
+   (by default durable ones: fsync, synchronous_commit and full_page_writes on);
+5. for each variant: ``CREATE DATABASE ... TEMPLATE base`` (an identical copy), CHECKPOINT,
+   run it on a new connection, measure, check that exactly the candidates ended up
+   ``stale_expired`` (exit status 1 and a loud message otherwise), drop the copy;
+6. prints the results table and the targets (PASS/FAIL), then destroys the server
+   (unless ``--keep``).
+
+Variants: ``floor`` (one unbounded UPDATE with the production predicate), ``peer``
+(LiteLLM's production statement, verbatim, looped with LIMIT until it updates 0 rows),
+``sweepN`` (``runbook.sweep`` at batch size N), ``inspect`` (``runbook.inspect`` timed,
+read-only, on the base copy) and ``explain`` (not in the default list: EXPLAIN ANALYZE
+of the sweep's statements for the first and a late batch, rolled back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import inspect
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import runbook  # noqa: E402
+from runbook import statements  # noqa: E402
+from runbook.demo import reset_database  # noqa: E402
+from runbook.embedded import EmbeddedServer  # noqa: E402
+from runbook.schema import migrations_version  # noqa: E402
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+TABLE = sql.Identifier("public", "LiteLLM_ManagedObjectTable")
+TABLE_NAME = "LiteLLM_ManagedObjectTable"
+BASE_DB = "bench_base"
+STALE_DAYS = 7
+GAP = timedelta(hours=6)  # no row is created this close to the cutoff, on either side
+SPAN = timedelta(days=60)
+
+# The production rule (FACTS.md); the candidates are exactly the rows it selects.
+TERMINAL = ("completed", "complete", "failed", "expired", "cancelled", "stale_expired")
+NEW_STATUS = "stale_expired"
+
+# LiteLLM's production statement (litellm-enterprise CheckResponsesCost._expire_stale_rows,
+# PR #25227), verbatim but for psycopg's placeholders: $1 is the cutoff, $2 the batch size.
+PEER_SQL = sql.SQL(
+    """UPDATE "LiteLLM_ManagedObjectTable" SET "status" = 'stale_expired' WHERE "id" IN """
+    """(SELECT "id" FROM "LiteLLM_ManagedObjectTable" WHERE "file_purpose" = 'response' AND "status" NOT IN """
+    """('completed', 'complete', 'failed', 'expired', 'cancelled', 'stale_expired') AND "created_at" < %s::timestamptz """
+    """ORDER BY "created_at" ASC LIMIT %s)"""
+)
+
+# The floor: the same predicate, no LIMIT, no subquery: one statement, one scan.
+FLOOR_SQL = sql.SQL(
+    """UPDATE "LiteLLM_ManagedObjectTable" SET "status" = 'stale_expired' WHERE "file_purpose" = 'response' """
+    """AND "status" NOT IN ('completed', 'complete', 'failed', 'expired', 'cancelled', 'stale_expired') """
+    """AND "created_at" < %s::timestamptz"""
+)
+
+# Settings of the loading phase (not measured) and of the measurements. The embedded
+# server starts with fsync=off, full_page_writes=off, synchronous_commit=off; the
+# measurements use durable settings closer to a production server unless --fast.
+LOAD_SETTINGS = {
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "shared_buffers": "1GB",
+    "max_wal_size": "8GB",
+    "maintenance_work_mem": "512MB",
+    "autovacuum": "off",
+}
+MEASURE_SETTINGS = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "shared_buffers": "1GB",
+    "max_wal_size": "2GB",
+    # Off so that every variant pays for exactly its own work: with it on, autovacuum
+    # starts on the table in the middle of a batched run (200K dead rows) but only after
+    # the unbounded UPDATE. All variants leave the same dead rows behind.
+    "autovacuum": "off",
+    "track_io_timing": "on",
+}
+FAST_SETTINGS = {**MEASURE_SETTINGS, "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+SHOWN_SETTINGS = (
+    "server_version", "fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_wal_size",
+    "checkpoint_timeout", "wal_level", "wal_compression", "autovacuum", "jit", "work_mem", "temp_buffers",
+    "effective_cache_size", "random_page_cost",
+)  # fmt: skip
+
+# Targets for the runbook's sweep (reported, never asserted).
+TARGET_WALL_1000 = 1.2
+TARGET_WALL_10000 = 1.1
+TARGET_P99_MS = 150.0
+TARGET_LATE_EARLY = 1.2
+
+_SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+_SETTING_VALUE = re.compile(r"[A-Za-z0-9_.:+-]+\Z")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# The server
+
+
+def restart(server: EmbeddedServer, settings: dict[str, str]) -> str:
+    """Restart ``server`` with ``settings`` on the command line; return its DSN.
+
+    ``EmbeddedServer.start()`` passes fsync=off etc. with ``-o``, which outranks
+    ALTER SYSTEM, so the bench starts the server itself with its own ``-o``. This uses
+    the server's private ``_run`` (bench only; the runbook never does this).
+    """
+    for name, value in settings.items():
+        if not _SETTING.match(name) or not _SETTING_VALUE.match(value):
+            raise SystemExit(f"bad setting {name}={value!r}")
+    server.stop()
+    port = server.port()
+    options = " ".join(
+        [f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c timezone=UTC -c max_connections=100"]
+        + [f"-c {name}={value}" for name, value in settings.items()]
+    )
+    server._run("pg_ctl", "start", "-w", "-t", "120", "-D", str(server.pgdata), "-l", str(server.log), "-o", options)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with psycopg.connect(server.dsn(), connect_timeout=2):
+                return server.dsn()
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def connect(dsn: str) -> Conn:
+    return psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC")
+
+
+def one(conn: Conn, query: sql.Composed | sql.SQL | str, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def db_now_utc(conn: Conn) -> datetime:
+    now = one(conn, "SELECT statement_timestamp() AT TIME ZONE 'UTC'")
+    assert isinstance(now, datetime)
+    return now
+
+
+# --------------------------------------------------------------------------------------
+# The data
+
+
+_WORDS = (
+    "the model response output text token request user assistant system tool call function result data "
+    "value report summary analysis customer order invoice payment account balance service status update "
+    "project team review plan design test build deploy release version change issue fix error warning "
+    "note example question answer context document section table figure chart metric latency throughput "
+    "cost budget quarter month week day morning evening region market product feature pricing contract "
+    "policy compliance security access key secret rotate audit log event trace span cluster node queue "
+    "worker batch job schedule retry timeout limit quota rate window cache index shard replica primary"
+).split()
+
+
+def _file_object_pool(rng: random.Random, size: int) -> list[tuple[str, str]]:
+    """``size`` (middle, tail) pieces of OpenAI Response documents, 1.0-2.0 KB once assembled.
+
+    A row's document is ``'{"id": "<model id>", "object": "response", "created_at": <epoch>,
+    "status": "<status>"' + middle + tail``; only ASCII, no backslash, tab or newline, so
+    it needs no escaping in COPY's text format.
+    """
+    pool = []
+    for n in range(size):
+        target = 1000 + (n * 1000) // size + rng.randrange(0, 1000 // size + 1)
+        body: dict[str, Any] = {
+            "background": True,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": None,
+            "max_output_tokens": None,
+            "model": rng.choice(["gpt-4o-2024-08-06", "gpt-4.1-2025-04-14", "o3-2025-04-16", "gpt-4o-mini-2024-07-18"]),
+            "output": [],
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": {
+                "input_tokens": rng.randrange(20, 4000),
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": rng.randrange(20, 900),
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": rng.randrange(40, 5000),
+            },
+            "user": None,
+            "metadata": {},
+        }
+        base_len = len(json.dumps(body)) + 140  # + id, object, created_at, status
+        words: list[str] = []
+        length = 0
+        while base_len + 150 + length < target:
+            word = rng.choice(_WORDS)
+            words.append(word)
+            length += len(word) + 1
+        body["output"] = [
+            {
+                "id": "msg_" + "%048x" % rng.getrandbits(192),
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "annotations": [], "text": " ".join(words).capitalize() + "."}],
+            }
+        ]
+        text = json.dumps(body)
+        assert text.startswith("{") and "\\" not in text and "\t" not in text and "\n" not in text
+        pool.append((", " + text[1:-1], "}"))
+    return pool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``--rows``/``--candidates`` mean on the timeline; computed before loading."""
+
+    rows: int
+    candidates: int
+    now: datetime  # naive UTC, the server's clock at load time
+    cutoff: datetime  # now - 7 days: the middle of the empty gap
+
+    @property
+    def start(self) -> datetime:
+        return self.now - SPAN
+
+    @property
+    def usable(self) -> timedelta:
+        return SPAN - 2 * GAP - timedelta(minutes=10)
+
+    def created(self, slot: float) -> datetime:
+        """The created_at of position ``slot`` in [0, rows): time order with the gap cut out."""
+        t = self.start + self.usable * (slot / self.rows)
+        if t >= self.cutoff - GAP:
+            t += 2 * GAP
+        return t
+
+    def old_rows(self) -> int:
+        """How many row slots fall before the gap (the only ones that can be candidates)."""
+        return sum(1 for i in range(self.rows) if self.created(i + 1) < self.cutoff - GAP)
+
+
+_CANDIDATE_STATUSES = (("queued", 0.45), ("in_progress", 0.80), ("requires_action", 0.85), ("incomplete", 1.0))
+_OLD_RESPONSE_STATUSES = (
+    ("completed", 0.55), ("failed", 0.63), ("cancelled", 0.68), ("expired", 0.72), ("complete", 0.80),
+    ("stale_expired", 0.90), (None, 1.0),
+)  # fmt: skip
+_RECENT_RESPONSE_STATUSES = (
+    ("queued", 0.10), ("in_progress", 0.20), ("completed", 0.75), ("failed", 0.80), ("incomplete", 0.85),
+    ("cancelled", 0.90), (None, 0.95), ("requires_action", 1.0),
+)  # fmt: skip
+_BATCH_STATUSES = (
+    ("completed", 0.55), ("in_progress", 0.65), ("validating", 0.70), ("finalizing", 0.73), ("failed", 0.80),
+    ("expired", 0.85), ("cancelled", 0.90), (None, 1.0),
+)  # fmt: skip
+_FINE_TUNE_STATUSES = (("succeeded", 0.6), ("failed", 0.75), ("queued", 0.8), ("running", 0.9), ("cancelled", 1.0))
+
+
+def _pick(rng: random.Random, weights: tuple[tuple[str | None, float], ...]) -> str | None:
+    r = rng.random()
+    for value, bound in weights:
+        if r < bound:
+            return value
+    return weights[-1][0]
+
+
+COPY_COLUMNS = (
+    "id", "unified_object_id", "model_object_id", "file_object", "file_purpose", "created_at", "created_by",
+    "updated_at", "updated_by", "status", "team_id", "api_key", "org_id", "end_user_id",
+)  # fmt: skip
+
+
+def generate(plan: Plan, seed: int, chunk_bytes: int = 4 << 20) -> Iterator[bytes]:
+    """COPY text-format chunks of all rows, in created_at order. Exactly ``plan.candidates``
+    rows are candidates (selection sampling over the rows older than the gap)."""
+    rng = random.Random(seed)
+    pool = _file_object_pool(rng, 512)
+    teams = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(20)]
+    users = ["default_user_id"] + [f"user-{n:04d}@example.com" for n in range(50)]
+    keys = ["%064x" % rng.getrandbits(256) for _ in range(200)]
+    orgs = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(5)]
+    old = plan.old_rows()
+    need = plan.candidates
+    if need > old:
+        raise SystemExit(f"--candidates {need} is more than the {old} rows older than the cutoff")
+    epoch = datetime(1970, 1, 1)
+    buf: list[str] = []
+    size = 0
+    for i in range(plan.rows):
+        created = plan.created(i + rng.random()).replace(microsecond=0) + timedelta(milliseconds=rng.randrange(1000))
+        is_old = i < old
+        if not is_old and created < plan.cutoff + GAP:
+            created = plan.cutoff + GAP + timedelta(seconds=1)  # the one slot that straddles the gap
+        if is_old and rng.random() * (old - i) < need:
+            need -= 1
+            purpose, status = "response", _pick(rng, _CANDIDATE_STATUSES)
+        else:
+            r = rng.random()
+            purpose = "response" if r < 0.70 else "batch" if r < 0.90 else "fine-tune"
+            if purpose == "response":
+                status = _pick(rng, _OLD_RESPONSE_STATUSES if is_old else _RECENT_RESPONSE_STATUSES)
+            elif purpose == "batch":
+                status = _pick(rng, _BATCH_STATUSES)
+            else:
+                status = _pick(rng, _FINE_TUNE_STATUSES)
+        key = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        model_id = "resp_%048x" % rng.getrandbits(192)
+        unified = base64.b64encode(
+            f"litellm:custom_llm_provider:openai;model_id:{teams[i % 7]};response_id:{model_id}".encode()
+        ).decode()
+        middle, tail = pool[rng.randrange(len(pool))]
+        created_epoch = int((created - epoch).total_seconds())
+        doc = (
+            '{"id": "' + model_id + '", "object": "' + ("response" if purpose == "response" else purpose)
+            + '", "created_at": ' + str(created_epoch) + ', "status": "' + (status or "queued") + '"'
+            + middle + tail
+        )  # fmt: skip
+        user = users[rng.randrange(len(users))]
+        updated = created + timedelta(milliseconds=rng.randrange(3_600_000))
+        r2 = rng.random()
+        line = "\t".join(
+            (
+                key, "resp_" + unified, model_id, doc, purpose,
+                created.isoformat(sep=" ", timespec="milliseconds"), user,
+                updated.isoformat(sep=" ", timespec="milliseconds"), user,
+                status if status is not None else "\\N",
+                teams[rng.randrange(20)] if r2 < 0.7 else "\\N",
+                keys[rng.randrange(200)],
+                orgs[rng.randrange(5)] if r2 < 0.3 else "\\N",
+                f"customer-{rng.randrange(10_000)}" if r2 > 0.8 else "\\N",
+            )
+        )  # fmt: skip
+        buf.append(line)
+        size += len(line) + 1
+        if size >= chunk_bytes:
+            yield ("\n".join(buf) + "\n").encode()
+            buf, size = [], 0
+    if buf:
+        yield ("\n".join(buf) + "\n").encode()
+    assert need == 0, need
+
+
+def load(dsn: str, plan: Plan, seed: int) -> float:
+    """COPY the rows into the (empty) table; return seconds."""
+    t0 = time.monotonic()
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(TABLE, sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
+    with connect(dsn) as conn:
+        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            done = reported = 0
+            for chunk in generate(plan, seed):
+                copy.write(chunk)
+                done += chunk.count(b"\n")
+                if done - reported >= 100_000:
+                    log(f"  {done:,} rows sent")
+                    reported = done
+    return time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------------------
+# Checks: every variant must change exactly the candidates
+
+
+Histogram = dict[tuple[str, str | None, bool], int]
+
+
+def histogram(conn: Conn, cutoff: datetime) -> Histogram:
+    """Rows by (purpose, status, older than cutoff)."""
+    rows = conn.execute(
+        sql.SQL("SELECT file_purpose, status, created_at < %s, count(*) FROM {} GROUP BY 1, 2, 3").format(TABLE),
+        [cutoff],
+    ).fetchall()
+    return {(r[0], r[1], bool(r[2])): int(r[3]) for r in rows}
+
+
+def is_candidate(key: tuple[str, str | None, bool]) -> bool:
+    purpose, status, old = key
+    return purpose == "response" and old and status is not None and status not in TERMINAL
+
+
+def expected_after(before: Histogram) -> Histogram:
+    after: Histogram = {}
+    for key, n in before.items():
+        target = ("response", NEW_STATUS, True) if is_candidate(key) else key
+        after[target] = after.get(target, 0) + n
+    return after
+
+
+class CheckFailed(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------
+# Measuring one variant
+
+
+@dataclass
+class Measurement:
+    name: str
+    wall: float = 0.0
+    changed: int = 0
+    batches: list[float] = field(default_factory=list)  # seconds per batch that changed rows
+    statements: int = 0  # statements / batches run, including a final empty one
+    wal_bytes: int = 0
+    rows_read: int = 0
+    seq_scans: int = 0
+    idx_scans: int = 0
+    hot_updates: int = 0
+    outside_batches: float = 0.0  # wall time not spent inside batches (sweep: snapshot, checks, count)
+    note: str = ""
+    checked: bool = False
+
+
+@dataclass(frozen=True)
+class Stats:
+    seq_tup_read: int
+    idx_tup_fetch: int
+    seq_scan: int
+    idx_scan: int
+    n_tup_hot_upd: int
+
+
+def table_stats(conn: Conn) -> Stats:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0), coalesce(seq_scan, 0), coalesce(idx_scan, 0),"
+        " coalesce(n_tup_hot_upd, 0) FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = %s",
+        [TABLE_NAME],
+    ).fetchone()
+    return Stats(*(int(v) for v in row)) if row else Stats(0, 0, 0, 0, 0)
+
+
+def wal_lsn(conn: Conn) -> str:
+    return str(one(conn, "SELECT pg_current_wal_lsn()::text"))
+
+
+def wal_diff(conn: Conn, start: str) -> int:
+    return int(one(conn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", [start]))
+
+
+def run_floor(conn: Conn, m: Measurement, batch_size: int) -> None:
+    cutoff = datetime.now(timezone.utc) - timedelta(days=STALE_DAYS)
+    t0 = time.monotonic()
+    m.changed = conn.execute(FLOOR_SQL, [cutoff]).rowcount
+    m.batches.append(time.monotonic() - t0)
+    m.statements = 1
+
+
+def run_peer(conn: Conn, m: Measurement, batch_size: int) -> None:
+    # As production: an aware UTC cutoff bound as timestamptz, session TimeZone UTC.
+    cutoff = datetime.now(timezone.utc) - timedelta(days=STALE_DAYS)
+    while True:
+        t0 = time.monotonic()
+        n = conn.execute(PEER_SQL, [cutoff, batch_size]).rowcount
+        m.statements += 1
+        if n == 0:
+            break
+        m.batches.append(time.monotonic() - t0)
+        m.changed += n
+        if m.statements % 50 == 0:
+            log(f"  peer: {m.statements} batches, {m.changed:,} rows, last {m.batches[-1] * 1000:.0f} ms")
+
+
+def call_sweep(conn: Conn, opts: runbook.Options, run_id: str) -> runbook.SweepResult:
+    """The one place the bench calls ``runbook.sweep``: adapt here when its signature changes.
+
+    Passes ``run_id`` when the sweep accepts it (the ledger), else calls without it.
+    """
+    sweep: Callable[..., runbook.SweepResult] = runbook.sweep
+    try:
+        return sweep(conn, runbook.Target(), opts, run_id=run_id)
+    except TypeError as exc:
+        if "run_id" not in str(exc):
+            raise
+        return sweep(conn, runbook.Target(), opts)
+
+
+def sweep_options(batch_size: int) -> runbook.Options:
+    """A live sweep with no run-time bound: every candidate in one run."""
+    unbounded: dict[str, Any] = {"max_batches": 1_000_000, "max_seconds": 7 * 86400}
+    if "max_rows" in inspect.signature(runbook.options).parameters:
+        unbounded["max_rows"] = 10**9
+    return runbook.options(batch_size=batch_size, dry_run=False, **unbounded)
+
+
+def run_sweep(conn: Conn, m: Measurement, batch_size: int) -> None:
+    result = call_sweep(conn, sweep_options(batch_size), f"bench-{m.name}-{uuid.uuid4().hex[:8]}")
+    if result.stop_reason != "done":
+        raise CheckFailed(f"{m.name}: sweep stopped with {result.stop_reason!r}, not 'done'")
+    m.changed = result.changed
+    m.batches = [b.seconds for b in result.batches if b.changed]
+    m.statements = len(result.batches)
+    m.outside_batches = result.seconds - sum(b.seconds for b in result.batches)
+    m.note = f"{result.candidates_at_start:,} in snapshot"
+
+
+Runner = Callable[[Conn, Measurement, int], None]
+
+
+def measure(admin: Conn, server: EmbeddedServer, name: str, runner: Runner, batch_size: int, expected: Histogram, candidates: int, cutoff: datetime) -> Measurement:
+    """Run one variant on a fresh copy of the base database and check what it changed."""
+    copy = f"bench_{name}"
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))
+    t0 = time.monotonic()
+    admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(sql.Identifier(copy), sql.Identifier(BASE_DB)))
+    log(f"{name}: copy of the base made in {time.monotonic() - t0:.1f} s")
+    m = Measurement(name)
+    try:
+        with connect(server.dsn(copy)) as conn:
+            admin.execute("CHECKPOINT")
+            before = table_stats(conn)
+            lsn = wal_lsn(conn)
+            log(f"{name}: running")
+            t0 = time.monotonic()
+            runner(conn, m, batch_size)
+            m.wall = time.monotonic() - t0
+            m.wal_bytes = wal_diff(conn, lsn)
+            time.sleep(0.2)
+            after = table_stats(conn)
+            m.rows_read = (after.seq_tup_read - before.seq_tup_read) + (after.idx_tup_fetch - before.idx_tup_fetch)
+            m.seq_scans = after.seq_scan - before.seq_scan
+            m.idx_scans = after.idx_scan - before.idx_scan
+            m.hot_updates = after.n_tup_hot_upd - before.n_tup_hot_upd
+            log(f"{name}: {m.changed:,} rows in {m.wall:.1f} s; checking")
+            got = histogram(conn, cutoff)
+        if m.changed != candidates:
+            raise CheckFailed(f"{name} reported {m.changed:,} rows changed; the candidates are {candidates:,}")
+        if got != expected:
+            diff = {k: (expected.get(k, 0), got.get(k, 0)) for k in set(got) | set(expected) if got.get(k, 0) != expected.get(k, 0)}
+            raise CheckFailed(f"{name} changed other rows than exactly the candidates: (expected, got) {diff}")
+        m.checked = True
+        return m
+    finally:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))
+
+
+def measure_inspect(server: EmbeddedServer, candidates: int) -> Measurement:
+    """Time ``runbook.inspect`` on the base database (read-only)."""
+    m = Measurement("inspect")
+    with connect(server.dsn(BASE_DB)) as conn:
+        before = table_stats(conn)
+        t0 = time.monotonic()
+        report = runbook.inspect(conn, runbook.Target(), runbook.options())
+        m.wall = time.monotonic() - t0
+        after = table_stats(conn)
+    m.rows_read = (after.seq_tup_read - before.seq_tup_read) + (after.idx_tup_fetch - before.idx_tup_fetch)
+    m.seq_scans = after.seq_scan - before.seq_scan
+    m.statements = 1
+    m.batches = [m.wall]
+    if report.candidates != candidates:
+        raise CheckFailed(f"inspect counted {report.candidates:,} candidates; there are {candidates:,}")
+    m.checked = True
+    m.note = f"counted {report.candidates:,}; full_scan={report.full_scan}"
+    return m
+
+
+class ProfilingConnection(psycopg.Connection[tuple[Any, ...]]):
+    """A connection that times every statement the sweep runs, by kind, and EXPLAINs
+    (ANALYZE, BUFFERS, WAL) chosen executions of the batch UPDATE in a savepoint that is
+    rolled back before the real statement runs. Statements are recognised by comparing
+    them with what ``runbook.statements`` builds, so the sweep's code is used unchanged."""
+
+    explain_batches: set[int]
+    timings: dict[str, list[float]]
+    plans: list[tuple[str, list[str]]]
+    _kinds: list[tuple[str, Any]]
+
+    def setup(self, target: runbook.Target, explain_batches: set[int]) -> None:
+        self.explain_batches = explain_batches
+        self.timings = {}
+        self.plans = []
+        snap = statements.snapshot(target)
+        self._kinds = [
+            ("batch_update", statements.batch_update(target)),
+            ("snapshot_next (keyset step)", statements.snapshot_next()),
+            ("snapshot: CREATE TEMP TABLE AS (full scan)", snap[1]),
+            ("snapshot: CREATE INDEX", snap[2]),
+            ("snapshot: ANALYZE", snap[3]),
+            ("snapshot: DROP TABLE", snap[0]),
+            ("candidate_count (full scan)", statements.candidate_count(target)),
+        ]
+
+    def kind(self, query: Any) -> str:
+        for name, known in getattr(self, "_kinds", []):
+            if query == known:
+                return str(name)
+        text = query if isinstance(query, str) else query.as_string(self) if isinstance(query, sql.Composable) else ""
+        return "other: " + " ".join(str(text).split())[:50]
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool = False) -> Any:
+        kind = self.kind(query)
+        if kind == "batch_update":
+            n = len(self.timings.get(kind, [])) + 1
+            if n in self.explain_batches:
+                try:
+                    with self.transaction():
+                        rows = super().execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, WAL, VERBOSE false) ") + query, params).fetchall()
+                        self.plans.append((f"batch_update, batch {n}", [str(r[0]) for r in rows]))
+                        raise _Rollback
+                except _Rollback:
+                    pass
+        t0 = time.monotonic()
+        cur = super().execute(query, params, prepare=prepare, binary=binary)
+        self.timings.setdefault(kind, []).append(time.monotonic() - t0)
+        return cur
+
+
+class _Rollback(Exception):
+    pass
+
+
+def explain_sweep(admin: Conn, server: EmbeddedServer, batch_size: int, candidates: int) -> None:
+    """Run the sweep at ``batch_size`` on a copy with every statement timed, print where
+    the time goes, the plans of batches 1, 2 and the one at 90%, and which plans the
+    server cached (psycopg prepares a statement after 5 executions)."""
+    copy = "bench_explain"
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))
+    admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(sql.Identifier(copy), sql.Identifier(BASE_DB)))
+    admin.execute("CHECKPOINT")
+    batches = math.ceil(candidates / batch_size)
+    late = max(3, math.ceil(batches * 0.9))
+    try:
+        with ProfilingConnection.connect(server.dsn(copy), autocommit=True, options="-c TimeZone=UTC") as conn:
+            conn.setup(runbook.Target(), {1, 2, late})
+            # LiteLLM's statement, once, for comparison (rolled back).
+            cutoff = datetime.now(timezone.utc) - timedelta(days=STALE_DAYS)
+            try:
+                with conn.transaction():
+                    rows = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, WAL) ") + PEER_SQL, [cutoff, 1000]).fetchall()
+                    conn.plans.append(("peer (LiteLLM's statement), first batch of 1000", [str(r[0]) for r in rows]))
+                    raise _Rollback
+            except _Rollback:
+                pass
+            conn.timings.clear()
+            t0 = time.monotonic()
+            result = call_sweep(conn, sweep_options(batch_size), f"bench-explain-{uuid.uuid4().hex[:8]}")
+            wall = time.monotonic() - t0
+            prepared = conn.execute(
+                "SELECT left(regexp_replace(statement, '\\s+', ' ', 'g'), 60), generic_plans, custom_plans"
+                " FROM pg_prepared_statements ORDER BY 2 DESC, 3 DESC"
+            ).fetchall()
+        print(f"\n## explain: sweep at batch size {batch_size:,} on a copy, every statement timed ({wall:.2f} s wall, "
+              f"{result.changed:,} rows, {len(result.batches)} batches, stop {result.stop_reason}; batches 1, 2, {late} "
+              "were also EXPLAIN ANALYZEd and rolled back first, so their batch times include that)\n")
+        print("| statement kind | executions | total s | share of wall | p50 ms | p99 ms | max ms |")
+        print("|---|---|---|---|---|---|---|")
+        accounted = 0.0
+        for kind, values in sorted(conn.timings.items(), key=lambda kv: -sum(kv[1])):
+            accounted += sum(values)
+            print(f"| {kind} | {len(values)} | {sum(values):.2f} | {sum(values) / wall:.0%} | {percentile(values, 0.5) * 1000:.1f} "
+                  f"| {percentile(values, 0.99) * 1000:.1f} | {max(values) * 1000:.1f} |")
+        print(f"| (python, commits and round trips not inside execute) | - | {wall - accounted:.2f} | {(wall - accounted) / wall:.0%} | | | |")
+        print("\nprepared statements on the sweep's connection (generic vs custom plans):")
+        for p in prepared:
+            print(f"  generic={p[1]} custom={p[2]}  {p[0]}")
+        for label, plan in conn.plans:
+            print(f"\n### {label}\n")
+            print("\n".join("    " + line for line in plan))
+    finally:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))
+
+
+# --------------------------------------------------------------------------------------
+# Report
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def late_early(values: Sequence[float]) -> float | None:
+    """p50 of the last 10% of batches over p50 of the first 10% (None for fewer than 2 batches)."""
+    if len(values) < 2:
+        return None
+    k = max(1, len(values) // 10)
+    return percentile(values[-k:], 0.5) / percentile(values[:k], 0.5)
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def render(results: list[Measurement], candidates: int) -> str:
+    floor = next((m for m in results if m.name == "floor"), None)
+
+    def ratio(value: float, base: float | None) -> str:
+        return "-" if not base else f"{value / base:.2f}x"
+
+    header = ["variant", "wall s", "rows/s", "batches", "p50 ms", "p99 ms", "late/early", "WAL MB", "rows read",
+              "wall vs floor", "WAL vs floor", "read vs floor"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for m in results:
+        is_inspect = m.name == "inspect"
+        lines.append(
+            "| " + " | ".join([
+                m.name,
+                f"{m.wall:.2f}",
+                "-" if is_inspect or not m.wall else fmt_int(round(m.changed / m.wall)),
+                str(len(m.batches)) if not is_inspect else "-",
+                f"{percentile(m.batches, 0.5) * 1000:.1f}" if m.batches else "-",
+                f"{percentile(m.batches, 0.99) * 1000:.1f}" if m.batches else "-",
+                fmt_ratio(late_early(m.batches)),
+                f"{m.wal_bytes / 1e6:,.1f}" if not is_inspect else "-",
+                fmt_int(m.rows_read),
+                ratio(m.wall, floor.wall if floor else None),
+                ratio(m.wal_bytes, floor.wal_bytes if floor else None) if not is_inspect else "-",
+                ratio(m.rows_read, floor.rows_read if floor else None),
+            ]) + " |"
+        )  # fmt: skip
+    lines.append("")
+    lines.append("| variant | changed | statements | seq scans | index scans | HOT updates | outside batches s | check | note |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for m in results:
+        lines.append(
+            f"| {m.name} | {fmt_int(m.changed)} | {m.statements} | {m.seq_scans} | {m.idx_scans} | {fmt_int(m.hot_updates)} "
+            f"| {m.outside_batches:.2f} | {'exactly the ' + fmt_int(candidates) + ' candidates' if m.checked else 'FAILED'} | {m.note} |"
+        )
+    by_name = {m.name: m for m in results}
+    lines.append("")
+    lines.append("| target | measured | result |")
+    lines.append("|---|---|---|")
+
+    def row(label: str, value: float | None, limit: float, unit: str) -> None:
+        if value is None:
+            lines.append(f"| {label} | not measured | - |")
+        else:
+            lines.append(f"| {label} | {value:.2f}{unit} | {'PASS' if value < limit or math.isclose(value, limit) else 'FAIL'} |")
+
+    s1, s10 = by_name.get("sweep1000"), by_name.get("sweep10000")
+    fw = floor.wall if floor else None
+    row(f"sweep1000 wall <= {TARGET_WALL_1000}x floor", s1.wall / fw if s1 and fw else None, TARGET_WALL_1000, "x")
+    row(f"sweep1000 per-batch p99 < {TARGET_P99_MS:.0f} ms", percentile(s1.batches, 0.99) * 1000 if s1 and s1.batches else None, TARGET_P99_MS, " ms")
+    row(f"sweep1000 late/early p50 < {TARGET_LATE_EARLY}", late_early(s1.batches) if s1 else None, TARGET_LATE_EARLY, "")
+    row(f"sweep10000 wall <= {TARGET_WALL_10000}x floor", s10.wall / fw if s10 and fw else None, TARGET_WALL_10000, "x")
+    return "\n".join(lines)
+
+
+def machine(admin: Conn) -> str:
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    settings = []
+    for name in SHOWN_SETTINGS:
+        settings.append(f"{name}={one(admin, sql.SQL('SELECT current_setting({})').format(sql.Literal(name)))}")
+    jit = one(admin, "SELECT pg_jit_available()")
+    return (
+        f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; host: {platform.node()}; {os.cpu_count()} CPUs ({cpu}); "
+        f"RAM {mem}; {platform.platform()}; Python {platform.python_version()}; psycopg {psycopg.__version__}\n"
+        f"PostgreSQL settings: {', '.join(settings)}, jit_available={jit}"
+    )
+
+
+def sizes(conn: Conn) -> str:
+    row = conn.execute(
+        "SELECT pg_relation_size(c.oid), coalesce(pg_total_relation_size(c.reltoastrelid), 0), pg_indexes_size(c.oid),"
+        " (SELECT avg(pg_column_size(file_object))::int FROM \"LiteLLM_ManagedObjectTable\"),"
+        " (SELECT avg(octet_length(file_object::text))::int FROM \"LiteLLM_ManagedObjectTable\")"
+        " FROM pg_class c WHERE c.oid = '\"LiteLLM_ManagedObjectTable\"'::regclass"
+    ).fetchone()
+    assert row is not None
+    heap, toast, idx, stored, text = (int(v) for v in row)
+    return (
+        f"table: heap {heap / 2**20:,.0f} MiB, TOAST {toast / 2**20:,.0f} MiB, indexes {idx / 2**20:,.0f} MiB; "
+        f"file_object: {text:,} bytes as text, {stored:,} bytes stored (avg)"
+    )
+
+
+# --------------------------------------------------------------------------------------
+
+
+VARIANTS = ("floor", "peer", "sweep1000", "sweep10000", "inspect")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--candidates", type=int, default=300_000)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}, sweepN, explain")
+    p.add_argument("--peer-batch-size", type=int, default=1000, help="LIMIT of LiteLLM's statement (its default: 1000)")
+    p.add_argument("--explain-batch-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--fast", action="store_true", help="measure with fsync/synchronous_commit/full_page_writes off")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a PostgreSQL setting for the measurements")
+    p.add_argument("--keep", action="store_true", help="keep the server and its data (prints where)")
+    p.add_argument("--json", type=Path, help="also write the measurements as JSON here")
+    args = p.parse_args(argv)
+    if args.rows < 100 or not 1 <= args.candidates < args.rows:
+        p.error("need --rows >= 100 and 1 <= --candidates < --rows")
+    for v in args.variants.split(","):
+        if v not in VARIANTS and v != "explain" and not re.fullmatch(r"sweep[1-9][0-9]*", v):
+            p.error(f"unknown variant {v!r}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    settings = dict(FAST_SETTINGS if args.fast else MEASURE_SETTINGS)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        settings[name] = value
+    started = time.monotonic()
+    home = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="litellm-runbook-bench-"))
+    server = EmbeddedServer(home)
+    failed = False
+    results: list[Measurement] = []
+    try:
+        log(f"server in {home}")
+        server.start()
+        restart(server, LOAD_SETTINGS)
+        t0 = time.monotonic()
+        base = reset_database(server.dsn(), BASE_DB)
+        log(f"LiteLLM schema from litellm-proxy-extras {migrations_version()} in {time.monotonic() - t0:.1f} s")
+        with connect(base) as conn:
+            plan = Plan(args.rows, args.candidates, db_now_utc(conn), db_now_utc(conn) - timedelta(days=STALE_DAYS))
+        log(f"loading {args.rows:,} rows ({args.candidates:,} candidates) with COPY")
+        load_s = load(base, plan, args.seed)
+        log(f"loaded in {load_s:.1f} s; VACUUM ANALYZE")
+        with connect(base) as conn:
+            t0 = time.monotonic()
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(TABLE))
+            conn.execute("CHECKPOINT")
+            log(f"vacuumed in {time.monotonic() - t0:.1f} s")
+            before = histogram(conn, plan.cutoff)
+            table_sizes = sizes(conn)
+        candidates = sum(n for k, n in before.items() if is_candidate(k))
+        if candidates != args.candidates:
+            raise CheckFailed(f"loaded {candidates:,} candidates, wanted {args.candidates:,}")
+        expected = expected_after(before)
+        log(table_sizes)
+        restart(server, settings)
+        with connect(server.dsn()) as admin:
+            info = machine(admin)
+            log(info)
+            for name in variants:
+                if name == "inspect":
+                    results.append(measure_inspect(server, candidates))
+                elif name == "explain":
+                    explain_sweep(admin, server, args.explain_batch_size, candidates)
+                else:
+                    runner: Runner
+                    if name == "floor":
+                        runner, batch = run_floor, 0
+                    elif name == "peer":
+                        runner, batch = run_peer, args.peer_batch_size
+                    else:
+                        runner, batch = run_sweep, int(name.removeprefix("sweep"))
+                    try:
+                        results.append(measure(admin, server, name, runner, batch, expected, candidates, plan.cutoff))
+                    except CheckFailed as exc:
+                        failed = True
+                        log(f"CHECK FAILED: {exc}")
+                        results.append(Measurement(name, note=str(exc)[:200]))
+                log(f"{name}: done")
+        total = time.monotonic() - started
+        command = "python bench/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        print(f"\n{info}\nrows: {args.rows:,}, candidates: {candidates:,}, load (COPY): {load_s:.0f} s; {table_sizes}")
+        print(f"command: {command}; total run time {total / 60:.1f} min\n")
+        print(render(results, candidates))
+        if args.json:
+            args.json.write_text(json.dumps([m.__dict__ for m in results], indent=1))
+        if failed:
+            print("\nFAILED: at least one variant did not change exactly the candidate rows (see above)", file=sys.stderr)
+            return 1
+        return 0
+    except CheckFailed as exc:
+        print(f"\nFAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            log(f"kept: server in {home}, DSN {server.dsn(BASE_DB) if server.initialised() else '-'}")
+        else:
+            server.destroy()
+            shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

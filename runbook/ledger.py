@@ -1,0 +1,179 @@
+"""The ledger: what every live run changed, written in the same statement as the change.
+
+Lives in its own schema, ``litellm_runbook``, beside LiteLLM's tables and never in them:
+
+    runs     one row per live sweep or undo: who, what, parameters, outcome
+    batches  one row per committed batch: run, number, rows changed, commit time
+    changes  one row per changed row: run, batch, object id, previous and new status
+
+A batch's UPDATE, its ``changes`` rows and its ``batches`` row are one SQL statement
+(``statements.batch_update`` with ``ledger=True``), so they exist together or not at all,
+whatever happens to the process. ``ensure()`` creates the schema on first use; a role
+that may not create or write it gets LedgerUnavailableError saying what to grant, and
+the sweep does not start.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .errors import LedgerUnavailableError
+from .session import Conn
+from .statements import LEDGER_SCHEMA as SCHEMA
+
+__all__ = ["SCHEMA", "ensure", "ddl", "start_run", "finish_run", "run_info", "recent_runs", "grants_for"]
+
+
+
+def _t(name: str) -> sql.Identifier:
+    return sql.Identifier(SCHEMA, name)
+
+
+def ddl() -> list[sql.Composed]:
+    """The statements that create the ledger (idempotent)."""
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "run_id text PRIMARY KEY, kind text NOT NULL, target text NOT NULL, undoes_run_id text,"
+            " started_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz,"
+            " operator jsonb, parameters jsonb, stop_reason text, rows_changed bigint, outcome jsonb)"
+        ).format(_t("runs")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "run_id text NOT NULL REFERENCES {} (run_id), batch integer NOT NULL, rows_changed integer NOT NULL,"
+            " committed_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (run_id, batch))"
+        ).format(_t("batches"), _t("runs")),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "run_id text NOT NULL, batch integer NOT NULL, object_id text NOT NULL,"
+            " previous_status text, new_status text NOT NULL, PRIMARY KEY (run_id, batch, object_id))"
+        ).format(_t("changes")),
+        sql.SQL("CREATE INDEX IF NOT EXISTS changes_object_idx ON {} (object_id)").format(_t("changes")),
+    ]
+
+
+def grants_for(role: str) -> str:
+    """The statements an owner runs so that ``role`` can sweep with a ledger."""
+    return (
+        f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}; GRANT USAGE ON SCHEMA {SCHEMA} TO {role}; "
+        f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {SCHEMA} TO {role}"
+    )
+
+
+def ensure(conn: Conn) -> None:
+    """Create the ledger if missing and check this role can write it.
+
+    Writes the schema and tables on first use. Raises LedgerUnavailableError, naming the
+    grants to ask for, when the role can do neither.
+    """
+    role = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+    present = conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname IN ('runs', 'batches', 'changes')",
+        [SCHEMA],
+    ).fetchone()
+    if not present or present[0] < 3:
+        try:
+            with conn.transaction():
+                # Two first sweeps at once would race to create the schema.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"{SCHEMA}.ddl"])
+                for statement in ddl():
+                    conn.execute(statement)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise LedgerUnavailableError(
+                f"role {role} cannot create the ledger schema {SCHEMA} ({exc.diag.message_primary}); "
+                f"a sweep never runs without its ledger. Ask an owner to run: {grants_for(role)}"
+            ) from None
+    row = conn.execute(
+        "SELECT has_schema_privilege(%(s)s, 'USAGE') AND has_table_privilege(%(runs)s, 'INSERT, UPDATE, SELECT')"
+        " AND has_table_privilege(%(batches)s, 'INSERT, SELECT') AND has_table_privilege(%(changes)s, 'INSERT, SELECT')",
+        {"s": SCHEMA, "runs": f"{SCHEMA}.runs", "batches": f"{SCHEMA}.batches", "changes": f"{SCHEMA}.changes"},
+    ).fetchone()
+    if not row or not row[0]:
+        raise LedgerUnavailableError(
+            f"role {role} may not write the ledger in schema {SCHEMA}; a sweep never runs without its ledger. "
+            f"Ask an owner to run: {grants_for(role)}"
+        )
+
+
+def start_run(
+    conn: Conn, *, run_id: str, kind: str, target: str, operator: dict[str, Any], parameters: dict[str, Any],
+    undoes_run_id: str | None = None,
+) -> int:  # fmt: skip
+    """Register (or resume) a run; return the number its next batch gets.
+
+    Re-using a run id continues that run (after a crash, say): its batches keep counting.
+    """
+    with conn.transaction():
+        existing = conn.execute(
+            sql.SQL("SELECT kind, target FROM {} WHERE run_id = %s FOR UPDATE").format(_t("runs")), [run_id]
+        ).fetchone()
+        if existing is None:
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (run_id, kind, target, undoes_run_id, operator, parameters) VALUES (%s, %s, %s, %s, %s, %s)"
+                ).format(_t("runs")),
+                [run_id, kind, target, undoes_run_id, json.dumps(operator), json.dumps(parameters, default=str)],
+            )
+            return 1
+        if (existing[0], existing[1]) != (kind, target):
+            from .errors import ParameterError
+
+            raise ParameterError(
+                "run_id", run_id, f"a new id: it already names a {existing[0]} run on {existing[1]} in the ledger"
+            )
+        conn.execute(sql.SQL("UPDATE {} SET finished_at = NULL WHERE run_id = %s").format(_t("runs")), [run_id])
+        last = conn.execute(
+            sql.SQL("SELECT coalesce(max(batch), 0) FROM {} WHERE run_id = %s").format(_t("batches")), [run_id]
+        ).fetchone()
+        return int(last[0]) + 1 if last else 1
+
+
+def finish_run(conn: Conn, run_id: str, stop_reason: str, outcome: dict[str, Any]) -> None:
+    """Record how the run ended; rows_changed is summed from the committed batches."""
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "UPDATE {runs} SET finished_at = clock_timestamp(), stop_reason = %s, outcome = %s,"
+                " rows_changed = (SELECT coalesce(sum(rows_changed), 0) FROM {batches} WHERE run_id = %s)"
+                " WHERE run_id = %s"
+            ).format(runs=_t("runs"), batches=_t("batches")),
+            [stop_reason, json.dumps(outcome, default=str), run_id, run_id],
+        )
+
+
+def run_info(conn: Conn, run_id: str) -> dict[str, Any] | None:
+    """The ledger's row for ``run_id``, or None."""
+    if conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.runs"]).fetchone() == (None,):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT run_id, kind, target, undoes_run_id, stop_reason, rows_changed FROM {} WHERE run_id = %s").format(
+            _t("runs")
+        ),
+        [run_id],
+    ).fetchone()
+    if row is None:
+        return None
+    keys = ("run_id", "kind", "target", "undoes_run_id", "stop_reason", "rows_changed")
+    return dict(zip(keys, row, strict=True))
+
+
+def recent_runs(conn: Conn, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest sweep runs (with the undo runs that undid them); [] without a ledger."""
+    if conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.runs"]).fetchone() == (None,):
+        return []
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT r.run_id, r.started_at AT TIME ZONE 'UTC', r.stop_reason, r.rows_changed,"
+            " (SELECT string_agg(u.run_id, ', ') FROM {runs} u WHERE u.undoes_run_id = r.run_id)"
+            " FROM {runs} r WHERE r.kind = 'sweep' ORDER BY r.started_at DESC LIMIT %s"
+        ).format(runs=_t("runs")),
+        [limit],
+    ).fetchall()
+    keys = ("run_id", "started_at", "stop_reason", "rows_changed", "undone_by")
+    return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -1,0 +1,149 @@
+"""Undo: put back the previous status of exactly the rows one run changed.
+
+What it writes: for each row the ledger says run ``of_run_id`` changed and that still
+has that run's new status, ``status = previous status``, in bounded batches, each with its
+own ledger rows (the undo is a run too, with ``undoes_run_id`` set). Rows that changed
+again since are left alone and counted. ``dry_run=True`` (the default) writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from . import ledger, statements
+from .errors import UnknownRunError
+from .locking import target_lock
+from .metrics import write_metrics
+from .params import Options
+from .record import new_run_id, operator
+from .session import Conn, check_target, read_only
+from .sweep import BatchResult, Stopper, _set_timeouts, _utc_now, check_writable, interrupt_guard
+from .target import Target
+
+__all__ = ["UndoResult", "undo"]
+
+
+@dataclass
+class UndoResult:
+    of_run_id: str
+    run_id: str | None
+    dry_run: bool
+    rows_in_ledger: int  # rows the undone run changed
+    restorable: int  # of those, still in the run's new status when the undo started
+    restored: int = 0
+    left_alone: int = 0  # changed again since: not touched
+    already_undone: int = 0
+    batches: list[BatchResult] = field(default_factory=list)
+    stop_reason: str = ""
+    seconds: float = 0.0
+    metrics_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _counts(conn: Conn, target: Target, of_run_id: str) -> tuple[int, int, int]:
+    """(rows the run changed, of them still in its new status, of them already undone)."""
+    row = conn.execute(
+        sql.SQL(
+            "WITH latest AS (SELECT DISTINCT ON (object_id) object_id, new_status FROM {changes}"
+            " WHERE run_id = %(r)s ORDER BY object_id, batch DESC),"
+            " undone AS (SELECT DISTINCT d.object_id FROM {changes} d JOIN {runs} u ON u.run_id = d.run_id"
+            " WHERE u.undoes_run_id = %(r)s)"
+            " SELECT count(*), count(*) FILTER (WHERE t.{status} = latest.new_status"
+            " AND latest.object_id NOT IN (SELECT object_id FROM undone)),"
+            " count(*) FILTER (WHERE latest.object_id IN (SELECT object_id FROM undone))"
+            " FROM latest LEFT JOIN {table} t ON t.{key} = latest.object_id"
+        ).format(
+            changes=sql.Identifier(ledger.SCHEMA, "changes"),
+            runs=sql.Identifier(ledger.SCHEMA, "runs"),
+            table=statements.table(target),
+            status=sql.Identifier(target.status_column),
+            key=sql.Identifier(target.key_column),
+        ),
+        {"r": of_run_id},
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def undo(
+    conn: Conn, target: Target, opts: Options, *, of_run_id: str, run_id: str | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> UndoResult:  # fmt: skip
+    """Restore the rows run ``of_run_id`` changed (or count them, in a dry run).
+
+    Raises UnknownRunError when the ledger has no such sweep run, and, before any write,
+    ReadOnlyError, LedgerUnavailableError, SweepInProgressError.
+    """
+    started = time.monotonic()
+    check_target(conn, target)
+    with read_only(conn):
+        info = ledger.run_info(conn, of_run_id)
+        if info is None or info["kind"] != "sweep":
+            raise UnknownRunError(f"run_id={of_run_id!r} is not a sweep run in the ledger ({ledger.SCHEMA}.runs)")
+        total, restorable, already = _counts(conn, target, of_run_id)
+    result = UndoResult(of_run_id, None, opts.dry_run, total, restorable, already_undone=already)
+    if opts.dry_run:
+        result.left_alone = total - restorable - already
+        result.stop_reason = "dry_run"
+        result.seconds = round(time.monotonic() - started, 4)
+        return result
+
+    run_id = run_id or new_run_id()
+    result.run_id = run_id
+    check_writable(conn, target)
+    ledger.ensure(conn)
+    table_name = f"{target.schema}.{target.table}"
+    with target_lock(conn, target), interrupt_guard() as interrupted:
+        next_batch = ledger.start_run(
+            conn, run_id=run_id, kind="undo", target=table_name, operator=operator(),
+            parameters=parameters or {"of_run_id": of_run_id, **opts.to_dict()}, undoes_run_id=of_run_id,
+        )  # fmt: skip
+        stopper = Stopper(opts, started, interrupted)
+        after = ""
+        try:
+            while True:
+                reason = stopper.reason(len(result.batches))
+                if reason:
+                    result.stop_reason = reason
+                    break
+                t0 = time.monotonic()
+                with conn.transaction():
+                    _set_timeouts(conn, opts)
+                    todo = conn.execute(
+                        statements.undo_next(), {"of_run": of_run_id, "after": after, "batch_size": opts.batch_size}
+                    ).fetchall()
+                    if not todo:
+                        result.stop_reason = "done"
+                        break
+                    row = conn.execute(
+                        statements.undo_update(target),
+                        {
+                            "ids": [r[0] for r in todo], "previous": [r[1] for r in todo],
+                            "swept_status": todo[0][2], "run_id": run_id, "batch": next_batch,
+                        },
+                    ).fetchone()  # fmt: skip
+                restored = int(row[0]) if row else 0
+                result.batches.append(BatchResult(next_batch, len(todo), restored, round(time.monotonic() - t0, 4), _utc_now()))
+                result.restored += restored
+                result.left_alone += len(todo) - restored
+                after = str(todo[-1][0])
+                next_batch += 1
+        finally:
+            result.seconds = round(time.monotonic() - started, 4)
+            result.stop_reason = result.stop_reason or "failed"
+            if opts.metrics_dir:
+                result.metrics_file = str(
+                    write_metrics(
+                        opts.metrics_dir, run_id=run_id, kind="undo", table=table_name, rows_changed=result.restored,
+                        rows_remaining=None, batch_seconds=[b.seconds for b in result.batches],
+                        outcome=result.stop_reason, run_seconds=result.seconds, finished=True,
+                    )  # fmt: skip
+                )
+            ledger.finish_run(conn, run_id, result.stop_reason, result.to_dict())
+    return result
