@@ -77,6 +77,17 @@ class Run:
             self.finish()
             raise
 
+    def controls(self) -> Any:
+        """In JupyterLab, the sweep's control panel (settings, Preview, confirm, Execute).
+
+        Headless (papermill, nbval) it builds nothing and returns None, so no cell waits.
+        """
+        if not interactive():
+            return None
+        from .controls import sweep_panel
+
+        return sweep_panel(self)
+
     def inspect(self) -> InspectReport:
         """Run inspect and render it. Reads only."""
         with self._step("inspect"):
