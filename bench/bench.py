@@ -706,7 +706,7 @@ def explain_sweep(admin: Conn, server: EmbeddedServer, batch_size: int, candidat
             print(f"  generic={p[1]} custom={p[2]}  {p[0]}")
         for label, plan in conn.plans:
             print(f"\n### {label}\n")
-            print("\n".join("    " + line for line in plan))
+            print("\n".join("    " + (line if len(line) <= 240 else line[:200] + f"... ({len(line):,} chars)") for line in plan))
     finally:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))
 
@@ -812,9 +812,10 @@ def machine(admin: Conn) -> str:
     for name in SHOWN_SETTINGS:
         settings.append(f"{name}={one(admin, sql.SQL('SELECT current_setting({})').format(sql.Literal(name)))}")
     jit = one(admin, "SELECT pg_jit_available()")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     return (
         f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; host: {platform.node()}; {os.cpu_count()} CPUs ({cpu}); "
-        f"RAM {mem}; {platform.platform()}; Python {platform.python_version()}; psycopg {psycopg.__version__}\n"
+        f"RAM {mem}; load average {load}; {platform.platform()}; Python {platform.python_version()}; psycopg {psycopg.__version__}\n"
         f"PostgreSQL settings: {', '.join(settings)}, jit_available={jit}"
     )
 
