@@ -73,6 +73,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As PostgreSQL does: connections in TIME_WAIT from before a restart do not block it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class EmbeddedServer:
     """A PostgreSQL cluster in ``home``; ``start()`` is idempotent and returns a DSN."""
@@ -185,7 +196,8 @@ class EmbeddedServer:
             )  # fmt: skip
         if self.running():
             return self.dsn()
-        port = _free_port()
+        # Keep the port across restarts so that DSNs handed out earlier stay valid.
+        port = self.port() if self._port_file.exists() and _port_free(self.port()) else _free_port()
         self._port_file.write_text(f"{port}\n")
         options = (
             f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
@@ -201,6 +213,24 @@ class EmbeddedServer:
             except OSError:
                 time.sleep(0.1)
         raise EmbeddedServerError(f"the embedded server did not accept connections on port {port}; see {self.log}")
+
+    def clone_standby(self, home: Path) -> EmbeddedServer:
+        """A hot standby of this (running) server in ``home``, streaming from it; started.
+
+        For drills and tests: replication lag and read-only behaviour on a real standby.
+        Writes below ``home`` only. Raises EmbeddedServerError when pg_basebackup fails.
+        """
+        standby = EmbeddedServer(home)
+        standby._prepare_home()
+        self._run(
+            "pg_basebackup", "-D", str(standby.pgdata), "-R", "-X", "stream", "-c", "fast",
+            "-h", "127.0.0.1", "-p", str(self.port()), "-U", DB_USER,
+        )  # fmt: skip
+        with (standby.pgdata / "postgresql.auto.conf").open("a") as conf:
+            # Report replay progress every second, so lag seen on the primary is current.
+            conf.write("hot_standby = on\nwal_receiver_status_interval = 1\n")
+        standby.start()
+        return standby
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) if it runs. Leaves the data in place."""

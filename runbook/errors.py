@@ -10,6 +10,7 @@
     ├── TooManyCandidatesError  more candidates than max_rows; nothing written
     ├── PreviewMismatchError    the first batch is not the approved preview's; nothing written
     ├── UnknownRunError         undo was given a run id the ledger does not know
+    ├── ConnectionLostError     the server went away mid-run; names the batch that rolled back
     └── EmbeddedServerError     the embedded PostgreSQL could not be initialised or started
 
 Every message names what was wrong and what is allowed, and never contains a password.
@@ -28,6 +29,7 @@ __all__ = [
     "TooManyCandidatesError",
     "PreviewMismatchError",
     "UnknownRunError",
+    "ConnectionLostError",
     "EmbeddedServerError",
 ]
 
@@ -79,6 +81,10 @@ class PreviewMismatchError(RunbookError):
 
 class UnknownRunError(RunbookError):
     """Undo was asked for a run the ledger has no record of."""
+
+
+class ConnectionLostError(RunbookError):
+    """The connection broke during a run; the batch in flight rolled back, earlier ones stand."""
 
 
 class EmbeddedServerError(RunbookError):

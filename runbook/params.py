@@ -122,6 +122,10 @@ class Options:
     stop_file: str = ""
     metrics_dir: str = ""
     expect_fingerprint: str = ""
+    max_replication_lag_bytes: int = 64 * 1024 * 1024
+    max_lock_waiters: int = 0
+    pause_during_vacuum: bool = True
+    health_pause_s: float = 2.0
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -145,6 +149,10 @@ def options(
     stop_file: object = "",
     metrics_dir: object = "",
     expect_fingerprint: object = "",
+    max_replication_lag_bytes: object = 64 * 1024 * 1024,
+    max_lock_waiters: object = 0,
+    pause_during_vacuum: object = True,
+    health_pause_s: object = 2.0,
 ) -> Options:
     """Check every parameter and return Options; ParameterError names the first bad one.
 
@@ -167,6 +175,10 @@ def options(
         stop_file=check_path("stop_file", stop_file),
         metrics_dir=check_path("metrics_dir", metrics_dir),
         expect_fingerprint=check_fingerprint("expect_fingerprint", expect_fingerprint),
+        max_replication_lag_bytes=check_int("max_replication_lag_bytes", max_replication_lag_bytes, 0, 2**50),
+        max_lock_waiters=check_int("max_lock_waiters", max_lock_waiters, 0, 10_000),
+        pause_during_vacuum=check_bool("pause_during_vacuum", pause_during_vacuum),
+        health_pause_s=check_number("health_pause_s", health_pause_s, 0.05, 600, "seconds"),
     )
 
 

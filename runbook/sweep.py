@@ -38,7 +38,8 @@ from typing import Any
 import psycopg
 
 from . import ledger, statements
-from .errors import PreviewMismatchError, ReadOnlyError, TooManyCandidatesError
+from .errors import ConnectionLostError, PreviewMismatchError, ReadOnlyError, TooManyCandidatesError
+from .health import HealthLimits, check_health
 from .locking import target_lock
 from .metrics import write_metrics
 from .params import Options
@@ -86,6 +87,7 @@ class SweepResult:
     would_change: int = 0  # dry run: rows the real sweep would change, at most
     would_batches: int = 0
     retries: list[str] = field(default_factory=list)
+    pauses: list[dict[str, Any]] = field(default_factory=list)
     metrics_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,10 +245,19 @@ def sweep(
             result.stop_detail = f"{type(exc).__name__}: {exc}"
             result.seconds = round(time.monotonic() - started, 4)
             publish(result.stop_reason, True)
-            ledger.finish_run(conn, run_id, result.stop_reason, result.to_dict())
+            if not conn.broken and not conn.closed:
+                ledger.finish_run(conn, run_id, result.stop_reason, result.to_dict())
             if isinstance(exc, KeyboardInterrupt):
                 # The batch in flight rolled back; every earlier one stands with its ledger.
                 return result
+            if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
+                done = len(result.batches)
+                raise ConnectionLostError(
+                    f"the connection to the database was lost during batch {done + 1 if done else 'setup'} of run "
+                    f"{run_id} ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}): that "
+                    f"batch rolled back; the {done} batch(es) before it are committed with their ledger. "
+                    f"Run again with run_id={run_id} to finish."
+                ) from exc
             raise
         result.seconds = round(time.monotonic() - started, 4)
         publish(result.stop_reason, True)
@@ -267,6 +278,44 @@ def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any])
     return count
 
 
+def _with_retries(work: Callable[[], int], opts: Options, result: SweepResult, what: str) -> int | None:
+    """Run ``work``; on a lock or statement timeout retry after a growing pause. None: gave up."""
+    attempt = 0
+    while True:
+        try:
+            return work()
+        except _RETRYABLE as exc:
+            attempt += 1
+            note = f"{what} try {attempt}: {type(exc).__name__}: {exc.diag.message_primary}"
+            result.retries.append(note)
+            if attempt > opts.max_retries:
+                result.stop_reason, result.stop_detail = "gave_up", note
+                return None
+            print(f"{note}; retrying", flush=True)
+            time.sleep(min(0.25 * 2**attempt, 5.0))
+
+
+def _wait_until_healthy(
+    conn: Conn, target: Target, opts: Options, limits: HealthLimits, stopper: Stopper, result: SweepResult, batch: int
+) -> str | None:
+    """Pause while the database is unhealthy; record each pause. Returns a stop reason, if any."""
+    paused_at: float | None = None
+    reasons: list[str] = []
+    while problems := check_health(conn, target).problems(limits):
+        if paused_at is None:
+            paused_at = time.monotonic()
+            print(f"pausing before batch {batch}: {'; '.join(problems)}", flush=True)
+        reasons = sorted(set(reasons) | set(problems))
+        time.sleep(opts.health_pause_s)
+        stop = stopper.reason(len(result.batches))
+        if stop:
+            result.pauses.append({"before_batch": batch, "reasons": reasons, "seconds": round(time.monotonic() - paused_at, 3)})
+            return stop
+    if paused_at is not None:
+        result.pauses.append({"before_batch": batch, "reasons": reasons, "seconds": round(time.monotonic() - paused_at, 3)})
+    return None
+
+
 def _run_passes(
     conn: Conn,
     target: Target,
@@ -280,7 +329,9 @@ def _run_passes(
 ) -> None:
     run_id = result.run_id
     for pass_number in range(_MAX_PASSES):
-        in_snapshot = _snapshot(conn, target, opts, params)
+        in_snapshot = _with_retries(lambda: _snapshot(conn, target, opts, params), opts, result, "snapshot")
+        if in_snapshot is None:
+            return
         if pass_number == 0:
             result.candidates_at_start = in_snapshot
             if in_snapshot > opts.max_rows:
@@ -299,10 +350,15 @@ def _run_passes(
                         "rows changed since the preview (or cutoff/batch_size differ). Nothing written; preview again."
                     )
         publish("running", False)
+        limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
         changed_this_pass = 0
         after: tuple[Any, str] = (datetime.min, "")
         while True:
             reason = stopper.reason(len(result.batches))
+            if reason:
+                result.stop_reason = reason
+                return
+            reason = _wait_until_healthy(conn, target, opts, limits, stopper, result, next_batch)
             if reason:
                 result.stop_reason = reason
                 return

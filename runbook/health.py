@@ -1,0 +1,60 @@
+"""Database health between batches: the sweep pauses rather than add load to a struggling server.
+
+Checked before every batch (a few catalog reads, about a millisecond):
+
+- replication lag: bytes of WAL the slowest standby has not replayed yet
+  (``pg_stat_replication``; needs pg_monitor or superuser to see other sessions' rows);
+- lock waiters: sessions waiting for a lock while they hold or want one on the target
+  table, i.e. LiteLLM requests queued behind something on this table;
+- vacuum: a VACUUM (autovacuum or manual) in progress on the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .session import Conn
+from .statements import table
+from .target import Target
+
+__all__ = ["HealthLimits", "Health", "check_health"]
+
+
+@dataclass(frozen=True)
+class HealthLimits:
+    max_replication_lag_bytes: int = 64 * 1024 * 1024
+    max_lock_waiters: int = 0
+    pause_during_vacuum: bool = True
+
+
+@dataclass(frozen=True)
+class Health:
+    replication_lag_bytes: int
+    lock_waiters: int
+    vacuum_running: bool
+
+    def problems(self, limits: HealthLimits) -> list[str]:
+        """Why the sweep should pause now; empty when healthy."""
+        found = []
+        if self.replication_lag_bytes > limits.max_replication_lag_bytes:
+            found.append(f"replication lag {self.replication_lag_bytes:,} bytes > {limits.max_replication_lag_bytes:,}")
+        if self.lock_waiters > limits.max_lock_waiters:
+            found.append(f"{self.lock_waiters} session(s) waiting on locks on the table > {limits.max_lock_waiters}")
+        if limits.pause_during_vacuum and self.vacuum_running:
+            found.append("a VACUUM of the table is running")
+        return found
+
+
+def check_health(conn: Conn, target: Target) -> Health:
+    """Read the three signals. Reads only catalog views; no transaction is held afterwards."""
+    row = conn.execute(
+        "WITH t AS (SELECT %(table)s::regclass::oid AS oid) SELECT"
+        " (SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint"
+        "    FROM pg_stat_replication WHERE NOT pg_is_in_recovery()),"
+        " (SELECT count(DISTINCT w.pid) FROM pg_locks w, t WHERE NOT w.granted AND w.pid <> pg_backend_pid()"
+        "    AND (w.relation = t.oid OR EXISTS (SELECT 1 FROM pg_locks h WHERE h.pid = w.pid AND h.relation = t.oid))),"
+        " EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v, t WHERE v.relid = t.oid)",
+        {"table": table(target).as_string(conn)},
+    ).fetchone()
+    assert row is not None
+    return Health(int(row[0] or 0), int(row[1]), bool(row[2]))
