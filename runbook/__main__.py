@@ -135,6 +135,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grants(args: argparse.Namespace) -> int:
+    from .grants import grants_sql, owner_setup_sql
+    from .target import Target
+
+    print(f"-- 1. as the database owner: the ledger schema, owned by {args.ledger_owner}")
+    for stmt in owner_setup_sql(args.database, args.ledger_owner):
+        print(stmt.as_string(None) + ";")
+    print(f"-- 2. as {args.ledger_owner}: python -m runbook ledger init")
+    print("-- 3. as the owner of the LiteLLM table and of the ledger (or a superuser):")
+    for stmt in grants_sql(Target(), args.database, args.reader, args.sweeper):
+        print(stmt.as_string(None) + ";")
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from . import ledger
+    from .connect import connect
+
+    with connect(purpose="ledger-init") as conn:
+        ledger.ensure(conn)
+        print(f"ledger ready: schema {ledger.SCHEMA} in {conn.info.dbname}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runbook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-r", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter kept as a raw string")
     run.add_argument("--run-dir", default=None)
     run.set_defaults(func=cmd_run)
+    grants = sub.add_parser("grants", help="print the least-privilege grants for the three roles")
+    grants.add_argument("--database", default="litellm")
+    grants.add_argument("--reader", default="litellm_runbook_reader")
+    grants.add_argument("--sweeper", default="litellm_runbook_sweeper")
+    grants.add_argument("--ledger-owner", default="litellm_runbook_owner")
+    grants.set_defaults(func=cmd_grants)
+    led = sub.add_parser("ledger", help="create the ledger schema and tables (as the ledger owner)")
+    led.add_argument("action", choices=["init"])
+    led.set_defaults(func=cmd_ledger)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

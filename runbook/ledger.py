@@ -82,7 +82,10 @@ def ensure(conn: Conn) -> None:
             with conn.transaction():
                 # Two first sweeps at once would race to create the schema.
                 conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"{SCHEMA}.ddl"])
-                for statement in ddl():
+                schema_exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [SCHEMA]).fetchone()
+                # CREATE SCHEMA checks the CREATE privilege even when the schema exists,
+                # and a ledger owner given the schema by the database owner lacks it.
+                for statement in ddl()[1 if schema_exists else 0 :]:
                     conn.execute(statement)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise LedgerUnavailableError(

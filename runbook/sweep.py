@@ -101,8 +101,9 @@ def check_writable(conn: Conn, target: Target) -> None:
     table = statements.table(target).as_string(conn)
     row = conn.execute(
         "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'),"
-        " has_table_privilege(%s, 'UPDATE'), current_user",
-        [table],
+        " has_column_privilege(%s, %s, 'UPDATE'), current_user,"
+        " has_database_privilege(current_database(), 'TEMPORARY')",
+        [table, target.status_column],
     ).fetchone()
     assert row is not None
     if row[0]:
@@ -111,8 +112,13 @@ def check_writable(conn: Conn, target: Target) -> None:
         raise ReadOnlyError("default_transaction_read_only is on for this session: refused, nothing written")
     if not row[2]:
         raise ReadOnlyError(
-            f"role {row[3]} may not UPDATE {table}: refused, nothing written "
-            f"(GRANT SELECT, UPDATE ON {table} TO {row[3]}; or run inspect/preview only)"
+            f"role {row[3]} may not UPDATE {table}.{target.status_column}: refused, nothing written "
+            f"(GRANT SELECT, UPDATE ({target.status_column}) ON {table} TO {row[3]}; or run inspect/preview only)"
+        )
+    if not row[4]:
+        raise ReadOnlyError(
+            f"role {row[3]} may not create temporary tables (the candidate snapshot): refused, nothing written "
+            f"(GRANT TEMPORARY ON DATABASE {conn.info.dbname} TO {row[3]})"
         )
 
 
