@@ -140,7 +140,7 @@ def test_inspect_and_preview_work_with_a_select_only_role(conn: psycopg.Connecti
         before = state(conn)
         live = execute("sweep", {"dry_run": False}, tmp_path, env=_env(ro))
         assert not live.ok and live.error is not None
-        assert live.error.startswith("ReadOnlyError: role runbook_ro may not UPDATE public.LiteLLM_ManagedObjectTable.status")
+        assert live.error.startswith('ReadOnlyError: role runbook_ro may not UPDATE "public"."LiteLLM_ManagedObjectTable".status')
         assert live.record is not None and live.record["outcome"]["status"] == "failed"
         assert state(conn) == before
     finally:
