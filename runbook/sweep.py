@@ -411,6 +411,13 @@ def _run_passes(
                 on_batch(result, batch)
             if opts.pause_s:
                 time.sleep(opts.pause_s)
+        if changed_this_pass == in_snapshot:
+            # Every candidate of the snapshot was changed. A row can only become a
+            # candidate later by getting an older created_at or leaving a terminal status,
+            # which LiteLLM never does; so skip the second full scan of the table.
+            result.remaining = 0
+            result.stop_reason = "done"
+            return
         with read_only(conn):
             row = conn.execute(statements.candidate_count(target), params).fetchone()
         result.remaining = int(row[0]) if row else 0
