@@ -13,23 +13,24 @@ from __future__ import annotations
 import html
 import os
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from . import __version__, render
+from .charts import show_inspect_charts, show_sweep_chart
 from .connect import Database, connect, resolve
 from .errors import ParameterError
 from .inspection import InspectReport, inspect
 from .ledger import recent_runs
 from .params import Options, options, refuse_secrets
 from .preview import PreviewReport, preview
+from .progress import progress_reporter
 from .record import RECORD_KEY, check_run_id, code_revision, database_identity, operator
 from .session import Conn
-from .sweep import BatchResult, SweepResult, sweep
+from .sweep import SweepResult, sweep
 from .target import Target
 from .undo import UndoResult, undo
 
@@ -93,6 +94,7 @@ class Run:
         with self._step("inspect"):
             report = inspect(self.conn, self.target, self.opts)
         show_inspect(report)
+        show_inspect_charts(report)
         self.outcome["inspect"] = report.to_dict()
         return report
 
@@ -105,24 +107,23 @@ class Run:
         return report
 
     def sweep(self) -> SweepResult:
-        """Run the sweep (a dry run unless dry_run=False), printing one line per batch."""
-        started = time.monotonic()
+        """Run the sweep (a dry run unless dry_run=False), reporting progress per batch.
 
-        def progress(result: SweepResult, batch: BatchResult) -> None:
-            done = result.changed
-            total = max(result.candidates_at_start, 1)
-            rate = done / max(time.monotonic() - started, 1e-6)
-            left = max(result.candidates_at_start - done, 0)
-            print(
-                f"batch {batch.number}: {batch.changed:,} rows in {batch.seconds * 1000:.0f} ms; "
-                f"{done:,}/{result.candidates_at_start:,} ({100 * done / total:.0f}%), {rate:,.0f} rows/s, "
-                f"~{left / rate if rate else 0:.0f} s left",
-                flush=True,
-            )
-
+        In JupyterLab a live sweep runs only from the control panel's Execute button, after
+        a preview and a confirmation; this cell then does a dry run and says so.
+        """
+        opts = self.opts
+        if interactive() and not opts.dry_run:
+            opts = replace(opts, dry_run=True)
+            note = "In JupyterLab the live sweep runs from the panel's Execute button (after Preview and confirm): dry run here."
+            _display(render.notice(note, "info"), note)
         with self._step("sweep"):
-            result = sweep(self.conn, self.target, self.opts, run_id=self.run_id, parameters=self.params, on_batch=progress)
+            result = sweep(
+                self.conn, self.target, opts, run_id=self.run_id, parameters=self.params,
+                on_batch=progress_reporter(interactive()),
+            )  # fmt: skip
         show_sweep(result)
+        show_sweep_chart(result)
         self.outcome["sweep"] = result.to_dict()
         if result.stop_reason in ("gave_up", "failed"):
             self.outcome["status"] = "failed"

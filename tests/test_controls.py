@@ -1,0 +1,339 @@
+"""The sweep notebook's control panel, progress reporting and charts, on the real test database.
+
+The panel is driven as JupyterLab would drive it, without a browser: widget values are
+set and buttons clicked through ipywidgets' own API, and the database says what happened.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import psycopg
+import pytest
+
+import runbook.notebook as rb
+from runbook import Target, inspect, options, sweep
+from runbook.charts import inspect_png, show_inspect_charts, show_sweep_chart, sweep_png
+from runbook.controls import SweepPanel, sweep_panel
+from runbook.progress import ProgressBar, measure, progress_line, progress_reporter
+from runbook.sweep import BatchResult, SweepResult
+from tests.rows import db_now, insert, state, statuses
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Makes every UPDATE of the table take a while, so a sweep can be watched and stopped.
+SLOW_UPDATES = """
+CREATE FUNCTION runbook_test_slow() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$;
+CREATE TRIGGER runbook_test_slow BEFORE UPDATE ON "LiteLLM_ManagedObjectTable"
+  FOR EACH ROW EXECUTE FUNCTION runbook_test_slow();
+"""
+
+
+@pytest.fixture
+def run(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[rb.Run]:
+    """A sweep notebook's Run on the test database, as its start cell builds it (defaults, dry run)."""
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    started = rb.start("sweep", run_id="t-panel")
+    yield started
+    started.conn.close()
+
+
+def five_stale_one_fresh(conn: psycopg.Connection) -> tuple[list[str], str]:
+    """Five stale candidates (10..14 days old, oldest last) and one recent row."""
+    stale = [insert(conn, status="queued", age_days=10 + i) for i in range(5)]
+    return stale, insert(conn, status="queued", age_days=1)
+
+
+def preview_ids(panel: SweepPanel) -> list[str]:
+    """The ids in the panel's preview table, in displayed order."""
+    return re.findall(r'<tr><td style="text-align:left">([^<]+)</td>', panel.preview_html.value)
+
+
+def changed_ids(before: dict[str, str | None], after: dict[str, str | None]) -> set[str]:
+    return {k for k in after if before.get(k) != after[k]}
+
+
+def test_controls_are_built_only_in_jupyterlab(run: rb.Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run.controls() is None  # papermill / nbval: no widget, nothing waits
+    monkeypatch.setenv("JPY_SESSION_NAME", "03_sweep.ipynb")
+    widget = run.controls()
+    assert "runbook-panel" in widget._dom_classes
+
+
+def test_execute_is_disabled_until_a_preview_of_the_current_settings_is_confirmed(
+    run: rb.Run, conn: psycopg.Connection
+) -> None:
+    stale, _ = five_stale_one_fresh(conn)
+    before = state(conn)
+    panel = SweepPanel(run)
+    assert panel.execute_button.disabled and panel.confirm.disabled
+
+    panel.batch_size.value = 3
+    panel.max_batches.value = 1
+    panel.preview_button.click()
+    assert preview_ids(panel) == stale[::-1][:3]  # oldest first
+    assert "5 candidates older than" in panel.preview_html.value
+    assert panel.shown is not None and panel.shown.report.fingerprint in panel.preview_html.value
+    assert panel.execute_button.disabled, "a preview alone is not a confirmation"
+    assert not panel.confirm.disabled
+
+    panel.confirm.value = "4"
+    assert panel.execute_button.disabled, "the wrong count does not confirm"
+    panel.confirm.value = "5"
+    assert not panel.execute_button.disabled
+
+    panel.batch_size.value = 2
+    assert panel.execute_button.disabled, "a settings change needs a new preview"
+    assert panel.shown is None and panel.confirm.value == "" and panel.confirm.disabled
+    assert "Settings changed since the preview" in panel.preview_html.value
+
+    # click() reaches the callback even when the button is disabled: it must refuse by itself.
+    panel.execute_button.click()
+    assert "Execute refused" in panel.message.value
+    assert state(conn) == before
+    assert "sweep" not in run.outcome
+
+
+def test_execute_changes_exactly_the_previewed_rows(run: rb.Run, conn: psycopg.Connection) -> None:
+    stale, fresh = five_stale_one_fresh(conn)
+    insert(conn, status="completed", age_days=30)
+    insert(conn, status=None, age_days=30)
+    before = statuses(conn)
+    panel = SweepPanel(run)
+    panel.batch_size.value = 3
+    panel.max_batches.value = 1
+    panel.preview_button.click()
+    previewed = preview_ids(panel)
+    assert len(previewed) == 3
+    panel.confirm.value = "5"
+    panel.execute_button.click()
+    assert panel.wait(30) is not None
+
+    after = statuses(conn)
+    assert changed_ids(before, after) == set(previewed)
+    assert {after[k] for k in previewed} == {"stale_expired"}
+    assert after[fresh] == "queued" and [after[k] for k in stale[:2]] == ["queued", "queued"]
+
+    sweep_out = run.outcome["sweep"]
+    assert [b["changed"] for b in sweep_out["batches"]] == [3]
+    assert sweep_out["stop_reason"] == "max_batches" and sweep_out["dry_run"] is False
+    assert sweep_out["cutoff_utc"] == run.outcome["preview"]["cutoff_utc"], "the sweep used the preview's cutoff"
+    assert sweep_out["options"]["expect_fingerprint"] == run.outcome["preview"]["fingerprint"]
+    assert run.outcome["preview"]["ids"] == previewed
+    assert "3 rows set to stale_expired in 1 batch," in panel.result_html.value
+    assert "Stopped: max_batches" in panel.result_html.value
+    assert bytes(panel.chart.value).startswith(PNG_SIGNATURE) and panel.chart.layout.display == ""
+    assert panel.execute_button.disabled and panel.shown is None, "one preview, one Execute"
+
+    ledger = conn.execute(
+        "SELECT object_id, previous_status, new_status FROM litellm_runbook.changes WHERE run_id = 't-panel'"
+    ).fetchall()
+    assert sorted(ledger) == sorted((k, "queued", "stale_expired") for k in previewed)
+
+    record = run.finish()
+    assert record["outcome"]["status"] == "succeeded" and record["outcome"]["sweep"]["changed"] == 3
+
+    # A second Execute without a new preview changes nothing.
+    panel.confirm.value = "5"
+    panel.execute_button.click()
+    panel.wait(30)
+    assert statuses(conn) == after and "Execute refused" in panel.message.value
+
+
+def test_execute_refuses_when_a_previewed_row_completed_meanwhile(run: rb.Run, conn: psycopg.Connection) -> None:
+    five_stale_one_fresh(conn)
+    panel = SweepPanel(run)
+    panel.batch_size.value = 3
+    panel.preview_button.click()
+    previewed = preview_ids(panel)
+    conn.execute('UPDATE "LiteLLM_ManagedObjectTable" SET status = %s WHERE id = %s', ["completed", previewed[0]])
+    before = state(conn)
+    panel.confirm.value = "5"
+    panel.execute_button.click()
+    assert panel.wait(30) is None
+
+    assert state(conn) == before, "nothing written when the first batch is not the previewed one"
+    assert "PreviewMismatchError" in panel.message.value
+    assert run.outcome["status"] == "failed" and run.outcome["error"].startswith("PreviewMismatchError")
+    assert not panel.running and panel.execute_button.disabled
+
+
+def _ledger_ids(conn: psycopg.Connection, run_id: str) -> set[str]:
+    rows = conn.execute("SELECT object_id FROM litellm_runbook.changes WHERE run_id = %s", [run_id]).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def test_stop_ends_the_sweep_after_the_batch_in_flight(run: rb.Run, conn: psycopg.Connection) -> None:
+    conn.execute(SLOW_UPDATES)
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(30)]
+    before = statuses(conn)
+    panel = SweepPanel(run)
+    panel.batch_size.value = 1
+    panel.preview_button.click()
+    panel.confirm.value = "30"
+    panel.execute_button.click()
+    # The callback returned at once; the sweep runs in its own thread.
+    assert panel.running and not panel.stop_button.disabled
+    assert panel.execute_button.disabled and panel.preview_button.disabled
+    deadline = time.monotonic() + 20
+    while list(statuses(conn).values()).count("stale_expired") < 2:
+        assert time.monotonic() < deadline, "the sweep did not commit two batches in 20 s"
+        time.sleep(0.02)
+    panel.preview_button.click()
+    assert "A sweep is running" in panel.message.value
+    panel.stop_button.click()
+    result = panel.wait(30)
+
+    assert result is not None and result.stop_reason == "stop_requested"
+    assert 2 <= result.changed < 30 and result.changed == len(result.batches)
+    taken = set(ids[::-1][: result.changed])  # the oldest, one per batch
+    assert changed_ids(before, statuses(conn)) == taken == _ledger_ids(conn, "t-panel")
+    assert run.outcome["sweep"]["stop_reason"] == "stop_requested"
+    assert "Stopped: stop_requested" in panel.result_html.value
+    assert panel.stop_button.disabled and not panel.preview_button.disabled and not panel.running
+
+
+def test_bad_settings_show_the_parameter_error_and_write_nothing(run: rb.Run, conn: psycopg.Connection) -> None:
+    five_stale_one_fresh(conn)
+    before = state(conn)
+    panel = SweepPanel(run)
+
+    panel.batch_size.value = 0
+    panel.preview_button.click()
+    assert "parameter batch_size=0 is not allowed: an integer from 1 to 100_000" in panel.message.value
+    assert panel.shown is None and panel.preview_html.value == ""
+    assert panel.execute_button.disabled and panel.confirm.disabled
+    panel.confirm.value = "5"
+    panel.execute_button.click()
+    assert state(conn) == before
+
+    panel.batch_size.value = 3
+    panel.cutoff.value = "yesterday"
+    assert panel.message.value == "", "a settings change clears the old error"
+    panel.preview_button.click()
+    assert "parameter cutoff=&#x27;yesterday&#x27; is not allowed" in panel.message.value
+    assert state(conn) == before and "sweep" not in run.outcome
+
+
+def test_fixed_cutoff_replaces_stale_after_days(run: rb.Run, conn: psycopg.Connection) -> None:
+    stale, _ = five_stale_one_fresh(conn)  # 10, 11, 12, 13, 14 days old
+    before = statuses(conn)
+    cutoff = (db_now(conn) - timedelta(days=11.5)).isoformat() + "Z"
+    panel = SweepPanel(run)
+    assert not panel.days.disabled
+    panel.cutoff.value = cutoff
+    assert panel.days.disabled
+    panel.preview_button.click()
+    assert preview_ids(panel) == [stale[4], stale[3], stale[2]]
+    panel.confirm.value = "3"
+    panel.execute_button.click()
+    panel.wait(30)
+    assert changed_ids(before, statuses(conn)) == set(stale[2:])
+    assert run.outcome["sweep"]["stop_reason"] == "done" and run.outcome["sweep"]["changed"] == 3
+
+
+def test_nothing_to_sweep_keeps_execute_disabled(run: rb.Run, conn: psycopg.Connection) -> None:
+    insert(conn, status="queued", age_days=1)
+    panel = SweepPanel(run)
+    panel.preview_button.click()
+    assert "No candidates older than" in panel.preview_html.value
+    panel.confirm.value = "0"
+    assert panel.execute_button.disabled and panel.confirm.disabled
+
+
+def test_sweep_panel_returns_the_panel_widget(run: rb.Run) -> None:
+    widget = sweep_panel(run)
+    assert "runbook-panel" in widget._dom_classes
+    texts = [c.description for box in widget.children for c in getattr(box, "children", [box]) if hasattr(c, "description")]
+    assert {"stale after days", "fixed cutoff", "batch size", "max batches", "max seconds", "Preview", "Execute"} <= set(texts)
+
+
+# -- progress -----------------------------------------------------------------------
+
+
+def _result(candidates: int, batch_rows: list[int], ms: float = 45.0) -> tuple[SweepResult, BatchResult]:
+    result = SweepResult(target={}, options={}, cutoff_utc=datetime(2026, 1, 1), dry_run=False, candidates_at_start=candidates)
+    for n, rows in enumerate(batch_rows, 1):
+        result.batches.append(BatchResult(n, rows, rows, ms / 1000, "2026-01-01T00:00:00.000Z"))
+        result.changed += rows
+    return result, result.batches[-1]
+
+
+def test_progress_line_reads_like_the_log_should() -> None:
+    result, batch = _result(4365, [1000, 1000, 1000])
+    assert progress_line(measure(result, batch, elapsed_s=1.0)) == (
+        "batch 3: 1,000 rows in 45 ms; 3,000/4,365 (69%), 3,000 rows/s, ~0 s left"
+    )
+    assert progress_line(measure(result, batch, elapsed_s=300.0)).endswith("10 rows/s, ~2 min left")
+    # a later pass can find more than the snapshot had: never more than 100 %
+    over, last = _result(2, [2, 1])
+    assert measure(over, last, 1.0).percent == 100.0 and measure(over, last, 1.0).total == 3
+
+
+def test_headless_progress_prints_one_line_per_batch(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(5):
+        insert(conn, status="queued", age_days=10 + i)
+    sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=progress_reporter(False))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert [line.split(";")[0].split(" in ")[0] for line in lines] == ["batch 1: 2 rows", "batch 2: 2 rows", "batch 3: 1 row"]
+    assert [line.split("; ")[1].split(",")[0] for line in lines] == ["2/5 (40%)", "4/5 (80%)", "5/5 (100%)"]
+    assert all(re.search(r"[\d,]+ rows/s, ~\d+ s left$", line) for line in lines)
+
+
+def test_progress_bar_follows_the_sweep(conn: psycopg.Connection) -> None:
+    for i in range(5):
+        insert(conn, status="queued", age_days=10 + i)
+    bar = ProgressBar()
+    result = sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=bar)
+    bar.finish(result)
+    assert (bar.bar.value, bar.bar.max) == (5, 5)
+    assert re.fullmatch(r"5 of 5 rows \(100%\) · 3 batches · [\d,]+ rows/s · stopped: done", bar.label.value)
+    assert bar.bar.bar_style == "success"
+
+
+def test_interactive_reporter_shows_nothing_for_a_dry_run(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+    insert(conn, status="queued", age_days=10)
+    result = sweep(conn, Target(), options(), on_batch=progress_reporter(True))
+    assert result.dry_run and capsys.readouterr().out == ""
+
+
+# -- charts -------------------------------------------------------------------------
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png.startswith(PNG_SIGNATURE) and png[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", png[16:24])
+    return int(width), int(height)
+
+
+def test_charts_are_png_images(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(7):
+        insert(conn, status="queued", age_days=3 + 20 * i)
+    insert(conn, status=None, age_days=40)
+    insert(conn, status="queued", age_days=40, purpose="batch")
+    report = inspect(conn, Target(), options())
+    png = inspect_png(report)
+    assert _png_size(png) == (1200, 360) and len(png) > 20_000
+    assert show_inspect_charts(report) == png
+
+    result = sweep(conn, Target(), options(batch_size=2, dry_run=False))
+    assert [b.changed for b in result.batches] == [2, 2, 2]
+    png = sweep_png(result)
+    assert _png_size(png) == (1000, 340) and len(png) > 15_000
+    assert show_sweep_chart(result) == png
+
+
+def test_no_chart_for_a_dry_run_or_an_empty_table(conn: psycopg.Connection) -> None:
+    assert show_inspect_charts(inspect(conn, Target(), options())) is None
+    dry = sweep(conn, Target(), options())
+    assert show_sweep_chart(dry) is None
+    with pytest.raises(ValueError, match="no per-batch chart"):
+        sweep_png(dry)
+    empty = sweep(conn, Target(), options(dry_run=False))
+    assert empty.batches == [] and show_sweep_chart(empty) is None
