@@ -47,6 +47,17 @@ def table(target: Target) -> sql.Identifier:
     return sql.Identifier(target.schema, target.table)
 
 
+def _names(target: Target) -> dict[str, sql.Composable]:
+    """The identifiers every statement formats in: {table}, {key}, {time}, {status}, {purpose}."""
+    return {
+        "table": table(target),
+        "key": sql.Identifier(target.key_column),
+        "time": sql.Identifier(target.time_column),
+        "status": sql.Identifier(target.status_column),
+        "purpose": sql.Identifier(target.purpose_column),
+    }
+
+
 def predicate(target: Target, alias: str | None = None) -> sql.Composed:
     """The candidate rule. Placeholders: %(purpose)s, %(terminal)s, %(cutoff)s.
 
@@ -68,11 +79,7 @@ def next_batch(target: Target) -> sql.Composed:
         "SELECT {key}, {status}, {time}, {purpose} FROM {table} WHERE {pred} "
         "ORDER BY {time}, {key} LIMIT %(batch_size)s"
     ).format(
-        key=sql.Identifier(target.key_column),
-        status=sql.Identifier(target.status_column),
-        time=sql.Identifier(target.time_column),
-        purpose=sql.Identifier(target.purpose_column),
-        table=table(target),
+        **_names(target),
         pred=predicate(target),
     )
 
@@ -80,7 +87,7 @@ def next_batch(target: Target) -> sql.Composed:
 def candidate_count(target: Target) -> sql.Composed:
     """How many candidates, and the oldest one's time."""
     return sql.SQL("SELECT count(*), min({time}) FROM {table} WHERE {pred}").format(
-        time=sql.Identifier(target.time_column), table=table(target), pred=predicate(target)
+        **_names(target), pred=predicate(target)
     )
 
 
@@ -99,11 +106,8 @@ def breakdown(target: Target) -> sql.Composed:
         "coalesce(({pred}), false) AS candidate, {time} < %(cutoff)s::timestamp AS stale, count(*), min({time}) "
         "FROM {table} GROUP BY 1, 2, 3, 4, 5"
     ).format(
-        purpose=sql.Identifier(target.purpose_column),
-        status=sql.Identifier(target.status_column),
-        time=sql.Identifier(target.time_column),
+        **_names(target),
         pred=predicate(target),
-        table=table(target),
     )
 
 
@@ -116,11 +120,7 @@ def snapshot(target: Target) -> list[sql.Composed]:
     return [
         sql.SQL("DROP TABLE IF EXISTS {snap}").format(snap=SNAPSHOT_TABLE),
         sql.SQL("CREATE TEMP TABLE {name} AS SELECT {time} AS t, {key} AS k FROM {table} WHERE {pred}").format(
-            name=sql.Identifier("runbook_candidates"),
-            time=sql.Identifier(target.time_column),
-            key=sql.Identifier(target.key_column),
-            table=table(target),
-            pred=predicate(target),
+            **_names(target), name=sql.Identifier("runbook_candidates"), pred=predicate(target)
         ),
         sql.SQL("CREATE INDEX ON {snap} (t, k)").format(snap=SNAPSHOT_TABLE),
         sql.SQL("ANALYZE {snap}").format(snap=SNAPSHOT_TABLE),
@@ -159,10 +159,7 @@ def batch_update(target: Target) -> sql.Composed:
         "INSERT INTO {batches} (run_id, batch, rows_changed) "
         "SELECT %(run_id)s, %(batch)s, count(*) FROM logged RETURNING rows_changed"
     ).format(
-        key=sql.Identifier(target.key_column),
-        status=sql.Identifier(target.status_column),
-        time=sql.Identifier(target.time_column),
-        table=table(target),
+        **_names(target),
         pred_c=predicate(target, "c"),
         pred_u=predicate(target, "u"),
         changes=sql.Identifier(LEDGER_SCHEMA, "changes"),
@@ -194,8 +191,6 @@ def undo_update(target: Target) -> sql.Composed:
     row left alone is one that really changed since. Placeholders: %(ids)s, %(previous)s
     (parallel arrays), %(swept_status)s, %(run_id)s, %(batch)s. Returns rows restored.
     """
-    key = sql.Identifier(target.key_column)
-    status = sql.Identifier(target.status_column)
     return sql.SQL(
         "WITH wanted AS (SELECT * FROM unnest(%(ids)s::text[], %(previous)s::text[]) AS w(object_id, previous_status)), "
         "locked AS (SELECT c.{key}, wanted.previous_status FROM {table} AS c JOIN wanted ON c.{key} = wanted.object_id "
@@ -208,9 +203,7 @@ def undo_update(target: Target) -> sql.Composed:
         "INSERT INTO {batches} (run_id, batch, rows_changed) "
         "SELECT %(run_id)s, %(batch)s, count(*) FROM logged RETURNING rows_changed"
     ).format(
-        key=key,
-        status=status,
-        table=table(target),
+        **_names(target),
         changes=sql.Identifier(LEDGER_SCHEMA, "changes"),
         batches=sql.Identifier(LEDGER_SCHEMA, "batches"),
     )
