@@ -45,9 +45,11 @@ def _png(fig: Figure) -> bytes:
 
 
 def _integer_ticks(axis: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    axis.set_major_locator(MaxNLocator(integer=True))
+    # Few ticks with thousands separators: long counts must not run into each other.
+    axis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{int(value):,}"))
 
 
 def _bars(ax: Axes, counts: list[Count], title: str, horizontal: bool) -> None:
