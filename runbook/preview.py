@@ -64,8 +64,7 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
     with read_only(conn):
         cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff)
         params: dict[str, Any] = {**target.predicate_params(), "cutoff": cutoff, "batch_size": opts.batch_size}
-        found = conn.execute(statements.next_batch(target), params).fetchall()
-        count_row = conn.execute(statements.candidate_count(target), params).fetchone()
+        found = conn.execute(statements.next_batch_and_count(target), params).fetchall()
         rendered = {
             "next batch (this preview)": statements.next_batch(target).as_string(conn),
             "sweep: candidate snapshot": ";\n".join(s.as_string(conn) for s in statements.snapshot(target)),
@@ -77,7 +76,7 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
         target=target.describe(),
         cutoff_utc=cutoff,
         batch_size=opts.batch_size,
-        candidates=int(count_row[0]) if count_row else 0,
+        candidates=int(found[0][4]) if found else 0,
         rows=rows,
         fingerprint=fingerprint([r.id for r in rows]),
         sql=rendered,
