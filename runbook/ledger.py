@@ -51,9 +51,8 @@ def ddl() -> list[sql.Composed]:
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
             "run_id text NOT NULL, batch integer NOT NULL, object_id text NOT NULL,"
-            " previous_status text, new_status text NOT NULL, PRIMARY KEY (run_id, batch, object_id))"
+            " previous_status text, new_status text NOT NULL, PRIMARY KEY (run_id, object_id, batch))"
         ).format(_t("changes")),
-        sql.SQL("CREATE INDEX IF NOT EXISTS changes_object_idx ON {} (object_id)").format(_t("changes")),
     ]
 
 

@@ -155,17 +155,20 @@ def batch_update(target: Target) -> sql.Composed:
     together or not at all. The predicate is checked twice: in the locking subquery
     (re-evaluated on the newest row version once locked) and again in the UPDATE itself,
     so a row that turned terminal meanwhile is never overwritten; rows another session
-    holds locked are skipped. Placeholders: the predicate's, %(ids)s, %(new_status)s,
+    holds locked are skipped. The UPDATE finds each locked row by its ctid (a TID scan)
+    rather than a second primary-key probe; a row whose locked version is newer than the
+    statement's snapshot is then simply not updated, and a later pass picks it up.
+    Placeholders: the predicate's, %(ids)s, %(new_status)s,
     %(run_id)s, %(batch)s. Returns one row: the number of rows changed.
     """
     return sql.SQL(
         "WITH locked AS ("
-        "SELECT c.{key}, c.{status} FROM {table} AS c "
+        "SELECT c.ctid AS tid, c.{status} FROM {table} AS c "
         "WHERE c.{key} = ANY(%(ids)s::text[]) AND {pred_c} "
-        "ORDER BY c.{time}, c.{key} FOR UPDATE SKIP LOCKED), "
+        "FOR UPDATE SKIP LOCKED), "
         "changed AS ("
         "UPDATE {table} AS u SET {status} = %(new_status)s FROM locked "
-        "WHERE u.{key} = locked.{key} AND {pred_u} "
+        "WHERE u.ctid = locked.tid AND {pred_u} "
         "RETURNING u.{key} AS object_id, locked.{status} AS previous_status), "
         "logged AS ("
         "INSERT INTO {changes} (run_id, batch, object_id, previous_status, new_status) "

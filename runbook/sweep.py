@@ -176,8 +176,10 @@ def _utc_now() -> str:
 
 
 def _set_timeouts(conn: Conn, opts: Options, factor: float = 1.0) -> None:
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(opts.lock_timeout_s * 1000)}ms"])
-    conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{int(opts.statement_timeout_s * 1000 * factor)}ms"])
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+        [f"{int(opts.lock_timeout_s * 1000)}ms", f"{int(opts.statement_timeout_s * 1000 * factor)}ms"],
+    )
 
 
 def sweep(

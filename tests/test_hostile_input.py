@@ -43,7 +43,8 @@ def test_identifiers_are_plain_names_or_refused_and_never_change_the_shape(field
     default_name = getattr(DEFAULT, field)
     # Swap the name back: what remains must be the default SQL, character for character.
     restored = [s.replace(f'"{value}"', f'"{default_name}"') for s in rendered(target)]
-    if value not in ("t", "k", "c", "u", "w", "locked", "changed", "logged", "wanted", "batch", "run_id", "object_id"):
+    # (A name the SQL already uses elsewhere, an alias or pg_temp, cannot be swapped back blindly.)
+    if f'"{value}"' not in "".join(BASELINE) and not re.search(rf"\b{value}\b", "".join(BASELINE)):
         assert restored == BASELINE
 
 
