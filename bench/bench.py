@@ -27,14 +27,16 @@ What it does, in order:
 Variants: ``floor`` (one unbounded UPDATE with the production predicate), ``peer``
 (LiteLLM's production statement, verbatim, looped with LIMIT until it updates 0 rows),
 ``sweepN`` (``runbook.sweep`` at batch size N), ``inspect`` (``runbook.inspect`` timed,
-read-only, on the base copy) and ``explain`` (not in the default list: EXPLAIN ANALYZE
-of the sweep's statements for the first and a late batch, rolled back).
+read-only, on the base copy) and ``explain`` (not in the default list: the sweep at
+``--explain-batch-size`` with every statement, BEGIN and COMMIT timed by kind, and EXPLAIN
+(ANALYZE, BUFFERS, WAL) of batches 1, 2 and the one at 90%, each rolled back before the real one).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import inspect
 import json
 import math
@@ -43,10 +45,12 @@ import platform
 import random
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -136,6 +140,65 @@ _SETTING_VALUE = re.compile(r"[A-Za-z0-9_.:+-]+\Z")
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# CPU accounting: how much CPU other processes took while a variant ran
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def _proc_cpu(pid: int, with_children: bool) -> float:
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields after the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    total = int(parts[11]) + int(parts[12]) + ((int(parts[13]) + int(parts[14])) if with_children else 0)
+    return total / _TICK
+
+
+def own_cpu(server: EmbeddedServer) -> dict[int, float]:
+    """CPU seconds of this process, the postmaster (with reaped children) and its live children."""
+    out = {os.getpid(): _proc_cpu(os.getpid(), False)}
+    try:
+        postmaster = int((server.pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return out
+    out[postmaster] = _proc_cpu(postmaster, True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                    out[int(entry.name)] = _proc_cpu(int(entry.name), False)
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+@dataclass
+class CpuMeter:
+    """Busy CPU seconds of the machine minus ours between start() and stop()."""
+
+    server: EmbeddedServer
+    busy: float = 0.0
+    ours: dict[int, float] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.busy, self.ours = _busy_seconds(), own_cpu(self.server)
+
+    def stop(self) -> tuple[float, float]:
+        """(our CPU seconds, other processes' CPU seconds)."""
+        busy = _busy_seconds() - self.busy
+        now = own_cpu(self.server)
+        ours = sum(v - self.ours.get(pid, 0.0) for pid, v in now.items())
+        return ours, max(0.0, busy - ours)
 
 
 # --------------------------------------------------------------------------------------
@@ -459,6 +522,11 @@ class Measurement:
     outside_batches: float = 0.0  # wall time not spent inside batches (sweep: snapshot, checks, count)
     note: str = ""
     checked: bool = False
+    cpu_ours: float = 0.0
+    cpu_others: float = 0.0  # CPU seconds other processes on the machine used meanwhile
+    checkpoints: int = 0
+    started_utc: str = ""
+    committed_at: list[str] = field(default_factory=list)  # per batch (sweep only), for matching server.log
 
 
 @dataclass(frozen=True)
@@ -479,6 +547,10 @@ def table_stats(conn: Conn) -> Stats:
         [TABLE_NAME],
     ).fetchone()
     return Stats(*(int(v) for v in row)) if row else Stats(0, 0, 0, 0, 0)
+
+
+def checkpoint_count(conn: Conn) -> int:
+    return int(one(conn, "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"))
 
 
 def wal_lsn(conn: Conn) -> str:
@@ -540,6 +612,7 @@ def run_sweep(conn: Conn, m: Measurement, batch_size: int) -> None:
         raise CheckFailed(f"{m.name}: sweep stopped with {result.stop_reason!r}, not 'done'")
     m.changed = result.changed
     m.batches = [b.seconds for b in result.batches if b.changed]
+    m.committed_at = [b.committed_at for b in result.batches if b.changed]
     m.statements = len(result.batches)
     m.outside_batches = result.seconds - sum(b.seconds for b in result.batches)
     m.note = f"{result.candidates_at_start:,} in snapshot"
@@ -561,11 +634,17 @@ def measure(admin: Conn, server: EmbeddedServer, name: str, runner: Runner, batc
             admin.execute("CHECKPOINT")
             before = table_stats(conn)
             lsn = wal_lsn(conn)
+            checkpoints = checkpoint_count(conn)
             log(f"{name}: running")
+            meter = CpuMeter(server)
+            meter.start()
+            m.started_utc = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             t0 = time.monotonic()
             runner(conn, m, batch_size)
             m.wall = time.monotonic() - t0
+            m.cpu_ours, m.cpu_others = meter.stop()
             m.wal_bytes = wal_diff(conn, lsn)
+            m.checkpoints = checkpoint_count(conn) - checkpoints
             time.sleep(0.2)
             after = table_stats(conn)
             m.rows_read = (after.seq_tup_read - before.seq_tup_read) + (after.idx_tup_fetch - before.idx_tup_fetch)
@@ -590,9 +669,12 @@ def measure_inspect(server: EmbeddedServer, candidates: int) -> Measurement:
     m = Measurement("inspect")
     with connect(server.dsn(BASE_DB)) as conn:
         before = table_stats(conn)
+        meter = CpuMeter(server)
+        meter.start()
         t0 = time.monotonic()
         report = runbook.inspect(conn, runbook.Target(), runbook.options())
         m.wall = time.monotonic() - t0
+        m.cpu_ours, m.cpu_others = meter.stop()
         after = table_stats(conn)
     m.rows_read = (after.seq_tup_read - before.seq_tup_read) + (after.idx_tup_fetch - before.idx_tup_fetch)
     m.seq_scans = after.seq_scan - before.seq_scan
@@ -637,6 +719,19 @@ class ProfilingConnection(psycopg.Connection[tuple[Any, ...]]):
                 return str(name)
         text = query if isinstance(query, str) else query.as_string(self) if isinstance(query, sql.Composable) else ""
         return "other: " + " ".join(str(text).split())[:50]
+
+    @contextmanager
+    def transaction(self, savepoint_name: str | None = None, force_rollback: bool = False) -> Iterator[psycopg.Transaction]:
+        """Times BEGIN and COMMIT of top-level transactions (not savepoints)."""
+        outer = self.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        t0 = time.monotonic()
+        with super().transaction(savepoint_name, force_rollback) as tx:
+            if outer:
+                self.timings.setdefault("BEGIN", []).append(time.monotonic() - t0)
+            yield tx
+            t1 = time.monotonic()
+        if outer:
+            self.timings.setdefault("COMMIT", []).append(time.monotonic() - t1)
 
     def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool = False) -> Any:
         kind = self.kind(query)
@@ -700,7 +795,7 @@ def explain_sweep(admin: Conn, server: EmbeddedServer, batch_size: int, candidat
             accounted += sum(values)
             print(f"| {kind} | {len(values)} | {sum(values):.2f} | {sum(values) / wall:.0%} | {percentile(values, 0.5) * 1000:.1f} "
                   f"| {percentile(values, 0.99) * 1000:.1f} | {max(values) * 1000:.1f} |")
-        print(f"| (python, commits and round trips not inside execute) | - | {wall - accounted:.2f} | {(wall - accounted) / wall:.0%} | | | |")
+        print(f"| (python and round trips not inside execute, BEGIN or COMMIT) | - | {wall - accounted:.2f} | {(wall - accounted) / wall:.0%} | | | |")
         print("\nprepared statements on the sweep's connection (generic vs custom plans):")
         for p in prepared:
             print(f"  generic={p[1]} custom={p[2]}  {p[0]}")
@@ -765,12 +860,24 @@ def render(results: list[Measurement], candidates: int) -> str:
             ]) + " |"
         )  # fmt: skip
     lines.append("")
-    lines.append("| variant | changed | statements | seq scans | index scans | HOT updates | outside batches s | check | note |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append(
+        "| variant | changed | statements | seq scans | index scans | HOT updates | checkpoints | outside batches s "
+        "| CPU s (ours) | CPU s (other processes) | check | note |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in results:
         lines.append(
             f"| {m.name} | {fmt_int(m.changed)} | {m.statements} | {m.seq_scans} | {m.idx_scans} | {fmt_int(m.hot_updates)} "
-            f"| {m.outside_batches:.2f} | {'exactly the ' + fmt_int(candidates) + ' candidates' if m.checked else 'FAILED'} | {m.note} |"
+            f"| {m.checkpoints} | {m.outside_batches:.2f} | {m.cpu_ours:.1f} | {m.cpu_others:.1f} "
+            f"| {'exactly the ' + fmt_int(candidates) + ' candidates' if m.checked else 'FAILED'} | {m.note} |"
+        )
+    busy = [m for m in results if m.wall and m.cpu_others > 0.1 * m.wall]
+    if busy:
+        lines.append("")
+        lines.append(
+            "WARNING: other processes used more than 10% of one CPU during "
+            + ", ".join(f"{m.name} ({m.cpu_others:.1f} CPU s in {m.wall:.1f} s)" for m in busy)
+            + ": those timings are not clean; rerun on a quiet machine."
         )
     by_name = {m.name: m for m in results}
     lines.append("")
@@ -812,12 +919,31 @@ def machine(admin: Conn) -> str:
     for name in SHOWN_SETTINGS:
         settings.append(f"{name}={one(admin, sql.SQL('SELECT current_setting({})').format(sql.Literal(name)))}")
     jit = one(admin, "SELECT pg_jit_available()")
+    revision = code_revision()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     return (
         f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; host: {platform.node()}; {os.cpu_count()} CPUs ({cpu}); "
         f"RAM {mem}; load average {load}; {platform.platform()}; Python {platform.python_version()}; psycopg {psycopg.__version__}\n"
-        f"PostgreSQL settings: {', '.join(settings)}, jit_available={jit}"
+        f"PostgreSQL settings: {', '.join(settings)}, jit_available={jit}\n"
+        f"code: {revision}"
     )
+
+
+def code_revision() -> str:
+    """The commit of this checkout, and a digest of uncommitted changes to runbook/ and bench/."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    diff = git("diff", "HEAD", "--", "runbook")
+    dirty = f"; runbook/ has uncommitted changes (diff sha256 {hashlib.sha256(diff.encode()).hexdigest()[:12]})" if diff else "; runbook/ as committed"
+    return f"commit {head}{dirty}"
 
 
 def sizes(conn: Conn) -> str:
@@ -836,6 +962,43 @@ def sizes(conn: Conn) -> str:
 
 
 # --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Built:
+    plan: Plan
+    expected: Histogram  # rows by (purpose, status, old) once exactly the candidates are swept
+    candidates: int
+    load_s: float
+    sizes: str
+
+
+def build(server: EmbeddedServer, rows: int, wanted: int, seed: int) -> Built:
+    """Start ``server`` with the loading settings, build LiteLLM's schema in BASE_DB, load,
+    VACUUM ANALYZE and CHECKPOINT. Raises CheckFailed unless exactly ``wanted`` candidates."""
+    server.start()
+    restart(server, LOAD_SETTINGS)
+    t0 = time.monotonic()
+    base = reset_database(server.dsn(), BASE_DB)
+    log(f"LiteLLM schema from litellm-proxy-extras {migrations_version()} in {time.monotonic() - t0:.1f} s")
+    with connect(base) as conn:
+        now = db_now_utc(conn)
+    plan = Plan(rows, wanted, now, now - timedelta(days=STALE_DAYS))
+    log(f"loading {rows:,} rows ({wanted:,} candidates) with COPY")
+    load_s = load(base, plan, seed)
+    log(f"loaded in {load_s:.1f} s; VACUUM ANALYZE")
+    with connect(base) as conn:
+        t0 = time.monotonic()
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(TABLE))
+        conn.execute("CHECKPOINT")
+        log(f"vacuumed in {time.monotonic() - t0:.1f} s")
+        before = histogram(conn, plan.cutoff)
+        table_sizes = sizes(conn)
+    candidates = sum(n for k, n in before.items() if is_candidate(k))
+    if candidates != wanted:
+        raise CheckFailed(f"loaded {candidates:,} candidates, wanted {wanted:,}")
+    log(table_sizes)
+    return Built(plan, expected_after(before), candidates, load_s, table_sizes)
 
 
 VARIANTS = ("floor", "peer", "sweep1000", "sweep10000", "inspect")
@@ -876,28 +1039,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Measurement] = []
     try:
         log(f"server in {home}")
-        server.start()
-        restart(server, LOAD_SETTINGS)
-        t0 = time.monotonic()
-        base = reset_database(server.dsn(), BASE_DB)
-        log(f"LiteLLM schema from litellm-proxy-extras {migrations_version()} in {time.monotonic() - t0:.1f} s")
-        with connect(base) as conn:
-            plan = Plan(args.rows, args.candidates, db_now_utc(conn), db_now_utc(conn) - timedelta(days=STALE_DAYS))
-        log(f"loading {args.rows:,} rows ({args.candidates:,} candidates) with COPY")
-        load_s = load(base, plan, args.seed)
-        log(f"loaded in {load_s:.1f} s; VACUUM ANALYZE")
-        with connect(base) as conn:
-            t0 = time.monotonic()
-            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(TABLE))
-            conn.execute("CHECKPOINT")
-            log(f"vacuumed in {time.monotonic() - t0:.1f} s")
-            before = histogram(conn, plan.cutoff)
-            table_sizes = sizes(conn)
-        candidates = sum(n for k, n in before.items() if is_candidate(k))
-        if candidates != args.candidates:
-            raise CheckFailed(f"loaded {candidates:,} candidates, wanted {args.candidates:,}")
-        expected = expected_after(before)
-        log(table_sizes)
+        built = build(server, args.rows, args.candidates, args.seed)
+        plan, expected, candidates, load_s, table_sizes = built.plan, built.expected, built.candidates, built.load_s, built.sizes
         restart(server, settings)
         with connect(server.dsn()) as admin:
             info = machine(admin)
@@ -929,6 +1072,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render(results, candidates))
         if args.json:
             args.json.write_text(json.dumps([m.__dict__ for m in results], indent=1))
+            shutil.copyfile(server.log, args.json.with_suffix(".server.log"))  # checkpoints, to match batch times
         if failed:
             print("\nFAILED: at least one variant did not change exactly the candidate rows (see above)", file=sys.stderr)
             return 1
