@@ -126,6 +126,7 @@ class Options:
     max_lock_waiters: int = 0
     pause_during_vacuum: bool = True
     health_pause_s: float = 2.0
+    target_batch_ms: float = 100.0
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -153,6 +154,7 @@ def options(
     max_lock_waiters: object = 0,
     pause_during_vacuum: object = True,
     health_pause_s: object = 2.0,
+    target_batch_ms: object = 100.0,
 ) -> Options:
     """Check every parameter and return Options; ParameterError names the first bad one.
 
@@ -179,6 +181,7 @@ def options(
         max_lock_waiters=check_int("max_lock_waiters", max_lock_waiters, 0, 10_000),
         pause_during_vacuum=check_bool("pause_during_vacuum", pause_during_vacuum),
         health_pause_s=check_number("health_pause_s", health_pause_s, 0.05, 600, "seconds"),
+        target_batch_ms=check_number("target_batch_ms", target_batch_ms, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
     )
 
 

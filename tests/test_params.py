@@ -68,3 +68,15 @@ def test_credentials_in_parameters_are_refused_without_echo(value: str) -> None:
     with pytest.raises(ParameterError) as err:
         refuse_secrets({"cutoff": value})
     assert "hunter2" not in str(err.value) and "<redacted>" in str(err.value)
+
+
+def test_batch_size_halves_after_a_slow_batch_and_grows_back() -> None:
+    from runbook.sweep import next_batch_size
+
+    opts = options(batch_size=1000, target_batch_ms=100)
+    assert next_batch_size(opts, 1000, 1000, 0.09) == 1000  # on target: unchanged
+    assert next_batch_size(opts, 1000, 1000, 0.26) == 500  # a checkpoint's page images: halve
+    assert next_batch_size(opts, 500, 500, 0.12) == 500  # still slow per row: stay
+    assert next_batch_size(opts, 500, 500, 0.045) == 1000  # cheap again: back to batch_size, never above
+    assert next_batch_size(opts, 60, 60, 10.0) == 50  # never below 50 rows
+    assert next_batch_size(options(batch_size=1000, target_batch_ms=0), 1000, 1000, 5.0) == 1000  # 0: fixed
