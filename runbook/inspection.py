@@ -53,6 +53,8 @@ class InspectReport:
     plan: dict[str, Any]
     full_scan: bool
     index_suggestion: str
+    estimated_wal_bytes: int = 0
+    max_wal_size_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +129,7 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         rows = conn.execute(statements.breakdown(target), params).fetchall()
         plan_rows = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(statements.next_batch(target)), params).fetchone()
         suggestion = index_suggestion(target, conn)
+        wal_row = conn.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()
         info = conn.info
         database = f"{info.user}@{info.host}:{info.port}/{info.dbname}"
     plan_doc = plan_rows[0] if plan_rows else []
@@ -141,6 +144,10 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
     null_stale = sum(int(r[5]) for r in of_purpose_stale if r[1] is None)
     incomplete_stale = sum(int(r[5]) for r in of_purpose_stale if r[1] == "incomplete")
 
+    max_wal = int(wal_row[0]) if wal_row else 0
+    # Measured by bench/bench.py: ~10 KB of WAL per swept row on LiteLLM's six indexes, up to
+    # ~18 KB when checkpoints run during the sweep (full-page images).
+    estimated_wal = candidates * 10 * 1024
     warnings: list[str] = []
     if null_stale:
         warnings.append(
@@ -151,6 +158,13 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         warnings.append(
             f"{incomplete_stale:,} candidates have status 'incomplete', which LiteLLM treats as terminal for "
             "responses but the production sweep does not: they will be marked stale_expired."
+        )
+    if max_wal and estimated_wal > max_wal:
+        warnings.append(
+            f"Sweeping {candidates:,} rows writes about {estimated_wal / 2**30:.1f}-{estimated_wal * 1.8 / 2**30:.1f} GiB "
+            f"of WAL, more than max_wal_size ({max_wal / 2**30:.1f} GiB): checkpoints will run during the sweep, "
+            "batches right after each are slower (the sweep shrinks them), and standbys may lag (the sweep pauses). "
+            "Consider wal_compression = on, or spreading the work over several runs with max_batches."
         )
     if full_scan:
         warnings.append(
@@ -177,5 +191,7 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         plan=plan,
         full_scan=full_scan,
         index_suggestion=suggestion,
+        estimated_wal_bytes=estimated_wal,
+        max_wal_size_bytes=max_wal,
         warnings=warnings,
     )
