@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     lab.add_argument("--rows", type=int, default=20_000)
     lab.set_defaults(func=cmd_lab)
     run = sub.add_parser("run", help="execute one notebook headless into the run folder")
-    run.add_argument("name", choices=["inspect", "preview", "sweep", "undo"])
+    run.add_argument("name", choices=["inspect", "preview", "sweep", "undo", "index"])
     run.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter (Python literal)")
     run.add_argument("-r", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter kept as a raw string")
     run.add_argument("--run-dir", default=None)

@@ -21,7 +21,7 @@ from .record import check_run_id, read_record
 __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = {"inspect": "01_inspect", "preview": "02_preview", "sweep": "03_sweep", "undo": "04_undo"}
+NOTEBOOKS = {"inspect": "01_inspect", "preview": "02_preview", "sweep": "03_sweep", "undo": "04_undo", "index": "05_create_index"}
 # The parameter that names the run itself: in the undo notebook, run_id names the run to undo.
 OWN_ID = {"undo": "undo_run_id"}
 

@@ -18,7 +18,7 @@ from .params import Options
 from .session import Conn, check_target, db_now_utc, read_only, resolve_cutoff
 from .target import Target
 
-__all__ = ["Count", "InspectReport", "inspect", "index_suggestion"]
+__all__ = ["Count", "InspectReport", "inspect", "index_name", "index_statement", "index_suggestion"]
 
 AGE_BUCKETS = ("<1d", "1-7d", "7-30d", "30-90d", ">=90d")
 
@@ -72,14 +72,23 @@ class InspectReport:
         return {k: conv(v) for k, v in self.__dict__.items() if k != "plan"}
 
 
+def index_name(target: Target) -> str:
+    return f"{target.table}_runbook_stale_idx"[:63]
+
+
 def index_suggestion(target: Target, conn: Conn) -> str:
+    """``index_statement`` rendered for display."""
+    return index_statement(target).as_string(conn)
+
+
+def index_statement(target: Target) -> sql.Composed:
     """The partial index that turns the candidate search into an index range scan.
 
     Built with literals (an index predicate cannot take parameters) from validated
     statuses; CONCURRENTLY so that it does not block LiteLLM's writes while it builds.
     """
-    name = sql.Identifier(f"{target.table}_runbook_stale_idx"[:63])
-    statement = sql.SQL(
+    name = sql.Identifier(index_name(target))
+    return sql.SQL(
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({time}, {key}) "
         "WHERE {purpose} = {purpose_value} AND {status} NOT IN ({terminal})"
     ).format(
@@ -92,7 +101,6 @@ def index_suggestion(target: Target, conn: Conn) -> str:
         status=sql.Identifier(target.status_column),
         terminal=sql.SQL(", ").join(sql.Literal(s) for s in target.terminal_statuses),
     )
-    return statement.as_string(conn)
 
 
 def _scans_table_fully(plan: Any, table: str) -> bool:

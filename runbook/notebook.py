@@ -23,6 +23,7 @@ from . import __version__, render
 from .charts import show_inspect_charts, show_sweep_chart
 from .connect import Database, connect, resolve
 from .errors import ParameterError
+from .index import IndexResult, create_index
 from .inspection import InspectReport, inspect
 from .ledger import recent_runs
 from .params import Options, options, refuse_secrets
@@ -36,7 +37,7 @@ from .undo import UndoResult, undo
 
 __all__ = ["Run", "start", "interactive"]
 
-KINDS = ("inspect", "preview", "sweep", "undo")
+KINDS = ("inspect", "preview", "sweep", "undo", "index")
 
 
 def interactive() -> bool:
@@ -88,6 +89,16 @@ class Run:
         from .controls import sweep_panel
 
         return sweep_panel(self)
+
+    def create_index(self) -> IndexResult:
+        """Show, or with dry_run=False build, the partial index inspect suggests."""
+        with self._step("index"):
+            result = create_index(self.conn, self.target, dry_run=self.opts.dry_run)
+        level = "ok" if result.valid else ("info" if result.dry_run else "warning")
+        text = f"{result.note}. Statement: {result.statement}" + (f" ({result.seconds:.1f} s)" if result.created else "")
+        _display(render.notice(text, level), text)
+        self.outcome["index"] = result.to_dict()
+        return result
 
     def inspect(self) -> InspectReport:
         """Run inspect and render it. Reads only."""
@@ -212,7 +223,7 @@ def start(kind: str, run_id: str = "", of_run_id: str = "", **params: Any) -> Ru
     level = "info"
     if kind == "undo":
         lines[1] = f"undo of run {of_run_id} on {run.target.schema}.{run.target.table}, batch size {opts.batch_size:,}"
-    if kind in ("sweep", "undo"):
+    if kind in ("sweep", "undo", "index"):
         lines.append("DRY RUN: nothing will be written" if opts.dry_run else "LIVE: rows will be updated")
         level = "info" if opts.dry_run else "warning"
     _display("".join(render.notice(line, level) for line in lines), "\n".join(lines))
@@ -282,6 +293,7 @@ def show_sweep(s: SweepResult) -> None:
         f"(batch p50 {p50 * 1000:.0f} ms). Stopped: {s.stop_reason}."
         + (f" Remaining candidates: {s.remaining:,}." if s.remaining is not None else "")
         + (f" ({s.stop_detail})" if s.stop_detail else "")
+        + f" First batch fingerprint {s.first_batch_fingerprint}."
         + f" Ledger: litellm_runbook.changes where run_id = '{s.run_id}'."
     )
     rows = [(b.number, b.selected, b.changed, round(b.seconds * 1000, 1), b.committed_at) for b in s.batches]

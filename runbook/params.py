@@ -126,7 +126,7 @@ class Options:
     max_lock_waiters: int = 0
     pause_during_vacuum: bool = True
     health_pause_s: float = 2.0
-    target_batch_ms: float = 100.0
+    target_batch_ms: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -154,7 +154,7 @@ def options(
     max_lock_waiters: object = 0,
     pause_during_vacuum: object = True,
     health_pause_s: object = 2.0,
-    target_batch_ms: object = 100.0,
+    target_batch_ms: object = 0.0,
 ) -> Options:
     """Check every parameter and return Options; ParameterError names the first bad one.
 

@@ -86,6 +86,7 @@ class SweepResult:
     remaining: int | None = None  # counted at the end when cheap to know, else None
     would_change: int = 0  # dry run: rows the real sweep would change, at most
     would_batches: int = 0
+    first_batch_fingerprint: str = ""
     retries: list[str] = field(default_factory=list)
     pauses: list[dict[str, Any]] = field(default_factory=list)
     metrics_file: str | None = None
@@ -369,11 +370,14 @@ def _run_passes(
                     f"{in_snapshot:,} candidates exceed max_rows={opts.max_rows:,}: refused before the first batch, "
                     "nothing written. Check inspect, then raise max_rows if this is expected."
                 )
+            # The first batch as a preview would show it (same order, same size): its
+            # fingerprint goes into the record and is checked against an approved one.
+            first = conn.execute(
+                statements.snapshot_next(), {"after_t": datetime.min, "after_k": "", "batch_size": opts.batch_size}
+            ).fetchall()
+            seen = fingerprint([str(r[1]) for r in first])
+            result.first_batch_fingerprint = seen
             if opts.expect_fingerprint:
-                first = conn.execute(
-                    statements.snapshot_next(), {"after_t": datetime.min, "after_k": "", "batch_size": opts.batch_size}
-                ).fetchall()
-                seen = fingerprint([str(r[1]) for r in first])
                 if seen != opts.expect_fingerprint:
                     raise PreviewMismatchError(
                         f"the first batch now has fingerprint {seen}, not the approved {opts.expect_fingerprint}: "

@@ -32,8 +32,9 @@ def test_notebook_is_committed_clean_with_one_typed_parameters_cell(stem: str) -
     assert len(tagged) == 1
     lines = [line for line in tagged[0].source.splitlines() if line.strip()]
     assert lines and all(": " in line.split("=")[0] and "  # " in line for line in lines), "name: type = value  # help"
-    assert "batch_size: int = 1000" in tagged[0].source
-    if stem != "04_undo":
+    if stem != "05_create_index":
+        assert "batch_size: int = 1000" in tagged[0].source
+    if stem in ("01_inspect", "02_preview", "03_sweep"):
         assert "stale_after_days: float = 7" in tagged[0].source
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -78,7 +79,7 @@ def test_three_notebooks_with_parameters(conn: psycopg.Connection, dsn: str, tmp
     outcome = live.record["outcome"]["sweep"]
     assert [b["changed"] for b in outcome["batches"]] == [3, 2] and outcome["stop_reason"] == "done"
     assert statuses(conn) == {**{k: "stale_expired" for k in stale}, fresh: "queued"}
-    assert live.record["outcome"]["preview"]["ids"] == stale[::-1][:3]
+    assert outcome["first_batch_fingerprint"] == previewed.record["outcome"]["preview"]["fingerprint"]
     # the executed notebook is kept read-only with its checksum
     assert not os.access(live.path, os.W_OK) or os.geteuid() == 0
     assert oct(live.path.stat().st_mode)[-3:] == "444"
@@ -159,3 +160,19 @@ def test_executed_notebook_holds_no_password(conn: psycopg.Connection, dsn: str,
         assert "sup3r-s3cret" not in json.dumps(done.record)
     finally:
         conn.execute("ALTER ROLE postgres PASSWORD NULL")
+
+
+def test_index_notebook_shows_then_builds_the_suggested_index(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
+    insert(conn, status="queued", age_days=10)
+    before = state(conn)
+    dry = execute("index", {}, tmp_path, env=_env(dsn))
+    assert dry.ok and dry.record is not None
+    shown = dry.record["outcome"]["index"]
+    assert shown["statement"].startswith('CREATE INDEX CONCURRENTLY IF NOT EXISTS "LiteLLM_ManagedObjectTable_runbook_stale_idx"')
+    assert not shown["created"] and conn.execute("SELECT to_regclass('\"LiteLLM_ManagedObjectTable_runbook_stale_idx\"')").fetchone() == (None,)
+    built = execute("index", {"dry_run": False}, tmp_path, env=_env(dsn))
+    assert built.ok, built.error
+    assert built.record is not None and built.record["outcome"]["index"]["valid"] is True
+    definition = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'LiteLLM_ManagedObjectTable_runbook_stale_idx'").fetchone()
+    assert definition is not None and "WHERE ((file_purpose = 'response'::text) AND (status <> ALL" in definition[0]
+    assert state(conn) == before  # building the index changes no row
