@@ -7,7 +7,9 @@ The public API (pinned here; everything else is internal):
     resolve() / connect()  the database from DATABASE_URL, PG*, or the embedded default
     inspect()              counts, breakdowns, the plan of one batch (read-only)
     preview()              the rows of the next batch and the SQL that will run (read-only)
-    sweep()                bounded batches, dry run by default
+    sweep()                bounded batches with their ledger, dry run by default
+    undo()                 put back what one sweep run changed, dry run by default
+    create_index()         the optional partial index inspect suggests, dry run by default
     errors                 RunbookError and its subclasses (see runbook.errors)
 """
 
@@ -17,18 +19,26 @@ __version__ = "0.1.0"
 
 from .connect import Database, connect, resolve
 from .errors import (
+    ConnectionLostError,
     DatabaseConfigError,
     EmbeddedServerError,
+    LedgerUnavailableError,
     ParameterError,
+    PreviewMismatchError,
     ReadOnlyError,
     RunbookError,
+    SweepInProgressError,
     TargetNotFoundError,
+    TooManyCandidatesError,
+    UnknownRunError,
 )
+from .index import IndexResult, create_index
 from .inspection import InspectReport, inspect
 from .params import Options, options
 from .preview import PreviewReport, preview
 from .sweep import BatchResult, SweepResult, sweep
 from .target import PRODUCTION_TERMINAL_STATUSES, Target
+from .undo import UndoResult, undo
 
 __all__ = [
     "__version__",
@@ -46,10 +56,20 @@ __all__ = [
     "BatchResult",
     "SweepResult",
     "sweep",
+    "UndoResult",
+    "undo",
+    "IndexResult",
+    "create_index",
     "RunbookError",
     "ParameterError",
     "DatabaseConfigError",
     "TargetNotFoundError",
     "ReadOnlyError",
+    "LedgerUnavailableError",
+    "SweepInProgressError",
+    "TooManyCandidatesError",
+    "PreviewMismatchError",
+    "UnknownRunError",
+    "ConnectionLostError",
     "EmbeddedServerError",
 ]
