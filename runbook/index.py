@@ -14,8 +14,8 @@ from typing import Any
 from psycopg import sql
 
 from .inspection import index_name, index_statement, index_suggestion
+from .liverun import check_writable
 from .session import Conn, check_target
-from .sweep import check_writable
 from .target import Target
 
 __all__ = ["IndexResult", "create_index"]

@@ -24,31 +24,33 @@ statement_timeout rolls back and is retried smaller after a pause, ``max_retries
 from __future__ import annotations
 
 import math
-import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from types import FrameType
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 import psycopg
 
-from . import ledger, statements
-from .errors import ConnectionLostError, PreviewMismatchError, ReadOnlyError, TooManyCandidatesError
+from . import statements
+from .errors import ConnectionLostError, PreviewMismatchError, TooManyCandidatesError
 from .health import HealthLimits, check_health
-from .locking import target_lock
+from .liverun import (
+    BatchResult,
+    Stopper,
+    close_run,
+    live_run,
+    set_batch_settings,
+    utc_now,
+)
 from .metrics import write_metrics
 from .params import Options
 from .preview import fingerprint
-from .record import new_run_id, operator
+from .record import new_run_id
 from .session import Conn, check_target, read_only, resolve_cutoff
 from .target import Target
 
-__all__ = ["BatchResult", "SweepResult", "sweep", "STOP_REASONS", "check_writable", "interrupt_guard", "Stopper"]
+__all__ = ["BatchResult", "SweepResult", "sweep", "STOP_REASONS", "next_batch_size"]
 
 STOP_REASONS = (
     "done", "dry_run", "max_batches", "max_seconds", "stop_file", "interrupted", "stop_requested",
@@ -56,16 +58,8 @@ STOP_REASONS = (
 )  # fmt: skip
 _MAX_PASSES = 5
 _RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected)
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    number: int
-    selected: int  # snapshot entries this batch looked at
-    changed: int  # rows it set (fewer when rows were locked or turned terminal)
-    seconds: float
-    committed_at: str
-    retries: int = 0
+_METRICS_EVERY_S = 1.0  # rewrite the metrics file at most this often while running
+T = TypeVar("T")
 
 
 @dataclass
@@ -95,96 +89,6 @@ class SweepResult:
         out = asdict(self)
         out["cutoff_utc"] = self.cutoff_utc.isoformat() + "Z"
         return out
-
-
-def check_writable(conn: Conn, target: Target) -> None:
-    """ReadOnlyError unless this session can UPDATE the table on a primary."""
-    table = statements.table(target).as_string(conn)
-    row = conn.execute(
-        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'),"
-        " has_column_privilege(%s, %s, 'UPDATE'), current_user,"
-        " has_database_privilege(current_database(), 'TEMPORARY')",
-        [table, target.status_column],
-    ).fetchone()
-    assert row is not None
-    if row[0]:
-        raise ReadOnlyError("the server is a read-only standby (pg_is_in_recovery() is true): refused, nothing written")
-    if row[1] == "on":
-        raise ReadOnlyError("default_transaction_read_only is on for this session: refused, nothing written")
-    if not row[2]:
-        raise ReadOnlyError(
-            f"role {row[3]} may not UPDATE {table}.{target.status_column}: refused, nothing written "
-            f"(GRANT SELECT, UPDATE ({target.status_column}) ON {table} TO {row[3]}; or run inspect/preview only)"
-        )
-    if not row[4]:
-        raise ReadOnlyError(
-            f"role {row[3]} may not create temporary tables (the candidate snapshot): refused, nothing written "
-            f"(GRANT TEMPORARY ON DATABASE {conn.info.dbname} TO {row[3]})"
-        )
-
-
-@contextmanager
-def interrupt_guard() -> Iterator[Callable[[], bool]]:
-    """While active, the first SIGINT only raises a flag; a second one interrupts at once.
-
-    Yields a function telling whether SIGINT arrived. Outside the main thread signals
-    cannot be handled, and KeyboardInterrupt keeps its usual meaning.
-    """
-    flag = {"hit": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: flag["hit"]
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if flag["hit"]:
-            raise KeyboardInterrupt
-        flag["hit"] = True
-        print("interrupt: stopping after the batch in flight (interrupt again to abort it)", flush=True)
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: flag["hit"]
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@dataclass
-class Stopper:
-    """Decides, between batches, whether to stop and why."""
-
-    opts: Options
-    started: float
-    interrupted: Callable[[], bool]
-    should_stop: Callable[[], bool] | None = None
-
-    def reason(self, batches_done: int) -> str | None:
-        if self.interrupted():
-            return "interrupted"
-        if self.opts.stop_file and os.path.exists(self.opts.stop_file):
-            return "stop_file"
-        if batches_done >= self.opts.max_batches:
-            return "max_batches"
-        if time.monotonic() - self.started >= self.opts.max_seconds:
-            return "max_seconds"
-        if self.should_stop is not None and self.should_stop():
-            return "stop_requested"
-        return None
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _set_timeouts(conn: Conn, opts: Options, factor: float = 1.0) -> None:
-    # synchronous_commit off: a batch and its ledger rows are one statement, so a server
-    # crash can only lose whole batches of the last moment, whose rows are then still
-    # candidates; in exchange each commit stops waiting for a WAL flush (6 ms -> 1 ms).
-    conn.execute(
-        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
-        " set_config('synchronous_commit', 'off', true)",
-        [f"{int(opts.lock_timeout_s * 1000)}ms", f"{int(opts.statement_timeout_s * 1000 * factor)}ms"],
-    )
 
 
 def next_batch_size(opts: Options, planned: int, used: int, seconds: float) -> int:
@@ -219,8 +123,9 @@ def sweep(
 
     Raises, before any write: TargetNotFoundError, ReadOnlyError, LedgerUnavailableError,
     SweepInProgressError, TooManyCandidatesError, PreviewMismatchError. A batch that fails
-    otherwise raises its psycopg error; that batch rolled back, earlier ones stay committed
-    with their ledger, and the run's ledger row records the failure.
+    otherwise raises its psycopg error (ConnectionLostError when the server went away);
+    that batch rolled back, earlier ones stay committed with their ledger, and the run's
+    ledger row records the failure when the connection still works.
     """
     started = time.monotonic()
     check_target(conn, target)
@@ -243,63 +148,58 @@ def sweep(
             would_batches=min(math.ceil(count / opts.batch_size), opts.max_batches),
         )  # fmt: skip
 
-    run_id = run_id or new_run_id()
-    check_writable(conn, target)
-    ledger.ensure(conn)
+    rid = run_id or new_run_id()
     result = SweepResult(
         target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=False,
-        candidates_at_start=0, run_id=run_id,
+        candidates_at_start=0, run_id=rid,
     )  # fmt: skip
     table_name = f"{target.schema}.{target.table}"
+    last_published = [0.0]
 
     def publish(outcome: str, finished: bool) -> None:
-        if not opts.metrics_dir:
+        now = time.monotonic()
+        if not opts.metrics_dir or (not finished and now - last_published[0] < _METRICS_EVERY_S):
             return
+        last_published[0] = now
         remaining = result.remaining if finished else max(result.candidates_at_start - result.changed, 0)
         path = write_metrics(
-            opts.metrics_dir, run_id=run_id, kind="sweep", table=table_name, rows_changed=result.changed,
+            opts.metrics_dir, run_id=rid, kind="sweep", table=table_name, rows_changed=result.changed,
             rows_remaining=remaining, batch_seconds=[b.seconds for b in result.batches], outcome=outcome,
-            run_seconds=time.monotonic() - started, finished=finished,
+            run_seconds=now - started, finished=finished,
         )  # fmt: skip
         result.metrics_file = str(path)
 
-    with target_lock(conn, target), interrupt_guard() as interrupted:
-        next_batch = ledger.start_run(
-            conn, run_id=run_id, kind="sweep", target=table_name, operator=operator(),
-            parameters=parameters or opts.to_dict(),
-        )  # fmt: skip
-        stopper = Stopper(opts, started, interrupted, should_stop)
+    with live_run(
+        conn, target, opts, kind="sweep", run_id=rid, parameters=parameters or opts.to_dict(), should_stop=should_stop
+    ) as run:
+        failure: BaseException | None = None
         try:
-            _run_passes(conn, target, opts, params, result, stopper, next_batch, on_batch, publish)
+            _run_passes(conn, target, opts, params, result, run.stopper, run.first_batch, on_batch, publish)
         except BaseException as exc:
+            failure = exc
             result.stop_reason = result.stop_reason or ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             result.stop_detail = f"{type(exc).__name__}: {exc}"
-            result.seconds = round(time.monotonic() - started, 4)
-            publish(result.stop_reason, True)
-            if not conn.broken and not conn.closed:
-                ledger.finish_run(conn, run_id, result.stop_reason, result.to_dict())
-            if isinstance(exc, KeyboardInterrupt):
-                # The batch in flight rolled back; every earlier one stands with its ledger.
-                return result
-            if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
-                done = len(result.batches)
-                raise ConnectionLostError(
-                    f"the connection to the database was lost during batch {done + 1 if done else 'setup'} of run "
-                    f"{run_id} ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}): that "
-                    f"batch rolled back; the {done} batch(es) before it are committed with their ledger. "
-                    f"Run again with run_id={run_id} to finish."
-                ) from exc
-            raise
         result.seconds = round(time.monotonic() - started, 4)
         publish(result.stop_reason, True)
-        ledger.finish_run(conn, run_id, result.stop_reason, result.to_dict())
-    return result
+        close_run(conn, rid, result.stop_reason, result.to_dict())
+    if failure is None or isinstance(failure, KeyboardInterrupt):
+        # Interrupted: the batch in flight rolled back; every earlier one stands with its ledger.
+        return result
+    if isinstance(failure, psycopg.OperationalError) and (conn.broken or conn.closed):
+        lost = result.batches[-1].number + 1 if result.batches else run.first_batch
+        first_line = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+        raise ConnectionLostError(
+            f"the connection to the database was lost during batch {lost} of run {rid} ({first_line}): that "
+            f"batch rolled back; the {len(result.batches)} batch(es) before it are committed with their ledger. "
+            f"Run again with run_id={rid} to finish."
+        ) from failure
+    raise failure
 
 
 def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any]) -> int:
     with conn.transaction():
         # One full scan of the table: allow it ten batches' worth of statement time.
-        _set_timeouts(conn, opts, factor=10)
+        set_batch_settings(conn, opts, factor=10)
         stmts = statements.snapshot(target)
         count = 0
         for stmt in stmts:
@@ -309,12 +209,13 @@ def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any])
     return count
 
 
-def _with_retries(work: Callable[[], int], opts: Options, result: SweepResult, what: str) -> int | None:
-    """Run ``work``; on a lock or statement timeout retry after a growing pause. None: gave up."""
+def _with_retries(work: Callable[[int], T], opts: Options, result: SweepResult, what: str) -> T | None:
+    """``work(attempt)``; after a lock or statement timeout (rolled back) retry after a
+    growing pause, ``max_retries`` times. None: gave up, with the reason in ``result``."""
     attempt = 0
     while True:
         try:
-            return work()
+            return work(attempt)
         except _RETRYABLE as exc:
             attempt += 1
             note = f"{what} try {attempt}: {type(exc).__name__}: {exc.diag.message_primary}"
@@ -327,24 +228,40 @@ def _with_retries(work: Callable[[], int], opts: Options, result: SweepResult, w
 
 
 def _wait_until_healthy(
-    conn: Conn, target: Target, opts: Options, limits: HealthLimits, stopper: Stopper, result: SweepResult, batch: int
+    conn: Conn, target: Target, opts: Options, stopper: Stopper, result: SweepResult, batch: int
 ) -> str | None:
-    """Pause while the database is unhealthy; record each pause. Returns a stop reason, if any."""
-    paused_at: float | None = None
-    reasons: list[str] = []
-    while problems := check_health(conn, target).problems(limits):
-        if paused_at is None:
-            paused_at = time.monotonic()
+    """Pause while the database is unhealthy; record the pause. Returns a stop reason, if any."""
+    limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
+    paused_at = time.monotonic()
+    reasons: set[str] = set()
+    stop: str | None = None
+    while not stop and (problems := check_health(conn, target).problems(limits)):
+        if not reasons:
             print(f"pausing before batch {batch}: {'; '.join(problems)}", flush=True)
-        reasons = sorted(set(reasons) | set(problems))
+        reasons.update(problems)
         time.sleep(opts.health_pause_s)
         stop = stopper.reason(len(result.batches))
-        if stop:
-            result.pauses.append({"before_batch": batch, "reasons": reasons, "seconds": round(time.monotonic() - paused_at, 3)})
-            return stop
-    if paused_at is not None:
-        result.pauses.append({"before_batch": batch, "reasons": reasons, "seconds": round(time.monotonic() - paused_at, 3)})
-    return None
+    if reasons:
+        result.pauses.append({"before_batch": batch, "reasons": sorted(reasons), "seconds": round(time.monotonic() - paused_at, 3)})
+    return stop
+
+
+def _run_batch(
+    conn: Conn, target: Target, opts: Options, params: dict[str, Any], after: tuple[Any, str], size: int, batch: int, run_id: str
+) -> tuple[list[tuple[Any, Any]], int]:
+    """One batch in its own transaction: the next ``size`` snapshot keys after ``after``,
+    updated and ledgered. Returns (the keys looked at, rows changed); no keys: pass done."""
+    with conn.transaction():
+        set_batch_settings(conn, opts)
+        step = conn.execute(
+            statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}
+        ).fetchall()
+        if not step:
+            return [], 0
+        row = conn.execute(
+            statements.batch_update(target), {**params, "ids": [str(r[1]) for r in step], "run_id": run_id, "batch": batch}
+        ).fetchone()
+    return step, int(row[0]) if row else 0
 
 
 def _run_passes(
@@ -358,81 +275,41 @@ def _run_passes(
     on_batch: Callable[[SweepResult, BatchResult], None] | None,
     publish: Callable[[str, bool], None],
 ) -> None:
-    run_id = result.run_id
+    run_id = str(result.run_id)
     for pass_number in range(_MAX_PASSES):
-        in_snapshot = _with_retries(lambda: _snapshot(conn, target, opts, params), opts, result, "snapshot")
+        in_snapshot = _with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot")
         if in_snapshot is None:
             return
         if pass_number == 0:
-            result.candidates_at_start = in_snapshot
-            if in_snapshot > opts.max_rows:
-                raise TooManyCandidatesError(
-                    f"{in_snapshot:,} candidates exceed max_rows={opts.max_rows:,}: refused before the first batch, "
-                    "nothing written. Check inspect, then raise max_rows if this is expected."
-                )
-            # The first batch as a preview would show it (same order, same size): its
-            # fingerprint goes into the record and is checked against an approved one.
-            first = conn.execute(
-                statements.snapshot_next(), {"after_t": datetime.min, "after_k": "", "batch_size": opts.batch_size}
-            ).fetchall()
-            seen = fingerprint([str(r[1]) for r in first])
-            result.first_batch_fingerprint = seen
-            if opts.expect_fingerprint:
-                if seen != opts.expect_fingerprint:
-                    raise PreviewMismatchError(
-                        f"the first batch now has fingerprint {seen}, not the approved {opts.expect_fingerprint}: "
-                        "rows changed since the preview (or cutoff/batch_size differ). Nothing written; preview again."
-                    )
+            _check_first_pass(conn, opts, result, in_snapshot)
         publish("running", False)
-        limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
         changed_this_pass = 0
         after: tuple[Any, str] = (datetime.min, "")
         planned = opts.batch_size
         while True:
-            reason = stopper.reason(len(result.batches))
+            reason = stopper.reason(len(result.batches)) or _wait_until_healthy(
+                conn, target, opts, stopper, result, next_batch
+            )
             if reason:
                 result.stop_reason = reason
                 return
-            reason = _wait_until_healthy(conn, target, opts, limits, stopper, result, next_batch)
-            if reason:
-                result.stop_reason = reason
+            t0 = time.monotonic()
+            tries: list[int] = []
+
+            def attempt(n: int, size: int = planned, after: tuple[Any, str] = after) -> tuple[list[tuple[Any, Any]], int]:
+                tries.append(n)  # a retry after a timeout takes half the rows each time
+                return _run_batch(conn, target, opts, params, after, max(1, size >> n), next_batch, run_id)
+
+            done = _with_retries(attempt, opts, result, f"batch {next_batch}")
+            if done is None:
                 return
-            size = planned
-            attempt = 0
-            while True:
-                t0 = time.monotonic()
-                try:
-                    with conn.transaction():
-                        _set_timeouts(conn, opts)
-                        step = conn.execute(
-                            statements.snapshot_next(),
-                            {"after_t": after[0], "after_k": after[1], "batch_size": size},
-                        ).fetchall()
-                        if not step:
-                            break
-                        ids = [str(r[1]) for r in step]
-                        row = conn.execute(
-                            statements.batch_update(target), {**params, "ids": ids, "run_id": run_id, "batch": next_batch}
-                        ).fetchone()
-                        changed = int(row[0]) if row else 0
-                    break
-                except _RETRYABLE as exc:
-                    attempt += 1
-                    note = f"batch {next_batch} try {attempt}: {type(exc).__name__}: {exc.diag.message_primary}"
-                    result.retries.append(note)
-                    if attempt > opts.max_retries:
-                        result.stop_reason = "gave_up"
-                        result.stop_detail = note
-                        return
-                    print(f"{note}; retrying with {max(1, size // 2):,} rows", flush=True)
-                    size = max(1, size // 2)
-                    time.sleep(min(0.25 * 2**attempt, 5.0))
+            step, changed = done
             if not step:
                 break
-            batch = BatchResult(next_batch, len(ids), changed, round(time.monotonic() - t0, 4), _utc_now(), attempt)
-            planned = next_batch_size(opts, planned, len(ids), batch.seconds)
+            batch = BatchResult(next_batch, len(step), changed, round(time.monotonic() - t0, 4), utc_now(), tries[-1])
+            planned = next_batch_size(opts, planned, len(step), batch.seconds)
             next_batch += 1
-            after = (step[-1][0], ids[-1])
+            after = (step[-1][0], str(step[-1][1]))
             result.batches.append(batch)
             result.changed += changed
             changed_this_pass += changed
@@ -460,3 +337,25 @@ def _run_passes(
             result.stop_reason = "remaining_locked"
             return
     result.stop_reason = "remaining_locked"
+
+
+def _check_first_pass(conn: Conn, opts: Options, result: SweepResult, in_snapshot: int) -> None:
+    """Refuse, before any write, too many candidates or a first batch unlike the approved one."""
+    result.candidates_at_start = in_snapshot
+    if in_snapshot > opts.max_rows:
+        raise TooManyCandidatesError(
+            f"{in_snapshot:,} candidates exceed max_rows={opts.max_rows:,}: refused before the first batch, "
+            "nothing written. Check inspect, then raise max_rows if this is expected."
+        )
+    # The first batch as a preview shows it (same order, same size): its fingerprint goes
+    # into the record and is checked against an approved one.
+    first = conn.execute(
+        statements.snapshot_next(), {"after_t": datetime.min, "after_k": "", "batch_size": opts.batch_size}
+    ).fetchall()
+    result.first_batch_fingerprint = fingerprint([str(r[1]) for r in first])
+    if opts.expect_fingerprint and result.first_batch_fingerprint != opts.expect_fingerprint:
+        raise PreviewMismatchError(
+            f"the first batch now has fingerprint {result.first_batch_fingerprint}, not the approved "
+            f"{opts.expect_fingerprint}: rows changed since the preview (or cutoff/batch_size differ). "
+            "Nothing written; preview again."
+        )

@@ -16,12 +16,11 @@ from psycopg import sql
 
 from . import ledger, statements
 from .errors import UnknownRunError
-from .locking import target_lock
+from .liverun import BatchResult, close_run, live_run, set_batch_settings, utc_now
 from .metrics import write_metrics
 from .params import Options
-from .record import new_run_id, operator
+from .record import new_run_id
 from .session import Conn, check_target, read_only
-from .sweep import BatchResult, Stopper, _set_timeouts, _utc_now, check_writable, interrupt_guard
 from .target import Target
 
 __all__ = ["UndoResult", "undo"]
@@ -94,56 +93,48 @@ def undo(
         result.seconds = round(time.monotonic() - started, 4)
         return result
 
-    run_id = run_id or new_run_id()
-    result.run_id = run_id
-    check_writable(conn, target)
-    ledger.ensure(conn)
-    table_name = f"{target.schema}.{target.table}"
-    with target_lock(conn, target), interrupt_guard() as interrupted:
-        next_batch = ledger.start_run(
-            conn, run_id=run_id, kind="undo", target=table_name, operator=operator(),
-            parameters=parameters or {"of_run_id": of_run_id, **opts.to_dict()}, undoes_run_id=of_run_id,
-        )  # fmt: skip
-        stopper = Stopper(opts, started, interrupted)
+    rid = run_id or new_run_id()
+    result.run_id = rid
+    parameters = parameters or {"of_run_id": of_run_id, **opts.to_dict()}
+    with live_run(conn, target, opts, kind="undo", run_id=rid, parameters=parameters, undoes_run_id=of_run_id) as run:
+        next_batch = run.first_batch
         after = ""
         try:
-            while True:
-                reason = stopper.reason(len(result.batches))
-                if reason:
-                    result.stop_reason = reason
-                    break
+            while not (reason := run.stopper.reason(len(result.batches))):
                 t0 = time.monotonic()
                 with conn.transaction():
-                    _set_timeouts(conn, opts)
+                    set_batch_settings(conn, opts)
                     todo = conn.execute(
                         statements.undo_next(), {"of_run": of_run_id, "after": after, "batch_size": opts.batch_size}
                     ).fetchall()
                     if not todo:
-                        result.stop_reason = "done"
+                        reason = "done"
                         break
                     row = conn.execute(
                         statements.undo_update(target),
                         {
                             "ids": [r[0] for r in todo], "previous": [r[1] for r in todo],
-                            "swept_status": todo[0][2], "run_id": run_id, "batch": next_batch,
+                            "swept_status": todo[0][2], "run_id": rid, "batch": next_batch,
                         },
                     ).fetchone()  # fmt: skip
                 restored = int(row[0]) if row else 0
-                result.batches.append(BatchResult(next_batch, len(todo), restored, round(time.monotonic() - t0, 4), _utc_now()))
+                result.batches.append(BatchResult(next_batch, len(todo), restored, round(time.monotonic() - t0, 4), utc_now()))
                 result.restored += restored
                 result.left_alone += len(todo) - restored
                 after = str(todo[-1][0])
                 next_batch += 1
+            result.stop_reason = reason
         finally:
             result.seconds = round(time.monotonic() - started, 4)
             result.stop_reason = result.stop_reason or "failed"
             if opts.metrics_dir:
                 result.metrics_file = str(
                     write_metrics(
-                        opts.metrics_dir, run_id=run_id, kind="undo", table=table_name, rows_changed=result.restored,
-                        rows_remaining=None, batch_seconds=[b.seconds for b in result.batches],
-                        outcome=result.stop_reason, run_seconds=result.seconds, finished=True,
+                        opts.metrics_dir, run_id=rid, kind="undo", table=f"{target.schema}.{target.table}",
+                        rows_changed=result.restored, rows_remaining=None,
+                        batch_seconds=[b.seconds for b in result.batches], outcome=result.stop_reason,
+                        run_seconds=result.seconds, finished=True,
                     )  # fmt: skip
                 )
-            ledger.finish_run(conn, run_id, result.stop_reason, result.to_dict())
+            close_run(conn, rid, result.stop_reason, result.to_dict())
     return result

@@ -1,0 +1,172 @@
+"""What every writing run (sweep, undo) shares: the checks before the first write, the
+target lock, stop conditions between batches, per-batch session settings, and closing
+the run's ledger row.
+
+    with live_run(conn, target, opts, kind="sweep", run_id=..., parameters=...) as run:
+        ... batches numbered from run.first_batch, stopping when run.stopper.reason(n) ...
+        close_run(conn, run_id, stop_reason, record)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import FrameType
+from typing import Any
+
+from . import ledger, statements
+from .errors import ReadOnlyError
+from .locking import target_lock
+from .params import Options
+from .record import operator
+from .session import Conn
+from .target import Target
+
+__all__ = [
+    "BatchResult", "LiveRun", "Stopper", "check_writable", "close_run", "interrupt_guard", "live_run",
+    "set_batch_settings", "utc_now",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    number: int
+    selected: int  # snapshot entries this batch looked at
+    changed: int  # rows it set (fewer when rows were locked or turned terminal)
+    seconds: float
+    committed_at: str
+    retries: int = 0
+
+
+def check_writable(conn: Conn, target: Target) -> None:
+    """ReadOnlyError unless this session can UPDATE the table on a primary."""
+    table = statements.table(target).as_string(conn)
+    row = conn.execute(
+        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'),"
+        " has_column_privilege(%s, %s, 'UPDATE'), current_user,"
+        " has_database_privilege(current_database(), 'TEMPORARY')",
+        [table, target.status_column],
+    ).fetchone()
+    assert row is not None
+    if row[0]:
+        raise ReadOnlyError("the server is a read-only standby (pg_is_in_recovery() is true): refused, nothing written")
+    if row[1] == "on":
+        raise ReadOnlyError("default_transaction_read_only is on for this session: refused, nothing written")
+    if not row[2]:
+        raise ReadOnlyError(
+            f"role {row[3]} may not UPDATE {table}.{target.status_column}: refused, nothing written "
+            f"(GRANT SELECT, UPDATE ({target.status_column}) ON {table} TO {row[3]}; or run inspect/preview only)"
+        )
+    if not row[4]:
+        raise ReadOnlyError(
+            f"role {row[3]} may not create temporary tables (the candidate snapshot): refused, nothing written "
+            f"(GRANT TEMPORARY ON DATABASE {conn.info.dbname} TO {row[3]})"
+        )
+
+
+@contextmanager
+def interrupt_guard() -> Iterator[Callable[[], bool]]:
+    """While active, the first SIGINT only raises a flag; a second one interrupts at once.
+
+    Yields a function telling whether SIGINT arrived. Outside the main thread signals
+    cannot be handled, and KeyboardInterrupt keeps its usual meaning.
+    """
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: flag["hit"]
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+        print("interrupt: stopping after the batch in flight (interrupt again to abort it)", flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: flag["hit"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class Stopper:
+    """Decides, between batches, whether to stop and why."""
+
+    opts: Options
+    started: float
+    interrupted: Callable[[], bool]
+    should_stop: Callable[[], bool] | None = None
+
+    def reason(self, batches_done: int) -> str | None:
+        if self.interrupted():
+            return "interrupted"
+        if self.opts.stop_file and os.path.exists(self.opts.stop_file):
+            return "stop_file"
+        if batches_done >= self.opts.max_batches:
+            return "max_batches"
+        if time.monotonic() - self.started >= self.opts.max_seconds:
+            return "max_seconds"
+        if self.should_stop is not None and self.should_stop():
+            return "stop_requested"
+        return None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def set_batch_settings(conn: Conn, opts: Options, factor: float = 1.0) -> None:
+    # synchronous_commit off: a batch and its ledger rows are one statement, so a server
+    # crash can only lose whole batches of the last moment, whose rows are then still
+    # candidates; in exchange each commit stops waiting for a WAL flush (6 ms -> 1 ms).
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
+        " set_config('synchronous_commit', 'off', true)",
+        [f"{int(opts.lock_timeout_s * 1000)}ms", f"{int(opts.statement_timeout_s * 1000 * factor)}ms"],
+    )
+
+
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """A registered live run: the number its next batch gets, and when to stop."""
+
+    first_batch: int
+    stopper: Stopper
+
+
+@contextmanager
+def live_run(
+    conn: Conn, target: Target, opts: Options, *, kind: str, run_id: str, parameters: dict[str, Any],
+    undoes_run_id: str | None = None, should_stop: Callable[[], bool] | None = None,
+) -> Iterator[LiveRun]:  # fmt: skip
+    """Check, lock and register a writing run; the block runs its batches.
+
+    Writes the ledger's runs row (and creates the ledger on first use). Raises, before any
+    write to the table: ReadOnlyError, LedgerUnavailableError, SweepInProgressError.
+    """
+    started = time.monotonic()
+    check_writable(conn, target)
+    ledger.ensure(conn)
+    with target_lock(conn, target), interrupt_guard() as interrupted:
+        first = ledger.start_run(
+            conn, run_id=run_id, kind=kind, target=f"{target.schema}.{target.table}", operator=operator(),
+            parameters=parameters, undoes_run_id=undoes_run_id,
+        )  # fmt: skip
+        yield LiveRun(first, Stopper(opts, started, interrupted, should_stop))
+
+
+def close_run(conn: Conn, run_id: str, stop_reason: str, record: dict[str, Any]) -> None:
+    """Record how the run ended in the ledger, unless the connection is gone (then the
+    runs row simply stays open: its batches and their ledger rows are what count)."""
+    if not conn.broken and not conn.closed:
+        ledger.finish_run(conn, run_id, stop_reason, record)
