@@ -356,14 +356,7 @@ def preview_html(report: PreviewReport, opts: Options) -> str:
         f"{plural(math.ceil(most / opts.batch_size), 'batch')} (or stop after {opts.max_seconds:g} s), starting with "
         f"exactly these {plural(len(report.rows), 'row')}, oldest first. To confirm, type {report.candidates} below."
     )
-    rows = [(r.id, r.status, r.created_at, r.purpose) for r in report.rows]
-    return (
-        render.notice(head, "info")
-        + '<div class="runbook-preview-rows" style="max-height:260px;overflow:auto">'
-        # Left-aligned like the table in a cell's output (JupyterLab's class centres tables).
-        + render.table(["id", "status", "created_at", "purpose"], rows).replace("<table>", '<table style="margin-left:0">', 1)
-        + "</div>"
-    )
+    return render.notice(head, "info") + report.rows_html(260)
 
 
 def result_html(result: SweepResult) -> str:

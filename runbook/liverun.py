@@ -119,8 +119,9 @@ class Stopper:
         return None
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(timespec: str = "milliseconds") -> str:
+    """Now, as ISO 8601 UTC with a Z: the form every record and ledger row uses."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def set_batch_settings(conn: Conn, opts: Options, factor: float = 1.0) -> None:

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from typing import Any
 
 from . import __version__, render
@@ -26,8 +25,9 @@ from .errors import ParameterError
 from .index import IndexResult, create_index
 from .inspection import InspectReport, inspect
 from .ledger import recent_runs
+from .liverun import BatchResult, utc_now
 from .params import Options, options, refuse_secrets
-from .preview import PreviewReport, preview
+from .preview import ROW_HEADERS, PreviewReport, preview
 from .progress import progress_reporter
 from .record import RECORD_KEY, check_run_id, code_revision, database_identity, operator
 from .session import Conn
@@ -168,7 +168,7 @@ class Run:
             "run_id": self.run_id,
             "notebook": self.kind,
             "started_at": self.started_at,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "finished_at": utc_now("seconds"),
             "operator": operator(),
             "runbook_version": __version__,
             "code_revision": code_revision(),
@@ -210,7 +210,7 @@ def start(kind: str, run_id: str = "", of_run_id: str = "", **params: Any) -> Ru
         target=Target(),
         database=database,
         conn=conn,
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        started_at=utc_now("seconds"),
         params={"run_id": rid, **({"of_run_id": of_run_id} if of_run_id else {}), **params},
         of_run_id=of_run_id,
     )
@@ -257,7 +257,7 @@ def show_inspect(r: InspectReport) -> None:
 
 
 def show_preview(p: PreviewReport) -> None:
-    rows = [(row.id, row.status, row.created_at, row.purpose) for row in p.rows]
+    rows = [(row.id, row.status, row.created_at, row.purpose) for row in p.rows]  # plain-text log only
     head = (
         f"Next batch: {len(p.rows):,} of {p.candidates:,} candidates, oldest first; cutoff "
         f"{render.fmt(p.cutoff_utc)}; fingerprint {p.fingerprint}"
@@ -265,17 +265,20 @@ def show_preview(p: PreviewReport) -> None:
     sql_html = "".join(f"<p><b>{html.escape(k)}</b></p><pre>{html.escape(v)}</pre>" for k, v in p.sql.items())
     body = (
         render.notice(head, "info")
-        + '<div style="max-height:320px;overflow:auto">'
-        + render.table(["id", "status", "created_at", "purpose"], rows)
-        + "</div>"
+        + p.rows_html(320)
         + "<details><summary>SQL the sweep will run, and its parameters</summary>"
         + sql_html
         + f"<pre>{html.escape(repr(p.parameters))}</pre></details>"
     )
-    plain = head + "\n" + render.text_table(["id", "status", "created_at", "purpose"], rows[:20])
+    plain = head + "\n" + render.text_table(ROW_HEADERS, rows[:20])
     if len(rows) > 20:
         plain += f"\n... {len(rows) - 20:,} more rows"
     _display(body, plain)
+
+
+def _batch_rows(batches: list[BatchResult]) -> list[tuple[int, int, int, float, str]]:
+    """One table row per batch: number, rows looked at, rows changed, ms, commit time."""
+    return [(b.number, b.selected, b.changed, round(b.seconds * 1000, 1), b.committed_at) for b in batches]
 
 
 def show_sweep(s: SweepResult) -> None:
@@ -296,7 +299,7 @@ def show_sweep(s: SweepResult) -> None:
         + f" First batch fingerprint {s.first_batch_fingerprint}."
         + f" Ledger: litellm_runbook.changes where run_id = '{s.run_id}'."
     )
-    rows = [(b.number, b.selected, b.changed, round(b.seconds * 1000, 1), b.committed_at) for b in s.batches]
+    rows = _batch_rows(s.batches)
     level = "ok" if s.stop_reason == "done" else "warning"
     _display(
         render.notice(head, level)
@@ -320,7 +323,7 @@ def show_undo(u: UndoResult) -> None:
         f"Undo {u.run_id} of run {u.of_run_id}: {u.restored:,} rows restored in {len(u.batches):,} batches, "
         f"{u.left_alone:,} left alone (changed since), {u.already_undone:,} already undone. Stopped: {u.stop_reason}."
     )
-    rows = [(b.number, b.selected, b.changed, round(b.seconds * 1000, 1), b.committed_at) for b in u.batches]
+    rows = _batch_rows(u.batches)
     _display(
         render.notice(head, "ok" if u.stop_reason == "done" else "warning")
         + render.table(["batch", "looked at", "restored", "ms", "committed (UTC)"], rows),

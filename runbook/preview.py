@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import statements
+from . import render, statements
 from .params import Options
 from .session import Conn, check_target, read_only, resolve_cutoff
 from .target import Target
 
-__all__ = ["PreviewRow", "PreviewReport", "preview", "fingerprint"]
+__all__ = ["PreviewRow", "PreviewReport", "preview", "fingerprint", "ROW_HEADERS"]
+
+ROW_HEADERS = ("id", "status", "created_at", "purpose")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class PreviewReport:
     fingerprint: str
     sql: dict[str, str]
     parameters: dict[str, Any]
+
+    def rows_html(self, max_height_px: int) -> str:
+        """The batch's rows as a scrollable HTML table, for the notebook and the panel alike."""
+        rows = [(r.id, r.status, r.created_at, r.purpose) for r in self.rows]
+        # Left-aligned like a cell's output table (JupyterLab's widget styles centre tables).
+        table = render.table(list(ROW_HEADERS), rows).replace("<table>", '<table style="margin-left:0">', 1)
+        return f'<div class="runbook-preview-rows" style="max-height:{max_height_px}px;overflow:auto">{table}</div>'
 
     def to_dict(self) -> dict[str, Any]:
         return {

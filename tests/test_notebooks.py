@@ -39,6 +39,7 @@ def test_notebook_is_committed_clean_with_one_typed_parameters_cell(stem: str) -
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
+            assert len(cell.source.splitlines()) <= 12, "no code cell over 12 lines: logic lives in runbook/"
             if cell is not tagged[0]:
                 statements = ast.parse(cell.source).body
                 assert len(statements) <= 2, "cells stay short: logic lives in runbook/"
