@@ -18,20 +18,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .connect import Database, connect, resolve
-from .errors import (
-    ConnectionLostError,
-    DatabaseConfigError,
-    EmbeddedServerError,
-    LedgerUnavailableError,
-    ParameterError,
-    PreviewMismatchError,
-    ReadOnlyError,
-    RunbookError,
-    SweepInProgressError,
-    TargetNotFoundError,
-    TooManyCandidatesError,
-    UnknownRunError,
-)
+from . import errors
+from .errors import *  # noqa: F403 - the exception tree is public as a whole
 from .index import IndexResult, create_index
 from .inspection import InspectReport, inspect
 from .params import Options, options
@@ -60,16 +48,5 @@ __all__ = [
     "undo",
     "IndexResult",
     "create_index",
-    "RunbookError",
-    "ParameterError",
-    "DatabaseConfigError",
-    "TargetNotFoundError",
-    "ReadOnlyError",
-    "LedgerUnavailableError",
-    "SweepInProgressError",
-    "TooManyCandidatesError",
-    "PreviewMismatchError",
-    "UnknownRunError",
-    "ConnectionLostError",
-    "EmbeddedServerError",
 ]
+__all__ += errors.__all__

@@ -14,6 +14,7 @@ from typing import Any
 from psycopg import sql
 
 from . import statements
+from .connect import redact
 from .params import Options
 from .session import Conn, check_target, db_now_utc, read_only, resolve_cutoff
 from .target import Target
@@ -132,14 +133,13 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
     check_target(conn, target)
     with read_only(conn):
         now = db_now_utc(conn)
-        cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff)
+        cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff, now=now)
         params = {**target.predicate_params(), "cutoff": cutoff, "now": now, "batch_size": opts.batch_size}
         rows = conn.execute(statements.breakdown(target), params).fetchall()
         plan_rows = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(statements.next_batch(target)), params).fetchone()
         suggestion = index_suggestion(target, conn)
         wal_row = conn.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()
-        info = conn.info
-        database = f"{info.user}@{info.host}:{info.port}/{info.dbname}"
+        database = redact(conn.info.dsn)
     plan_doc = plan_rows[0] if plan_rows else []
     if isinstance(plan_doc, str):
         plan_doc = json.loads(plan_doc)
@@ -171,7 +171,7 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         warnings.append(
             f"Sweeping {candidates:,} rows writes about {estimated_wal / 2**30:.1f}-{estimated_wal * 1.8 / 2**30:.1f} GiB "
             f"of WAL, more than max_wal_size ({max_wal / 2**30:.1f} GiB): checkpoints will run during the sweep, "
-            "batches right after each are slower (the sweep shrinks them), and standbys may lag (the sweep pauses). "
+            "batches right after each are slower (target_batch_ms lets the sweep shrink them), and standbys may lag (the sweep pauses). "
             "Consider wal_compression = on, or spreading the work over several runs with max_batches."
         )
     if full_scan:

@@ -149,9 +149,13 @@ def finish_run(conn: Conn, run_id: str, stop_reason: str, outcome: dict[str, Any
         )
 
 
+def _exists(conn: Conn) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{SCHEMA}.runs"]).fetchone() == (True,)
+
+
 def run_info(conn: Conn, run_id: str) -> dict[str, Any] | None:
     """The ledger's row for ``run_id``, or None."""
-    if conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.runs"]).fetchone() == (None,):
+    if not _exists(conn):
         return None
     row = conn.execute(
         sql.SQL("SELECT run_id, kind, target, undoes_run_id, stop_reason, rows_changed FROM {} WHERE run_id = %s").format(
@@ -167,7 +171,7 @@ def run_info(conn: Conn, run_id: str) -> dict[str, Any] | None:
 
 def recent_runs(conn: Conn, limit: int = 20) -> list[dict[str, Any]]:
     """The newest sweep runs (with the undo runs that undid them); [] without a ledger."""
-    if conn.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.runs"]).fetchone() == (None,):
+    if not _exists(conn):
         return []
     rows = conn.execute(
         sql.SQL(

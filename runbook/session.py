@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+
 from .errors import TargetNotFoundError
 from .target import Target
 
@@ -57,8 +58,8 @@ def db_now_utc(conn: Conn) -> datetime:
     return row[0]
 
 
-def resolve_cutoff(conn: Conn, stale_after_days: float, cutoff: datetime | None) -> datetime:
+def resolve_cutoff(conn: Conn, stale_after_days: float, cutoff: datetime | None, now: datetime | None = None) -> datetime:
     """The fixed cutoff of this run: ``cutoff`` if given, else server-now minus the days."""
     if cutoff is not None:
         return cutoff
-    return db_now_utc(conn) - timedelta(days=stale_after_days)
+    return (now or db_now_utc(conn)) - timedelta(days=stale_after_days)
