@@ -45,6 +45,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ import runbook  # noqa: E402
 from runbook import statements  # noqa: E402
 from runbook.demo import reset_database  # noqa: E402
 from runbook.embedded import EmbeddedServer  # noqa: E402
+from runbook.record import read_record  # noqa: E402
 from runbook.schema import migrations_version  # noqa: E402
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -618,6 +620,43 @@ def run_sweep(conn: Conn, m: Measurement, batch_size: int) -> None:
     m.note = f"{result.candidates_at_start:,} in snapshot"
 
 
+def run_notebook(conn: Conn, m: Measurement, batch_size: int) -> None:
+    """``notebooks/03_sweep.ipynb`` as an operator runs it headless: ``python -m runbook run
+    sweep`` (papermill, a fresh kernel) against this copy. Wall time is the whole process,
+    kernel start, imports, record and charts included."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-notebook-"))
+    env = {**os.environ, "DATABASE_URL": _url(conn)}
+    params = {"batch_size": batch_size, "dry_run": False, "max_batches": 1_000_000, "max_seconds": 86400, "max_rows": 10**9}
+    argv = [sys.executable, "-m", "runbook", "run", "sweep", "--run-dir", str(run_dir)]
+    for key, value in params.items():
+        argv += ["-p", key, repr(value)]
+    try:
+        t0 = time.monotonic()
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        wall = time.monotonic() - t0
+        if done.returncode != 0:
+            raise CheckFailed(f"{m.name}: the notebook run failed: {done.stderr.strip()[-400:]}")
+        record = read_record(done.stdout.strip().splitlines()[-1])
+        result = (record or {}).get("outcome", {}).get("sweep")
+        if not result or result.get("stop_reason") != "done":
+            raise CheckFailed(f"{m.name}: the notebook's sweep did not finish: {result and result.get('stop_reason')!r}")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    batches = result["batches"]
+    m.changed = int(result["changed"])
+    m.batches = [b["seconds"] for b in batches if b["changed"]]
+    m.committed_at = [str(b["committed_at"]) for b in batches if b["changed"]]
+    m.statements = len(batches)
+    m.outside_batches = wall - sum(b["seconds"] for b in batches)
+    m.note = f"{result['candidates_at_start']:,} in snapshot; sweep {result['seconds']:.1f} s of {wall:.1f} s"
+
+
+def _url(conn: Conn) -> str:
+    """A postgresql:// URL for this connection (the embedded server needs no password)."""
+    i = conn.info
+    return f"postgresql://{i.user}@{i.host}:{i.port}/{i.dbname}"
+
+
 Runner = Callable[[Conn, Measurement, int], None]
 
 
@@ -1008,7 +1047,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--candidates", type=int, default=300_000)
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}, sweepN, explain")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}, sweepN, notebookN, explain")
     p.add_argument("--peer-batch-size", type=int, default=1000, help="LIMIT of LiteLLM's statement (its default: 1000)")
     p.add_argument("--explain-batch-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=42)
@@ -1020,13 +1059,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.rows < 100 or not 1 <= args.candidates < args.rows:
         p.error("need --rows >= 100 and 1 <= --candidates < --rows")
     for v in args.variants.split(","):
-        if v not in VARIANTS and v != "explain" and not re.fullmatch(r"sweep[1-9][0-9]*", v):
+        if v not in VARIANTS and v != "explain" and not re.fullmatch(r"(sweep|notebook)[1-9][0-9]*", v):
             p.error(f"unknown variant {v!r}")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    # kill / timeout: unwind through the finally below, which stops and removes the server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     variants = [v for v in args.variants.split(",") if v]
     settings = dict(FAST_SETTINGS if args.fast else MEASURE_SETTINGS)
     for item in args.set:
@@ -1056,6 +1097,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         runner, batch = run_floor, 0
                     elif name == "peer":
                         runner, batch = run_peer, args.peer_batch_size
+                    elif name.startswith("notebook"):
+                        runner, batch = run_notebook, int(name.removeprefix("notebook"))
                     else:
                         runner, batch = run_sweep, int(name.removeprefix("sweep"))
                     try:

@@ -6,12 +6,17 @@ Checked before every batch (a few catalog reads, about a millisecond):
   (``pg_stat_replication``; needs pg_monitor or superuser to see other sessions' rows);
 - lock waiters: sessions waiting for a lock while they hold or want one on the target
   table, i.e. LiteLLM requests queued behind something on this table;
-- vacuum: a VACUUM (autovacuum or manual) in progress on the table.
+- vacuum: a VACUUM in progress on the table (manual, or autovacuum), except an ordinary
+  autovacuum that started after the sweep began: the sweep's own dead rows triggered it,
+  and waiting for it would stall the sweep for as long as the vacuum of the whole table
+  takes (minutes on a large one) behind work the sweep caused. Anti-wraparound autovacuums
+  always pause the sweep, as does one whose start cannot be seen (no pg_read_all_stats).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from .session import Conn
 from .statements import table
@@ -45,16 +50,23 @@ class Health:
         return found
 
 
-def check_health(conn: Conn, target: Target) -> Health:
-    """Read the three signals. Reads only catalog views; no transaction is held afterwards."""
+def check_health(conn: Conn, target: Target, since: datetime | None = None) -> Health:
+    """Read the three signals. Reads only catalog views; no transaction is held afterwards.
+
+    ``since``: when the sweep began (server clock, timestamptz); an ordinary autovacuum
+    that started later does not count as a running VACUUM. None: every VACUUM counts.
+    """
     row = conn.execute(
         "WITH t AS (SELECT %(table)s::regclass::oid AS oid) SELECT"
         " (SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint"
         "    FROM pg_stat_replication WHERE NOT pg_is_in_recovery()),"
         " (SELECT count(DISTINCT w.pid) FROM pg_locks w, t WHERE NOT w.granted AND w.pid <> pg_backend_pid()"
         "    AND (w.relation = t.oid OR EXISTS (SELECT 1 FROM pg_locks h WHERE h.pid = w.pid AND h.relation = t.oid))),"
-        " EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v, t WHERE v.relid = t.oid)",
-        {"table": table(target).as_string(conn)},
+        " EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v JOIN t ON v.relid = t.oid"
+        "    LEFT JOIN pg_stat_activity a ON a.pid = v.pid"
+        "    WHERE NOT coalesce(a.backend_type = 'autovacuum worker' AND a.xact_start >= %(since)s"
+        "      AND a.query NOT LIKE '%%(to prevent wraparound)%%', false))",
+        {"table": table(target).as_string(conn), "since": since},
     ).fetchone()
     assert row is not None
     return Health(int(row[0] or 0), int(row[1]), bool(row[2]))

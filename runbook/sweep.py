@@ -228,14 +228,14 @@ def _with_retries(work: Callable[[int], T], opts: Options, result: SweepResult, 
 
 
 def _wait_until_healthy(
-    conn: Conn, target: Target, opts: Options, stopper: Stopper, result: SweepResult, batch: int
+    conn: Conn, target: Target, opts: Options, stopper: Stopper, result: SweepResult, batch: int, since: datetime
 ) -> str | None:
     """Pause while the database is unhealthy; record the pause. Returns a stop reason, if any."""
     limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
     paused_at = time.monotonic()
     reasons: set[str] = set()
     stop: str | None = None
-    while not stop and (problems := check_health(conn, target).problems(limits)):
+    while not stop and (problems := check_health(conn, target, since).problems(limits)):
         if not reasons:
             print(f"pausing before batch {batch}: {'; '.join(problems)}", flush=True)
         reasons.update(problems)
@@ -276,19 +276,25 @@ def _run_passes(
     publish: Callable[[str, bool], None],
 ) -> None:
     run_id = str(result.run_id)
+    row = conn.execute("SELECT now()").fetchone()
+    began: datetime = row[0] if row else datetime.min
     for pass_number in range(_MAX_PASSES):
         in_snapshot = _with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot")
         if in_snapshot is None:
             return
         if pass_number == 0:
             _check_first_pass(conn, opts, result, in_snapshot)
+        if in_snapshot == 0:
+            # Nothing to write: no reason to wait for the database to be healthy.
+            result.remaining, result.stop_reason = 0, "done"
+            return
         publish("running", False)
         changed_this_pass = 0
         after: tuple[Any, str] = (datetime.min, "")
         planned = opts.batch_size
         while True:
             reason = stopper.reason(len(result.batches)) or _wait_until_healthy(
-                conn, target, opts, stopper, result, next_batch
+                conn, target, opts, stopper, result, next_batch, began
             )
             if reason:
                 result.stop_reason = reason

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +301,74 @@ def test_a_running_vacuum_pauses_the_sweep(conn: psycopg.Connection, dsn: str) -
     threading.Timer(1.0, lambda: psycopg.connect(dsn, autocommit=True).execute("SELECT pg_cancel_backend(%s)", [pid])).start()
     result = sweep(conn, Target(), options(batch_size=500, health_pause_s=0.2, **LIVE))
     vacuum.close()
+    assert result.stop_reason == "done" and result.changed == result.candidates_at_start > 0
+    assert result.pauses and result.pauses[0]["reasons"] == ["a VACUUM of the table is running"]
+    assert result.pauses[0]["before_batch"] == 1 and result.pauses[0]["seconds"] >= 0.5
+
+
+@pytest.fixture
+def slow_autovacuum(conn: psycopg.Connection, admin_dsn: str) -> Iterator[None]:
+    """Autovacuum that wakes every second and vacuums the table very slowly, as soon as it
+    has one dead row (never for inserts alone); the server's settings are put back after."""
+    conn.execute(
+        f"ALTER TABLE {TABLE} SET (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,"
+        " autovacuum_vacuum_insert_threshold = 2000000000, autovacuum_analyze_threshold = 2000000000,"
+        " autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)"
+    )
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        admin.execute("SELECT pg_reload_conf()")
+        try:
+            yield
+        finally:
+            admin.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            admin.execute("SELECT pg_reload_conf()")
+
+
+def _autovacuum_pids(dsn: str) -> list[int]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return [r[0] for r in c.execute(
+            "SELECT v.pid FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a USING (pid)"
+            f" WHERE v.relid = '{TABLE}'::regclass AND a.backend_type = 'autovacuum worker'"
+        )]  # fmt: skip
+
+
+def test_an_autovacuum_the_sweep_started_does_not_pause_it(conn: psycopg.Connection, dsn: str, slow_autovacuum: None) -> None:
+    load_demo_rows(dsn, 3000)
+    seen_during_sweep: list[int] = []
+    sweeping = threading.Event()
+
+    def watch() -> None:
+        while sweeping.is_set():
+            seen_during_sweep.extend(_autovacuum_pids(dsn))
+            time.sleep(0.1)
+
+    sweeping.set()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        # Batches of 20 with 0.3 s between them: ~10 s, in which autovacuum (1 s naptime)
+        # starts on the dead rows of the first batches and is still crawling at the end.
+        result = sweep(conn, Target(), options(batch_size=20, pause_s=0.3, health_pause_s=0.2, max_seconds=30, **LIVE))
+    finally:
+        sweeping.clear()
+        watcher.join()
+    assert seen_during_sweep, "autovacuum never started on the table during the sweep"
+    assert result.stop_reason == "done" and result.changed == result.candidates_at_start > 0
+    assert result.pauses == []
+
+
+def test_an_autovacuum_running_before_the_sweep_pauses_it(conn: psycopg.Connection, dsn: str, slow_autovacuum: None) -> None:
+    load_demo_rows(dsn, 3000)
+    conn.execute(f"UPDATE {TABLE} SET updated_at = updated_at WHERE status = 'completed'")  # dead rows
+    deadline = time.monotonic() + 20
+    while not (pids := _autovacuum_pids(dsn)):
+        assert time.monotonic() < deadline, "autovacuum never started on the table"
+        time.sleep(0.1)
+    cancel = threading.Timer(1.0, lambda: psycopg.connect(dsn, autocommit=True).execute("SELECT pg_cancel_backend(%s)", [pids[0]]))
+    cancel.start()
+    result = sweep(conn, Target(), options(batch_size=500, health_pause_s=0.2, **LIVE))
+    cancel.join()
     assert result.stop_reason == "done" and result.changed == result.candidates_at_start > 0
     assert result.pauses and result.pauses[0]["reasons"] == ["a VACUUM of the table is running"]
     assert result.pauses[0]["before_batch"] == 1 and result.pauses[0]["seconds"] >= 0.5
