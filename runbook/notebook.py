@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import __version__, render
+from .charts import prewarm as prewarm_charts
 from .charts import show_inspect_charts, show_sweep_chart
 from .connect import Database, connect, resolve
 from .errors import ParameterError
@@ -102,6 +103,7 @@ class Run:
 
     def inspect(self) -> InspectReport:
         """Run inspect and render it. Reads only."""
+        prewarm_charts()
         with self._step("inspect"):
             report = inspect(self.conn, self.target, self.opts)
         show_inspect(report)
@@ -128,6 +130,8 @@ class Run:
             opts = replace(opts, dry_run=True)
             note = "In JupyterLab the live sweep runs from the panel's Execute button (after Preview and confirm): dry run here."
             _display(render.notice(note, "info"), note)
+        if not opts.dry_run:
+            prewarm_charts()
         with self._step("sweep"):
             result = sweep(
                 self.conn, self.target, opts, run_id=self.run_id, parameters=self.params,

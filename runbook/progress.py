@@ -7,6 +7,7 @@ never touch the database.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -127,20 +128,28 @@ class ProgressBar:
         )
 
 
-def progress_reporter(interactive: bool, *, stream: TextIO | None = None) -> OnBatch:
+def progress_reporter(interactive: bool, *, stream: TextIO | None = None, every_s: float = 2.0) -> OnBatch:
     """The ``on_batch`` callback for a sweep, timed from this call.
 
     ``interactive`` (JupyterLab): displays a ProgressBar with IPython's display() at the
     first batch (a dry run, which has no batches, shows nothing) and updates it in place.
-    Headless: prints one ``progress_line`` per batch to ``stream`` (stdout by default),
-    flushed, so papermill's log and the executed notebook both show it.
+    Headless: prints a ``progress_line`` to ``stream`` (stdout by default), flushed, so
+    papermill's log and the executed notebook both show it: for the first batch, then at
+    most one per ``every_s`` seconds, and for the batch that reaches the candidate count.
+    (Every batch is in the run's record; a line per batch would make a 300-batch sweep's
+    notebook 300 outputs long and cost the kernel a message each.)
     """
     started = time.monotonic()
     if not interactive:
         out = stream
+        printed = [-math.inf]
 
         def line(result: SweepResult, batch: BatchResult) -> None:
-            print(progress_line(measure(result, batch, time.monotonic() - started)), file=out or sys.stdout, flush=True)
+            now = time.monotonic()
+            p = measure(result, batch, now - started)
+            if now - printed[0] >= every_s or p.done >= p.total:
+                printed[0] = now
+                print(progress_line(p), file=out or sys.stdout, flush=True)
 
         return line
 

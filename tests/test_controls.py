@@ -275,10 +275,21 @@ def test_progress_line_reads_like_the_log_should() -> None:
     assert measure(over, last, 1.0).percent == 100.0 and measure(over, last, 1.0).total == 3
 
 
-def test_headless_progress_prints_one_line_per_batch(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
-    for i in range(5):
+def test_headless_progress_prints_the_first_and_last_batch_and_then_every_few_seconds(
+    conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(7):
         insert(conn, status="queued", age_days=10 + i)
     sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=progress_reporter(False))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(";")[0].split(" in ")[0] for line in lines] == ["batch 1: 2 rows", "batch 4: 1 row"]
+    assert lines[-1].split("; ")[1].startswith("7/7 (100%)")
+
+
+def test_headless_progress_prints_one_line_per_batch_when_asked(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(5):
+        insert(conn, status="queued", age_days=10 + i)
+    sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=progress_reporter(False, every_s=0))
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     assert [line.split(";")[0].split(" in ")[0] for line in lines] == ["batch 1: 2 rows", "batch 2: 2 rows", "batch 3: 1 row"]
