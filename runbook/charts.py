@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["inspect_png", "sweep_png", "show_inspect_charts", "show_sweep_chart", "prewarm"]
+__all__ = ["inspect_png", "sweep_png", "show_inspect_charts", "show_sweep_chart", "prewarm", "wait_prewarm"]
 
 _ROWS = "#9db4cc"
 _CANDIDATES = "#d9534f"
@@ -45,10 +45,15 @@ def prewarm() -> None:
         _prewarmed[0].start()
 
 
-def _figure(width: float, height: float) -> Figure:
+def wait_prewarm() -> None:
+    """Block until prewarm()'s thread, if any, is done (at once when it never ran)."""
     for warming in _prewarmed:
         if warming is not threading.current_thread():
-            warming.join()  # matplotlib is not thread-safe: never draw two figures at once
+            warming.join()
+
+
+def _figure(width: float, height: float) -> Figure:
+    wait_prewarm()  # matplotlib is not thread-safe: never draw two figures at once
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")

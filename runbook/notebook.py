@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__, render
 from .charts import prewarm as prewarm_charts
+from .charts import wait_prewarm
 from .charts import show_inspect_charts, show_sweep_chart
 from .connect import Database, connect, resolve
 from .errors import ParameterError
@@ -165,7 +166,11 @@ class Run:
         return result
 
     def finish(self) -> dict[str, Any]:
-        """Emit the run record as one machine-readable output and return it."""
+        """Emit the run record as one machine-readable output and return it.
+
+        Headless (papermill), also closes the run's connection: nothing runs after the
+        record. In JupyterLab it stays open for the control panel.
+        """
         self.outcome.setdefault("status", "succeeded")
         record = {
             "record_version": 1,
@@ -189,6 +194,12 @@ class Run:
             display({"application/json": record, "text/plain": summary}, raw=True, metadata={RECORD_KEY: {"kind": "run_record"}})
         except ImportError:
             pass
+        if not interactive():
+            # Measured: a connection, or the chart thread, still open at kernel exit held
+            # papermill's kernel shutdown ~3 s in some runs (2 of 16, 1 of 6); with both
+            # closed first, 0 of 22.
+            self.conn.close()
+            wait_prewarm()
         return record
 
 
