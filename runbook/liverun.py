@@ -42,6 +42,7 @@ class BatchResult:
     seconds: float
     committed_at: str
     retries: int = 0
+    wal_bytes: int = 0  # WAL the server wrote during the batch (all sessions), before its commit
 
 
 def check_writable(conn: Conn, target: Target) -> None:

@@ -127,6 +127,7 @@ class Options:
     pause_during_vacuum: bool = True
     health_pause_s: float = 2.0
     target_batch_ms: float = 0.0
+    max_batch_wal_bytes: int = 0  # 0: half of the server's wal_buffers
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -155,6 +156,7 @@ def options(
     pause_during_vacuum: object = True,
     health_pause_s: object = 2.0,
     target_batch_ms: object = 0.0,
+    max_batch_wal_bytes: object = 0,
 ) -> Options:
     """Check every parameter and return Options; ParameterError names the first bad one.
 
@@ -182,6 +184,7 @@ def options(
         pause_during_vacuum=check_bool("pause_during_vacuum", pause_during_vacuum),
         health_pause_s=check_number("health_pause_s", health_pause_s, 0.05, 600, "seconds"),
         target_batch_ms=check_number("target_batch_ms", target_batch_ms, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
+        max_batch_wal_bytes=check_int("max_batch_wal_bytes", max_batch_wal_bytes, 0, 2**50),
     )
 
 

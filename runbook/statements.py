@@ -34,6 +34,9 @@ __all__ = [
     "batch_update",
     "undo_next",
     "undo_update",
+    "run_start",
+    "wal_position",
+    "wal_since",
 ]
 
 SNAPSHOT_TABLE = sql.Identifier("pg_temp", "runbook_candidates")
@@ -224,3 +227,18 @@ def undo_update(target: Target) -> sql.Composed:
         changes=sql.Identifier(LEDGER_SCHEMA, "changes"),
         batches=sql.Identifier(LEDGER_SCHEMA, "batches"),
     )
+
+
+def run_start() -> sql.SQL:
+    """The server's clock and its ``wal_buffers`` in bytes, read once when a sweep begins."""
+    return sql.SQL("SELECT now(), pg_size_bytes(current_setting('wal_buffers'))")
+
+
+def wal_position() -> sql.SQL:
+    """Where the server inserts WAL now (a ``pg_lsn``)."""
+    return sql.SQL("SELECT pg_current_wal_insert_lsn()")
+
+
+def wal_since() -> sql.SQL:
+    """Bytes of WAL inserted since %(since)s (a ``wal_position()``), by every session."""
+    return sql.SQL("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %(since)s::pg_lsn)::bigint")

@@ -91,22 +91,36 @@ class SweepResult:
         return out
 
 
-def next_batch_size(opts: Options, planned: int, used: int, seconds: float) -> int:
-    """The size of the next batch, given how long the last one (``used`` rows) took.
+def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_bytes: int = 0, wal_budget: int = 0) -> int:
+    """The size of the next batch, given the last one's ``used`` rows, time and WAL.
 
-    A batch slower than 1.5x ``target_batch_ms`` halves the next one (after a checkpoint
-    every first touch of a page writes a full-page image, and batches slow down for a
-    while); once rows get cheap again, batches grow back to ``batch_size``.
+    Never above ``batch_size``, never below 50 rows (or ``batch_size`` when smaller).
+
+    WAL: when a batch wrote more than ``wal_budget`` bytes (half of ``wal_buffers`` by
+    default), the next one takes as many rows as fit in the budget at the last batch's
+    WAL per row; it grows back at most 2x per batch. Why: a transaction that writes more
+    WAL than the WAL buffers hold makes its own backend write and fsync WAL segments
+    mid-statement, and those waits are the slowest batches (measured: bench/RESULTS.md).
+    Rows cost most WAL right after a checkpoint (a full-page image per first-touched page).
+
+    Time (opt-in, ``target_batch_ms``): a batch slower than 1.5x the target halves the
+    next one; once rows get cheap again, batches grow back.
     """
-    if not opts.target_batch_ms or used == 0:
+    if used == 0:
         return planned
-    ms = seconds * 1000
-    if ms > 1.5 * opts.target_batch_ms:
-        return max(min(opts.batch_size, 50), planned // 2)
-    if planned < opts.batch_size:
-        fit = int(opts.target_batch_ms / (ms / used)) if ms > 0 else opts.batch_size
-        return max(planned, min(opts.batch_size, fit, planned * 2))
-    return planned
+    floor = min(opts.batch_size, 50)
+    by_wal = by_time = opts.batch_size
+    if wal_budget and wal_bytes:
+        by_wal = max(floor, min(opts.batch_size, int(wal_budget * used / wal_bytes), planned * 2))
+    if opts.target_batch_ms:
+        ms = seconds * 1000
+        if ms > 1.5 * opts.target_batch_ms:
+            by_time = max(floor, planned // 2)
+        elif planned < opts.batch_size and ms > 0:
+            by_time = max(planned, min(opts.batch_size, int(opts.target_batch_ms / (ms / used)), planned * 2))
+        else:
+            by_time = planned
+    return min(by_wal, by_time)
 
 
 def sweep(
@@ -248,20 +262,23 @@ def _wait_until_healthy(
 
 def _run_batch(
     conn: Conn, target: Target, opts: Options, params: dict[str, Any], after: tuple[Any, str], size: int, batch: int, run_id: str
-) -> tuple[list[tuple[Any, Any]], int]:
+) -> tuple[list[tuple[Any, Any]], int, int]:
     """One batch in its own transaction: the next ``size`` snapshot keys after ``after``,
-    updated and ledgered. Returns (the keys looked at, rows changed); no keys: pass done."""
+    updated and ledgered. Returns (the keys looked at, rows changed, WAL bytes written
+    meanwhile); no keys: pass done."""
     with conn.transaction():
         set_batch_settings(conn, opts)
         step = conn.execute(
             statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}
         ).fetchall()
         if not step:
-            return [], 0
+            return [], 0, 0
+        start = conn.execute(statements.wal_position()).fetchone()
         row = conn.execute(
             statements.batch_update(target), {**params, "ids": [str(r[1]) for r in step], "run_id": run_id, "batch": batch}
         ).fetchone()
-    return step, int(row[0]) if row else 0
+        wal = conn.execute(statements.wal_since(), {"since": start[0] if start else None}).fetchone()
+    return step, int(row[0]) if row else 0, int(wal[0] or 0) if wal else 0
 
 
 def _run_passes(
@@ -276,8 +293,9 @@ def _run_passes(
     publish: Callable[[str, bool], None],
 ) -> None:
     run_id = str(result.run_id)
-    row = conn.execute("SELECT now()").fetchone()
+    row = conn.execute(statements.run_start()).fetchone()
     began: datetime = row[0] if row else datetime.min
+    wal_budget = opts.max_batch_wal_bytes or (int(row[1]) // 2 if row else 0)
     for pass_number in range(_MAX_PASSES):
         in_snapshot = _with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot")
         if in_snapshot is None:
@@ -302,18 +320,18 @@ def _run_passes(
             t0 = time.monotonic()
             tries: list[int] = []
 
-            def attempt(n: int, size: int = planned, after: tuple[Any, str] = after) -> tuple[list[tuple[Any, Any]], int]:
+            def attempt(n: int, size: int = planned, after: tuple[Any, str] = after) -> tuple[list[tuple[Any, Any]], int, int]:
                 tries.append(n)  # a retry after a timeout takes half the rows each time
                 return _run_batch(conn, target, opts, params, after, max(1, size >> n), next_batch, run_id)
 
             done = _with_retries(attempt, opts, result, f"batch {next_batch}")
             if done is None:
                 return
-            step, changed = done
+            step, changed, wal = done
             if not step:
                 break
-            batch = BatchResult(next_batch, len(step), changed, round(time.monotonic() - t0, 4), utc_now(), tries[-1])
-            planned = next_batch_size(opts, planned, len(step), batch.seconds)
+            batch = BatchResult(next_batch, len(step), changed, round(time.monotonic() - t0, 4), utc_now(), tries[-1], wal)
+            planned = next_batch_size(opts, planned, len(step), batch.seconds, wal, wal_budget)
             next_batch += 1
             after = (step[-1][0], str(step[-1][1]))
             result.batches.append(batch)

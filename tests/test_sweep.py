@@ -41,6 +41,25 @@ def test_one_sweep_runs_batches_until_done(conn: psycopg.Connection) -> None:
     assert result.stop_reason == "done" and result.remaining == 0
 
 
+def test_batches_shrink_to_the_wal_budget_and_still_change_every_candidate_once(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook.demo import load_demo_rows
+
+    load_demo_rows(dsn, 3000)
+    expected = production_candidates(conn, 7)
+    before = state(conn)
+    result = sweep(conn, Target(), options(batch_size=200, max_batch_wal_bytes=40_000, **LIVE))
+    sizes = [b.selected for b in result.batches]
+    assert sizes[0] == 200, "the first batch is batch_size: nothing measured yet"
+    assert all(b.wal_bytes > 0 for b in result.batches)
+    # 200 rows wrote far more than 40 KB of WAL: every later batch is smaller, >= 50 rows.
+    assert all(50 <= n < 200 for n in sizes[1:-1]) and len(sizes) > len(expected) / 200 + 1
+    after = state(conn)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == expected and result.changed == len(expected) and result.stop_reason == "done"
+    ledger = conn.execute("SELECT count(*), count(DISTINCT object_id) FROM litellm_runbook.changes").fetchone()
+    assert ledger == (len(expected), len(expected))
+
+
 def test_default_predicate_selects_exactly_the_production_rows(conn: psycopg.Connection) -> None:
     rows = standard_mix(conn)
     expected = production_candidates(conn, 7)
