@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,37 +22,14 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["inspect_png", "sweep_png", "show_inspect_charts", "show_sweep_chart", "prewarm", "wait_prewarm"]
+__all__ = ["inspect_png", "sweep_png", "show_inspect_charts", "show_sweep_chart"]
 
 _ROWS = "#9db4cc"
 _CANDIDATES = "#d9534f"
 _DURATION = "#2b5d8a"
 
 
-_prewarmed: list[threading.Thread] = []
-
-
-def prewarm() -> None:
-    """Import matplotlib and load its fonts in a daemon thread, once per process.
-
-    Called before a step that waits on the database (a sweep, inspect's scan): the second
-    or so that importing matplotlib takes then overlaps with that wait instead of adding
-    to the run's wall time. Writes nothing.
-    """
-    if not _prewarmed:
-        _prewarmed.append(threading.Thread(target=lambda: _png(_figure(1, 1)), name="runbook-charts-prewarm", daemon=True))
-        _prewarmed[0].start()
-
-
-def wait_prewarm() -> None:
-    """Block until prewarm()'s thread, if any, is done (at once when it never ran)."""
-    for warming in _prewarmed:
-        if warming is not threading.current_thread():
-            warming.join()
-
-
 def _figure(width: float, height: float) -> Figure:
-    wait_prewarm()  # matplotlib is not thread-safe: never draw two figures at once
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")

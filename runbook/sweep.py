@@ -98,10 +98,12 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
 
     WAL: when a batch wrote more than ``wal_budget`` bytes (half of ``wal_buffers`` by
     default), the next one takes as many rows as fit in the budget at the last batch's
-    WAL per row; it grows back at most 2x per batch. Why: a transaction that writes more
-    WAL than the WAL buffers hold makes its own backend write and fsync WAL segments
+    WAL per row; it grows back by 5% a batch. Why: a transaction that writes more WAL
+    than the WAL buffers hold makes its own backend write and fsync WAL segments
     mid-statement, and those waits are the slowest batches (measured: bench/RESULTS.md).
-    Rows cost most WAL right after a checkpoint (a full-page image per first-touched page).
+    Rows cost most WAL right after a checkpoint (a full-page image per first-touched
+    page); growing back slowly keeps batches near the size that fits that worst case,
+    so batch times stay even instead of see-sawing with each checkpoint.
 
     Time (opt-in, ``target_batch_ms``): a batch slower than 1.5x the target halves the
     next one; once rows get cheap again, batches grow back.
@@ -111,7 +113,7 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
     floor = min(opts.batch_size, 50)
     by_wal = by_time = opts.batch_size
     if wal_budget and wal_bytes:
-        by_wal = max(floor, min(opts.batch_size, int(wal_budget * used / wal_bytes), planned * 2))
+        by_wal = max(floor, min(opts.batch_size, int(wal_budget * used / wal_bytes), planned + max(1, planned // 20)))
     if opts.target_batch_ms:
         ms = seconds * 1000
         if ms > 1.5 * opts.target_batch_ms:
