@@ -516,6 +516,7 @@ class Measurement:
     wall: float = 0.0
     changed: int = 0
     batches: list[float] = field(default_factory=list)  # seconds per batch that changed rows
+    batch_rows: list[int] = field(default_factory=list)  # rows each of those batches looked at
     statements: int = 0  # statements / batches run, including a final empty one
     wal_bytes: int = 0
     rows_read: int = 0
@@ -629,6 +630,7 @@ def run_sweep(conn: Conn, m: Measurement, batch_size: int) -> None:
         raise CheckFailed(f"{m.name}: sweep stopped with {result.stop_reason!r}, not 'done'")
     m.changed = result.changed
     m.batches = [b.seconds for b in result.batches if b.changed]
+    m.batch_rows = [b.selected for b in result.batches if b.changed]
     m.committed_at = [b.committed_at for b in result.batches if b.changed]
     m.statements = len(result.batches)
     m.outside_batches = result.seconds - sum(b.seconds for b in result.batches)
@@ -651,20 +653,41 @@ def run_notebook(conn: Conn, m: Measurement, batch_size: int) -> None:
         wall = time.monotonic() - t0
         if done.returncode != 0:
             raise CheckFailed(f"{m.name}: the notebook run failed: {done.stderr.strip()[-400:]}")
-        record = read_record(done.stdout.strip().splitlines()[-1])
+        executed = Path(done.stdout.strip().splitlines()[-1])
+        record = read_record(executed)
         result = (record or {}).get("outcome", {}).get("sweep")
         if not result or result.get("stop_reason") != "done":
             raise CheckFailed(f"{m.name}: the notebook's sweep did not finish: {result and result.get('stop_reason')!r}")
+        phases = _notebook_phases(executed, wall, float(result["seconds"]))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     batches = result["batches"]
     m.wall = wall
     m.changed = int(result["changed"])
     m.batches = [b["seconds"] for b in batches if b["changed"]]
+    m.batch_rows = [b["selected"] for b in batches if b["changed"]]
     m.committed_at = [str(b["committed_at"]) for b in batches if b["changed"]]
     m.statements = len(batches)
     m.outside_batches = wall - sum(b["seconds"] for b in batches)
-    m.note = f"{result['candidates_at_start']:,} in snapshot; sweep {result['seconds']:.1f} s of {wall:.1f} s"
+    m.note = f"{result['candidates_at_start']:,} in snapshot; {phases}"
+
+
+def _notebook_phases(path: Path, wall: float, sweep_s: float) -> str:
+    """Where a notebook run's wall time went, from papermill's timestamps in the notebook."""
+    nb = json.loads(path.read_text())
+    meta = nb["metadata"]["papermill"]
+    cells = [c["metadata"]["papermill"] for c in nb["cells"] if c["cell_type"] == "code" and c["metadata"].get("papermill", {}).get("start_time")]
+    sweep_cell = next(c["metadata"]["papermill"] for c in nb["cells"] if "run.sweep()" in "".join(c["source"]))
+    t = datetime.fromisoformat
+    kernel = (t(cells[0]["start_time"]) - t(meta["start_time"])).total_seconds()
+    before = (t(sweep_cell["start_time"]) - t(cells[0]["start_time"])).total_seconds()
+    shown = float(sweep_cell["duration"]) - sweep_s
+    after = (t(meta["end_time"]) - t(sweep_cell["end_time"])).total_seconds()
+    outside = wall - float(meta["duration"])
+    return (
+        f"sweep {sweep_s:.1f} s of {wall:.1f} s: process + papermill {outside:.1f}, kernel start {kernel:.1f}, "
+        f"cells before {before:.1f}, report + chart {shown:.1f}, record + shutdown {after:.1f}"
+    )
 
 
 def _url(conn: Conn) -> str:
@@ -881,6 +904,11 @@ def late_early(values: Sequence[float]) -> float | None:
     return percentile(values[-k:], 0.5) / percentile(values[:k], 0.5)
 
 
+def per_row(m: Measurement) -> list[float]:
+    """Seconds per row of each batch (empty when rows per batch were not recorded)."""
+    return [t / n for t, n in zip(m.batches, m.batch_rows, strict=True) if n] if len(m.batch_rows) == len(m.batches) else []
+
+
 def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -895,8 +923,8 @@ def render(results: list[Measurement], candidates: int) -> str:
     def ratio(value: float, base: float | None) -> str:
         return "-" if not base else f"{value / base:.2f}x"
 
-    header = ["variant", "wall s", "rows/s", "batches", "p50 ms", "p99 ms", "late/early", "WAL MB", "rows read",
-              "wall vs floor", "WAL vs floor", "read vs floor"]  # fmt: skip
+    header = ["variant", "wall s", "rows/s", "batches", "rows/batch p50", "p50 ms", "p99 ms", "late/early", "late/early per row",
+              "WAL MB", "rows read", "wall vs floor", "WAL vs floor", "read vs floor"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for m in results:
         is_inspect = m.name == "inspect"
@@ -906,9 +934,11 @@ def render(results: list[Measurement], candidates: int) -> str:
                 f"{m.wall:.2f}",
                 "-" if is_inspect or not m.wall else fmt_int(round(m.changed / m.wall)),
                 str(len(m.batches)) if not is_inspect else "-",
+                fmt_int(round(percentile(m.batch_rows, 0.5))) if m.batch_rows else "-",
                 f"{percentile(m.batches, 0.5) * 1000:.1f}" if m.batches else "-",
                 f"{percentile(m.batches, 0.99) * 1000:.1f}" if m.batches else "-",
                 fmt_ratio(late_early(m.batches)),
+                fmt_ratio(late_early(per_row(m))),
                 f"{m.wal_bytes / 1e6:,.1f}" if not is_inspect else "-",
                 fmt_int(m.rows_read),
                 ratio(m.wall, floor.wall if floor else None),
@@ -952,6 +982,9 @@ def render(results: list[Measurement], candidates: int) -> str:
     row(f"sweep1000 wall <= {TARGET_WALL_1000}x floor", s1.wall / fw if s1 and fw else None, TARGET_WALL_1000, "x")
     row(f"sweep1000 per-batch p99 < {TARGET_P99_MS:.0f} ms", percentile(s1.batches, 0.99) * 1000 if s1 and s1.batches else None, TARGET_P99_MS, " ms")
     row(f"sweep1000 late/early p50 < {TARGET_LATE_EARLY}", late_early(s1.batches) if s1 else None, TARGET_LATE_EARLY, "")
+    # Batch sizes follow the WAL budget, so a batch's time also says how many rows it took:
+    # time per row is what shows whether the last batches are slower than the first.
+    row(f"sweep1000 late/early p50 per row < {TARGET_LATE_EARLY}", late_early(per_row(s1)) if s1 else None, TARGET_LATE_EARLY, "")
     row(f"sweep10000 wall <= {TARGET_WALL_10000}x floor", s10.wall / fw if s10 and fw else None, TARGET_WALL_10000, "x")
     nb = by_name.get("notebook1000")
     if nb:  # the issue's second check: 03_sweep.ipynb run headless, kernel start included
