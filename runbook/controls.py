@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import render
-from .charts import sweep_png
+from .charts import sweep_svg
 from .connect import connect
 from .errors import ParameterError
 from .params import Options, options
@@ -122,7 +122,7 @@ class SweepPanel:
         )
         self.progress_box = named(widgets.VBox([]), "progress-box")
         self.result_html = named(widgets.HTML(value=""), "result")
-        self.chart = named(widgets.Image(format="png", value=b"", layout=widgets.Layout(display="none")), "chart")
+        self.chart = named(widgets.Image(format="svg+xml", value=b"", layout=widgets.Layout(display="none")), "chart")
 
         self.settings = [self.days, self.cutoff, self.batch_size, self.max_batches, self.max_seconds]
         for setting in self.settings:
@@ -338,7 +338,7 @@ class SweepPanel:
         if result.stop_reason in ("gave_up", "failed"):
             self.run.outcome["status"] = "failed"
         if result.batches:
-            self.chart.value = sweep_png(result)
+            self.chart.value = sweep_svg(result).encode()
             self.chart.layout.display = ""
         self._say("")
         # Last: the result text is what a watcher (or the browser test) waits for.

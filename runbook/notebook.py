@@ -284,9 +284,12 @@ def show_preview(p: PreviewReport) -> None:
     _display(body, plain)
 
 
-def _batch_rows(batches: list[BatchResult]) -> list[tuple[int, int, int, float, str]]:
-    """One table row per batch: number, rows looked at, rows changed, ms, commit time."""
-    return [(b.number, b.selected, b.changed, round(b.seconds * 1000, 1), b.committed_at) for b in batches]
+def _batch_rows(batches: list[BatchResult]) -> list[tuple[int, int, int, float, str, str]]:
+    """One table row per batch: number, rows looked at, rows changed, ms, WAL, commit time."""
+    return [
+        (b.number, b.selected, b.changed, round(b.seconds * 1000, 1), f"{b.wal_bytes / 1e6:.1f}" if b.wal_bytes else "-", b.committed_at)
+        for b in batches
+    ]
 
 
 def show_sweep(s: SweepResult) -> None:
@@ -312,9 +315,9 @@ def show_sweep(s: SweepResult) -> None:
     _display(
         render.notice(head, level)
         + '<div style="max-height:320px;overflow:auto">'
-        + render.table(["batch", "looked at", "changed", "ms", "committed (UTC)"], rows)
+        + render.table(["batch", "looked at", "changed", "ms", "WAL MB", "committed (UTC)"], rows)
         + "</div>",
-        head + "\n" + render.text_table(["batch", "looked at", "changed", "ms", "committed"], rows[-20:]),
+        head + "\n" + render.text_table(["batch", "looked at", "changed", "ms", "WAL MB", "committed"], rows[-20:]),
     )
 
 

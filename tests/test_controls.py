@@ -11,13 +11,14 @@ import struct
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from xml.etree import ElementTree
 
 import psycopg
 import pytest
 
 import runbook.notebook as rb
 from runbook import Target, inspect, options, sweep
-from runbook.charts import inspect_png, show_inspect_charts, show_sweep_chart, sweep_png
+from runbook.charts import inspect_png, show_inspect_charts, show_sweep_chart, sweep_svg
 from runbook.controls import SweepPanel, sweep_panel
 from runbook.progress import ProgressBar, measure, progress_line, progress_reporter
 from runbook.sweep import BatchResult, SweepResult
@@ -127,7 +128,7 @@ def test_execute_changes_exactly_the_previewed_rows(run: rb.Run, conn: psycopg.C
     assert run.outcome["preview"]["ids"] == previewed
     assert "3 rows set to stale_expired in 1 batch," in panel.result_html.value
     assert "Stopped: max_batches" in panel.result_html.value
-    assert bytes(panel.chart.value).startswith(PNG_SIGNATURE) and panel.chart.layout.display == ""
+    assert bytes(panel.chart.value).startswith(b"<svg") and panel.chart.format == "svg+xml" and panel.chart.layout.display == ""
     assert panel.execute_button.disabled and panel.shown is None, "one preview, one Execute"
 
     ledger = conn.execute(
@@ -323,7 +324,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def test_charts_are_png_images(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_chart_is_a_png_and_the_sweep_chart_an_svg(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(7):
         insert(conn, status="queued", age_days=3 + 20 * i)
     insert(conn, status=None, age_days=40)
@@ -335,9 +336,17 @@ def test_charts_are_png_images(conn: psycopg.Connection, capsys: pytest.CaptureF
 
     result = sweep(conn, Target(), options(batch_size=2, dry_run=False))
     assert [b.changed for b in result.batches] == [2, 2, 2]
-    png = sweep_png(result)
-    assert _png_size(png) == (1000, 340) and len(png) > 15_000
-    assert show_sweep_chart(result) == png
+    svg = sweep_svg(result)
+    assert show_sweep_chart(result) == svg
+    root = ElementTree.fromstring(svg)
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    assert (root.get("width"), root.get("height")) == ("1000", "340")
+    bars = root.findall("svg:g[@class='rows']/svg:rect", ns)
+    assert [float(b.get("height", 0)) for b in bars] == [230.0, 230.0, 230.0]  # 2 of an axis topped at 2 rows
+    line = root.find("svg:polyline[@class='duration']", ns)
+    assert line is not None and len(line.get("points", "").split()) == 3
+    title = "".join(t.text or "" for t in root.findall("svg:text", ns))
+    assert "6 rows in 3 batches" in title and "stopped: done" in title
 
 
 def test_no_chart_for_a_dry_run_or_an_empty_table(conn: psycopg.Connection) -> None:
@@ -345,6 +354,6 @@ def test_no_chart_for_a_dry_run_or_an_empty_table(conn: psycopg.Connection) -> N
     dry = sweep(conn, Target(), options())
     assert show_sweep_chart(dry) is None
     with pytest.raises(ValueError, match="no per-batch chart"):
-        sweep_png(dry)
+        sweep_svg(dry)
     empty = sweep(conn, Target(), options(dry_run=False))
     assert empty.batches == [] and show_sweep_chart(empty) is None
