@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -116,7 +117,18 @@ def test_max_seconds_stops_between_batches(conn: psycopg.Connection) -> None:
     assert 1 <= len(result.batches) < 10 and result.changed == len(result.batches)
 
 
-def test_first_interrupt_lets_the_batch_commit_then_stops(conn: psycopg.Connection) -> None:
+@pytest.fixture
+def interactive_sigint() -> Iterator[None]:
+    """SIGINT as in a terminal or a kernel (KeyboardInterrupt), whatever this process
+    inherited: started in the background (``cmd &``, nohup), SIGINT arrives ignored."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def test_first_interrupt_lets_the_batch_commit_then_stops(conn: psycopg.Connection, interactive_sigint: None) -> None:
     for i in range(6):
         insert(conn, status="queued", age_days=10 + i)
     result = sweep(
@@ -126,7 +138,7 @@ def test_first_interrupt_lets_the_batch_commit_then_stops(conn: psycopg.Connecti
     assert result.stop_reason == "interrupted" and result.changed == 2
     assert sum(v == "stale_expired" for v in statuses(conn).values()) == 2
     assert conn.execute("SELECT stop_reason FROM litellm_runbook.runs WHERE run_id = 'sigint'").fetchone() == ("interrupted",)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the sweep puts the previous handler back"
 
 
 def test_metrics_file(conn: psycopg.Connection, tmp_path: Path) -> None:
