@@ -7,7 +7,8 @@ and reports what it would do.
 
 How (see ``statements``): one scan snapshots the candidates into a temp table; batches
 walk it by keyset, lock rows by primary key with SKIP LOCKED and re-check the whole
-predicate at update time, so a concurrent completion always wins. When the snapshot is
+predicate at update time, so a concurrent completion always wins. Each batch measures
+the WAL it wrote; the next one is sized to a WAL budget (``next_batch_size``). When the snapshot is
 used up, one count over the real table decides: nothing left (``done``), or another pass
 over what is left (rows that were locked, or became candidates, meanwhile).
 
@@ -114,6 +115,8 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
     by_wal = by_time = opts.batch_size
     if wal_budget and wal_bytes:
         by_wal = max(floor, min(opts.batch_size, int(wal_budget * used / wal_bytes), planned + max(1, planned // 20)))
+    elif wal_budget:
+        by_wal = planned  # nothing measured: keep the size rather than jump back to batch_size
     if opts.target_batch_ms:
         ms = seconds * 1000
         if ms > 1.5 * opts.target_batch_ms:
