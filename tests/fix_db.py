@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +31,29 @@ _scratch: Path | None = None
 _DB_ENV = ("DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGPASSWORD", "PGOPTIONS")
 
 
+_more_servers: list[EmbeddedServer] = []  # started by tests (a standby): stopped on SIGTERM too
+
+
+def track(server: EmbeddedServer) -> EmbeddedServer:
+    """Have a server a test started destroyed with the session's if the run is killed."""
+    _more_servers.append(server)
+    return server
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # A `timeout` or CI kill: stop and remove every server this session started, then go.
+    # (Raising here instead would land inside whatever the test was doing, and a sweep
+    # under test treats an exception mid-batch as its own to handle.)
+    for started in [*_more_servers, *([_server] if _server else [])]:
+        started.destroy()
+    if _scratch is not None:
+        shutil.rmtree(_scratch, ignore_errors=True)
+    os._exit(128 + signum)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _server, _scratch
+    signal.signal(signal.SIGTERM, _terminate)
     # /var/tmp, not $HOME: the server user must traverse every parent folder.
     home = Path(tempfile.mkdtemp(prefix="litellm-runbook-test-", dir="/var/tmp"))
     _server = EmbeddedServer(home)

@@ -28,6 +28,7 @@ from runbook.demo import load_demo_rows
 from runbook.embedded import EmbeddedServer
 from runbook.errors import ConnectionLostError, ReadOnlyError, SweepInProgressError
 from runbook.execute import execute
+from tests.fix_db import track
 from tests.rows import insert, state, statuses
 
 LIVE = {"dry_run": False}
@@ -216,7 +217,7 @@ def test_sweeps_started_together_one_works_the_others_stop(conn: psycopg.Connect
 @pytest.fixture(scope="module")
 def standby(server: EmbeddedServer) -> Any:
     home = Path(tempfile.mkdtemp(prefix="litellm-runbook-standby-", dir="/var/tmp"))
-    replica = server.clone_standby(home)
+    replica = track(server.clone_standby(home))
     yield replica
     replica.destroy()
 
