@@ -628,13 +628,20 @@ def run_sweep(conn: Conn, m: Measurement, batch_size: int) -> None:
     result = call_sweep(conn, sweep_options(batch_size, target, fixed), f"bench-{m.name}-{uuid.uuid4().hex[:8]}")
     if result.stop_reason != "done":
         raise CheckFailed(f"{m.name}: sweep stopped with {result.stop_reason!r}, not 'done'")
-    m.changed = result.changed
-    m.batches = [b.seconds for b in result.batches if b.changed]
-    m.batch_rows = [b.selected for b in result.batches if b.changed]
-    m.committed_at = [b.committed_at for b in result.batches if b.changed]
-    m.statements = len(result.batches)
-    m.outside_batches = result.seconds - sum(b.seconds for b in result.batches)
+    record_sweep(m, result.to_dict(), result.seconds)
     m.note = f"{result.candidates_at_start:,} in snapshot"
+
+
+def record_sweep(m: Measurement, result: dict[str, Any], wall: float) -> None:
+    """Fill ``m`` from a sweep's record (``SweepResult.to_dict()``); ``wall``: the time
+    the variant took, of which what is not inside a batch goes to ``outside_batches``."""
+    batches = result["batches"]
+    m.changed = int(result["changed"])
+    m.batches = [b["seconds"] for b in batches if b["changed"]]
+    m.batch_rows = [b["selected"] for b in batches if b["changed"]]
+    m.committed_at = [str(b["committed_at"]) for b in batches if b["changed"]]
+    m.statements = len(batches)
+    m.outside_batches = wall - sum(b["seconds"] for b in batches)
 
 
 def run_notebook(conn: Conn, m: Measurement, batch_size: int) -> None:
@@ -661,14 +668,8 @@ def run_notebook(conn: Conn, m: Measurement, batch_size: int) -> None:
         phases = _notebook_phases(executed, wall, float(result["seconds"]))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    batches = result["batches"]
     m.wall = wall
-    m.changed = int(result["changed"])
-    m.batches = [b["seconds"] for b in batches if b["changed"]]
-    m.batch_rows = [b["selected"] for b in batches if b["changed"]]
-    m.committed_at = [str(b["committed_at"]) for b in batches if b["changed"]]
-    m.statements = len(batches)
-    m.outside_batches = wall - sum(b["seconds"] for b in batches)
+    record_sweep(m, result, wall)
     m.note = f"{result['candidates_at_start']:,} in snapshot; {phases}"
 
 

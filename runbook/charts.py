@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 import io
 import math
-from xml.sax.saxutils import escape
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
+from xml.sax.saxutils import escape
 
 from .inspection import Count, InspectReport
 from .progress import plural

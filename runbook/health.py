@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .session import Conn
-from .statements import table
+from .statements import health_signals, table
 from .target import Target
 
 __all__ = ["HealthLimits", "Health", "check_health"]
@@ -57,16 +57,7 @@ def check_health(conn: Conn, target: Target, since: datetime | None = None) -> H
     that started later does not count as a running VACUUM. None: every VACUUM counts.
     """
     row = conn.execute(
-        "WITH t AS (SELECT %(table)s::regclass::oid AS oid) SELECT"
-        " (SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint"
-        "    FROM pg_stat_replication WHERE NOT pg_is_in_recovery()),"
-        " (SELECT count(DISTINCT w.pid) FROM pg_locks w, t WHERE NOT w.granted AND w.pid <> pg_backend_pid()"
-        "    AND (w.relation = t.oid OR EXISTS (SELECT 1 FROM pg_locks h WHERE h.pid = w.pid AND h.relation = t.oid))),"
-        " EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v JOIN t ON v.relid = t.oid"
-        "    LEFT JOIN pg_stat_activity a ON a.pid = v.pid"
-        "    WHERE NOT coalesce(a.backend_type = 'autovacuum worker' AND a.xact_start >= %(since)s"
-        "      AND a.query NOT LIKE '%%(to prevent wraparound)%%', false))",
-        {"table": table(target).as_string(conn), "since": since},
+        health_signals(), {"table": table(target).as_string(conn), "since": since}
     ).fetchone()
     assert row is not None
     return Health(int(row[0] or 0), int(row[1]), bool(row[2]))

@@ -125,17 +125,18 @@ def utc_now(timespec: str = "milliseconds") -> str:
     return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-def set_batch_settings(conn: Conn, opts: Options, factor: float = 1.0) -> None:
+def set_batch_settings(conn: Conn, opts: Options, factor: float = 1.0) -> str:
+    """Set this transaction's timeouts and asynchronous commit; return the server's WAL
+    insert position (a ``pg_lsn``: what the batch then writes is ``statements.wal_since``)."""
     # synchronous_commit off: a batch and its ledger rows are one statement, so a server
     # crash can only lose whole batches of the last moment, whose rows are then still
     # candidates; in exchange each commit stops waiting for a WAL flush (6 ms -> 1 ms).
-    conn.execute(
+    row = conn.execute(
         "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
-        " set_config('synchronous_commit', 'off', true)",
+        " set_config('synchronous_commit', 'off', true), pg_current_wal_insert_lsn()",
         [f"{int(opts.lock_timeout_s * 1000)}ms", f"{int(opts.statement_timeout_s * 1000 * factor)}ms"],
-    )
-
-
+    ).fetchone()
+    return str(row[3]) if row else ""
 
 
 @dataclass(frozen=True)

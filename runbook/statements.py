@@ -35,8 +35,8 @@ __all__ = [
     "undo_next",
     "undo_update",
     "run_start",
-    "wal_position",
     "wal_since",
+    "health_signals",
 ]
 
 SNAPSHOT_TABLE = sql.Identifier("pg_temp", "runbook_candidates")
@@ -234,11 +234,23 @@ def run_start() -> sql.SQL:
     return sql.SQL("SELECT now(), pg_size_bytes(current_setting('wal_buffers'))")
 
 
-def wal_position() -> sql.SQL:
-    """Where the server inserts WAL now (a ``pg_lsn``)."""
-    return sql.SQL("SELECT pg_current_wal_insert_lsn()")
-
-
 def wal_since() -> sql.SQL:
-    """Bytes of WAL inserted since %(since)s (a ``wal_position()``), by every session."""
+    """Bytes of WAL inserted since %(since)s (a ``pg_lsn``), by every session."""
     return sql.SQL("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %(since)s::pg_lsn)::bigint")
+
+
+def health_signals() -> sql.SQL:
+    """One row: WAL bytes the slowest standby has not replayed, sessions waiting on locks
+    on table %(table)s (a regclass name), and whether a VACUUM of it runs that should
+    pause a sweep begun at %(since)s (see ``runbook.health``; NULL: every VACUUM counts)."""
+    return sql.SQL(
+        "WITH t AS (SELECT %(table)s::regclass::oid AS oid) SELECT"
+        " (SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::bigint"
+        "    FROM pg_stat_replication WHERE NOT pg_is_in_recovery()),"
+        " (SELECT count(DISTINCT w.pid) FROM pg_locks w, t WHERE NOT w.granted AND w.pid <> pg_backend_pid()"
+        "    AND (w.relation = t.oid OR EXISTS (SELECT 1 FROM pg_locks h WHERE h.pid = w.pid AND h.relation = t.oid))),"
+        " EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v JOIN t ON v.relid = t.oid"
+        "    LEFT JOIN pg_stat_activity a ON a.pid = v.pid"
+        "    WHERE NOT coalesce(a.backend_type = 'autovacuum worker' AND a.xact_start >= %(since)s"
+        "      AND a.query NOT LIKE '%%(to prevent wraparound)%%', false))"
+    )

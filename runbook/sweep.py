@@ -272,17 +272,16 @@ def _run_batch(
     updated and ledgered. Returns (the keys looked at, rows changed, WAL bytes written
     meanwhile); no keys: pass done."""
     with conn.transaction():
-        set_batch_settings(conn, opts)
+        wal_start = set_batch_settings(conn, opts)
         step = conn.execute(
             statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}
         ).fetchall()
         if not step:
             return [], 0, 0
-        start = conn.execute(statements.wal_position()).fetchone()
         row = conn.execute(
             statements.batch_update(target), {**params, "ids": [str(r[1]) for r in step], "run_id": run_id, "batch": batch}
         ).fetchone()
-        wal = conn.execute(statements.wal_since(), {"since": start[0] if start else None}).fetchone()
+        wal = conn.execute(statements.wal_since(), {"since": wal_start}).fetchone()
     return step, int(row[0]) if row else 0, int(wal[0] or 0) if wal else 0
 
 
