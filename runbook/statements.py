@@ -188,19 +188,23 @@ def batch_update(target: Target) -> sql.Composed:
 
 
 def undo_next() -> sql.Composed:
-    """The next %(batch_size)s objects run %(of_run)s changed, after keyset %(after)s.
+    """The next %(batch_size)s changes of run %(of_run)s to undo, newest batch first, after
+    the keyset (%(after_batch)s, %(after_object)s) (start: a batch above every real one).
 
-    For each object, its latest change by that run; objects an earlier undo of that run
-    already restored are left out.
+    Newest first, so an object the run changed twice is restored to what it was before
+    its latest change; its older change then finds the status already restored and is
+    left alone. Objects an earlier undo of that run (not %(run_id)s, this one) already
+    restored are left out. Walks the ledger's primary key (run_id, batch, object_id)
+    backwards.
     """
     changes = sql.Identifier(LEDGER_SCHEMA, "changes")
     runs = sql.Identifier(LEDGER_SCHEMA, "runs")
     return sql.SQL(
-        "SELECT DISTINCT ON (c.object_id) c.object_id, c.previous_status, c.new_status FROM {changes} AS c "
-        "WHERE c.run_id = %(of_run)s AND c.object_id > %(after)s AND NOT EXISTS ("
+        "SELECT c.object_id, c.previous_status, c.new_status, c.batch FROM {changes} AS c "
+        "WHERE c.run_id = %(of_run)s AND (c.batch, c.object_id) < (%(after_batch)s, %(after_object)s) AND NOT EXISTS ("
         "SELECT 1 FROM {changes} AS d JOIN {runs} AS r ON r.run_id = d.run_id "
-        "WHERE r.undoes_run_id = %(of_run)s AND d.object_id = c.object_id) "
-        "ORDER BY c.object_id, c.batch DESC LIMIT %(batch_size)s"
+        "WHERE r.undoes_run_id = %(of_run)s AND r.run_id <> %(run_id)s AND d.object_id = c.object_id) "
+        "ORDER BY c.batch DESC, c.object_id DESC LIMIT %(batch_size)s"
     ).format(changes=changes, runs=runs)
 
 

@@ -98,14 +98,15 @@ def undo(
     parameters = parameters or {"of_run_id": of_run_id, **opts.to_dict()}
     with live_run(conn, target, opts, kind="undo", run_id=rid, parameters=parameters, undoes_run_id=of_run_id) as run:
         next_batch = run.first_batch
-        after = ""
+        after: tuple[int, str] = (2**31 - 1, "")
         try:
             while not (reason := run.stopper.reason(len(result.batches))):
                 t0 = time.monotonic()
                 with conn.transaction():
                     set_batch_settings(conn, opts)
                     todo = conn.execute(
-                        statements.undo_next(), {"of_run": of_run_id, "after": after, "batch_size": opts.batch_size}
+                        statements.undo_next(),
+                        {"of_run": of_run_id, "run_id": rid, "after_batch": after[0], "after_object": after[1], "batch_size": opts.batch_size},
                     ).fetchall()
                     if not todo:
                         reason = "done"
@@ -121,7 +122,7 @@ def undo(
                 result.batches.append(BatchResult(next_batch, len(todo), restored, round(time.monotonic() - t0, 4), utc_now()))
                 result.restored += restored
                 result.left_alone += len(todo) - restored
-                after = str(todo[-1][0])
+                after = (int(todo[-1][3]), str(todo[-1][0]))
                 next_batch += 1
             result.stop_reason = reason
         finally:

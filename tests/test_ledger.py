@@ -178,6 +178,19 @@ def test_undo_restores_exactly_the_runs_rows_and_leaves_changed_ones(conn: psyco
     assert state(conn) == after
 
 
+def test_undo_resumed_restores_newest_batches_first_and_skips_what_an_earlier_undo_restored(conn: psycopg.Connection) -> None:
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(6)]  # ids[0] oldest
+    sweep(conn, Target(), options(batch_size=2, **LIVE), run_id="sweep-a")  # batches 1-3, two rows each
+    first = undo(conn, Target(), options(batch_size=2, max_batches=1, **LIVE), of_run_id="sweep-a", run_id="undo-a1")
+    assert (first.restored, first.stop_reason) == (2, "max_batches")
+    assert statuses(conn) == {**{k: "stale_expired" for k in ids[:4]}, **{k: "queued" for k in ids[4:]}}, "newest batch first"
+    # The two restored rows are swept again by another run; undoing sweep-a again must not touch them.
+    sweep(conn, Target(), options(batch_size=2, **LIVE), run_id="sweep-b")
+    second = undo(conn, Target(), options(batch_size=3, **LIVE), of_run_id="sweep-a", run_id="undo-a2")
+    assert (second.restored, second.left_alone, second.already_undone, second.stop_reason) == (4, 0, 2, "done")
+    assert statuses(conn) == {**{k: "queued" for k in ids[:4]}, **{k: "stale_expired" for k in ids[4:]}}
+
+
 def test_undo_of_an_unknown_run_is_refused(conn: psycopg.Connection) -> None:
     with pytest.raises(UnknownRunError, match="run_id='nope' is not a sweep run in the ledger"):
         undo(conn, Target(), options(), of_run_id="nope")
