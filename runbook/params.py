@@ -111,7 +111,7 @@ class Options:
     stale_after_days: float = 7.0
     cutoff: datetime | None = None
     batch_size: int = 1000
-    max_batches: int = 500
+    max_batches: int = 5000
     max_seconds: float = 300.0
     dry_run: bool = True
     lock_timeout_s: float = 5.0
@@ -127,7 +127,7 @@ class Options:
     pause_during_vacuum: bool = True
     health_pause_s: float = 2.0
     target_batch_ms: float = 0.0
-    max_batch_wal_bytes: int = 0  # 0: half of the server's wal_buffers
+    max_batch_wal_bytes: int = 0  # 0: the server's wal_buffers
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -140,7 +140,7 @@ def options(
     stale_after_days: object = 7.0,
     cutoff: object = None,
     batch_size: object = 1000,
-    max_batches: object = 500,
+    max_batches: object = 5000,
     max_seconds: object = 300.0,
     dry_run: object = True,
     lock_timeout_s: object = 5.0,

@@ -97,8 +97,8 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
 
     Never above ``batch_size``, never below 50 rows (or ``batch_size`` when smaller).
 
-    WAL: when a batch wrote more than ``wal_budget`` bytes (half of ``wal_buffers`` by
-    default), the next one takes as many rows as fit in the budget at the last batch's
+    WAL: when a batch wrote more than ``wal_budget`` bytes (the server's ``wal_buffers``
+    by default), the next one takes as many rows as fit in the budget at the last batch's
     WAL per row; it grows back by 5% a batch. Why: a transaction that writes more WAL
     than the WAL buffers hold makes its own backend write and fsync WAL segments
     mid-statement, and those waits are the slowest batches (measured: bench/RESULTS.md).
@@ -299,7 +299,7 @@ def _run_passes(
     run_id = str(result.run_id)
     row = conn.execute(statements.run_start()).fetchone()
     began: datetime = row[0] if row else datetime.min
-    wal_budget = opts.max_batch_wal_bytes or (int(row[1]) // 2 if row else 0)
+    wal_budget = opts.max_batch_wal_bytes or (int(row[1]) if row else 0)
     for pass_number in range(_MAX_PASSES):
         in_snapshot = _with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot")
         if in_snapshot is None:
