@@ -104,6 +104,9 @@ def check_cutoff(name: str, value: object, now: datetime | None = None) -> datet
     return parsed
 
 
+MAX_WORKERS = 4  # connections writing at once; more only adds contention on a small server
+
+
 @dataclass(frozen=True)
 class Options:
     """Validated run parameters; build with ``options()``, never directly from user input."""
@@ -128,6 +131,7 @@ class Options:
     health_pause_s: float = 2.0
     target_batch_ms: float = 0.0
     max_batch_wal_bytes: int = 0  # 0: the server's wal_buffers
+    workers: int = 2  # batches written at once, each on its own connection
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -157,6 +161,7 @@ def options(
     health_pause_s: object = 2.0,
     target_batch_ms: object = 0.0,
     max_batch_wal_bytes: object = 0,
+    workers: object = 2,
 ) -> Options:
     """Check every parameter and return Options; ParameterError names the first bad one.
 
@@ -185,6 +190,7 @@ def options(
         health_pause_s=check_number("health_pause_s", health_pause_s, 0.05, 600, "seconds"),
         target_batch_ms=check_number("target_batch_ms", target_batch_ms, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
         max_batch_wal_bytes=check_int("max_batch_wal_bytes", max_batch_wal_bytes, 0, 2**50),
+        workers=check_int("workers", workers, 1, MAX_WORKERS),
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -50,6 +51,7 @@ from .preview import fingerprint
 from .record import new_run_id
 from .session import Conn, check_target, read_only, resolve_cutoff
 from .target import Target
+from .workers import Workers
 
 __all__ = ["BatchResult", "SweepResult", "sweep", "STOP_REASONS", "next_batch_size"]
 
@@ -61,6 +63,7 @@ _MAX_PASSES = 5
 _RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected)
 _METRICS_EVERY_S = 1.0  # rewrite the metrics file at most this often while running
 T = TypeVar("T")
+_Outcome = tuple[BatchResult, list[tuple[Any, Any]]] | None  # a batch and the keys it took; None: gave up
 
 
 @dataclass
@@ -192,10 +195,14 @@ def sweep(
         conn, target, opts, kind="sweep", run_id=rid, parameters=parameters or opts.to_dict(), should_stop=should_stop
     ) as run:
         failure: BaseException | None = None
+        lost: int | None = None  # the batch whose connection was lost
         try:
-            _run_passes(conn, target, opts, params, result, run.stopper, run.first_batch, on_batch, publish)
+            with Workers[_Outcome](conn, opts.workers) as pool:
+                _run_passes(conn, pool, target, opts, params, result, run.stopper, run.first_batch, on_batch, publish)
         except BaseException as exc:
             failure = exc
+            if isinstance(exc, _BatchFailed):
+                failure, lost = exc.error, exc.number if exc.connection_lost else None
             result.stop_reason = result.stop_reason or ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             result.stop_detail = f"{type(exc).__name__}: {exc}"
         result.seconds = round(time.monotonic() - started, 4)
@@ -204,8 +211,8 @@ def sweep(
     if failure is None or isinstance(failure, KeyboardInterrupt):
         # Interrupted: the batch in flight rolled back; every earlier one stands with its ledger.
         return result
-    if isinstance(failure, psycopg.OperationalError) and (conn.broken or conn.closed):
-        lost = result.batches[-1].number + 1 if result.batches else run.first_batch
+    if isinstance(failure, psycopg.OperationalError) and (lost is not None or conn.broken or conn.closed):
+        lost = lost or (result.batches[-1].number + 1 if result.batches else run.first_batch)
         first_line = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
         raise ConnectionLostError(
             f"the connection to the database was lost during batch {lost} of run {rid} ({first_line}): that "
@@ -228,14 +235,19 @@ def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any])
     return count
 
 
-def _with_retries(work: Callable[[int], T], opts: Options, result: SweepResult, what: str) -> T | None:
+def _with_retries(
+    work: Callable[[int], T], opts: Options, result: SweepResult, what: str, aborted: Callable[[], bool] = lambda: False
+) -> T | None:
     """``work(attempt)``; after a lock or statement timeout (rolled back) retry after a
-    growing pause, ``max_retries`` times. None: gave up, with the reason in ``result``."""
+    growing pause, ``max_retries`` times. None: gave up, with the reason in ``result``.
+    A statement cancelled because the round was aborted (``aborted()``) is not retried."""
     attempt = 0
     while True:
         try:
             return work(attempt)
         except _RETRYABLE as exc:
+            if aborted():
+                raise
             attempt += 1
             note = f"{what} try {attempt}: {type(exc).__name__}: {exc.diag.message_primary}"
             result.retries.append(note)
@@ -265,28 +277,37 @@ def _wait_until_healthy(
     return stop
 
 
-def _run_batch(
-    conn: Conn, target: Target, opts: Options, params: dict[str, Any], after: tuple[Any, str], size: int, batch: int, run_id: str
-) -> tuple[list[tuple[Any, Any]], int, int]:
-    """One batch in its own transaction: the next ``size`` snapshot keys after ``after``,
-    updated and ledgered. Returns (the keys looked at, rows changed, WAL bytes written
-    meanwhile); no keys: pass done."""
+def _next_keys(conn: Conn, after: tuple[Any, str], size: int) -> list[tuple[Any, Any]]:
+    """The next ``size`` snapshot entries (time, key) after ``after``; none: pass done.
+    Reads the session's temp table, so only on the connection that made the snapshot."""
+    return conn.execute(statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}).fetchall()
+
+
+def _write_batch(
+    conn: Conn, target: Target, opts: Options, params: dict[str, Any], keys: list[tuple[Any, Any]], batch: int, run_id: str
+) -> tuple[int, int]:
+    """One batch in its own transaction: the rows of ``keys`` updated and ledgered.
+    Returns (rows changed, WAL bytes the server wrote meanwhile)."""
     with conn.transaction():
         wal_start = set_batch_settings(conn, opts)
-        step = conn.execute(
-            statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}
-        ).fetchall()
-        if not step:
-            return [], 0, 0
         row = conn.execute(
-            statements.batch_update(target), {**params, "ids": [str(r[1]) for r in step], "run_id": run_id, "batch": batch}
+            statements.batch_update(target), {**params, "ids": [str(k[1]) for k in keys], "run_id": run_id, "batch": batch}
         ).fetchone()
         wal = conn.execute(statements.wal_since(), {"since": wal_start}).fetchone()
-    return step, int(row[0]) if row else 0, int(wal[0] or 0) if wal else 0
+    return int(row[0]) if row else 0, int(wal[0] or 0) if wal else 0
+
+
+class _BatchFailed(Exception):
+    """Batch ``number`` raised ``error`` (unwrapped by ``sweep``), on a connection now lost or not."""
+
+    def __init__(self, number: int, error: Exception, connection_lost: bool) -> None:
+        super().__init__(number, error)
+        self.number, self.error, self.connection_lost = number, error, connection_lost
 
 
 def _run_passes(
     conn: Conn,
+    pool: Workers[_Outcome],
     target: Target,
     opts: Options,
     params: dict[str, Any],
@@ -321,29 +342,59 @@ def _run_passes(
             if reason:
                 result.stop_reason = reason
                 return
-            t0 = time.monotonic()
-            tries: list[int] = []
-
-            def attempt(n: int, size: int = planned, after: tuple[Any, str] = after) -> tuple[list[tuple[Any, Any]], int, int]:
-                tries.append(n)  # a retry after a timeout takes half the rows each time
-                return _run_batch(conn, target, opts, params, after, max(1, size >> n), next_batch, run_id)
-
-            done = _with_retries(attempt, opts, result, f"batch {next_batch}")
-            if done is None:
-                return
-            step, changed, wal = done
-            if not step:
+            # A round: up to `workers` consecutive slices of the snapshot, written at once.
+            chunks: list[tuple[int, list[tuple[Any, Any]]]] = []
+            for _ in range(min(pool.capacity(), opts.max_batches - len(result.batches))):
+                keys = _next_keys(conn, after, planned)
+                if not keys:
+                    break
+                chunks.append((next_batch + len(chunks), keys))
+                after = (keys[-1][0], str(keys[-1][1]))
+            if not chunks:
                 break
-            batch = BatchResult(next_batch, len(step), changed, round(time.monotonic() - t0, 4), utc_now(), tries[-1], wal)
-            planned = next_batch_size(opts, planned, len(step), batch.seconds, wal, wal_budget)
-            next_batch += 1
-            after = (step[-1][0], str(step[-1][1]))
-            result.batches.append(batch)
-            result.changed += changed
-            changed_this_pass += changed
+
+            def job(c: Conn, number: int, keys: list[tuple[Any, Any]]) -> _Outcome:
+                t0 = time.monotonic()
+                tries: list[int] = []
+
+                def attempt(n: int) -> tuple[list[tuple[Any, Any]], int, int]:
+                    tries.append(n)  # a retry after a timeout takes half the rows each time
+                    used = keys[: max(1, len(keys) >> n)]
+                    return (used, *_write_batch(c, target, opts, params, used, number, run_id))
+
+                done = _with_retries(attempt, opts, result, f"batch {number}", lambda: pool.aborted)
+                if done is None:
+                    return None
+                used, changed, wal = done
+                seconds = round(time.monotonic() - t0, 4)
+                return BatchResult(number, len(used), changed, seconds, utc_now(), tries[-1], wal), used
+
+            outcomes = pool.run([partial(job, number=n, keys=k) for n, k in chunks])
+            next_batch += len(chunks)
+            sizes: list[int] = []
+            last_used: list[tuple[Any, Any]] = []
+            failed: _BatchFailed | None = None
+            for (number, _), outcome in zip(chunks, outcomes):
+                if isinstance(outcome, Exception):
+                    lost_connection = isinstance(outcome, psycopg.OperationalError) and pool.broken()
+                    failed = failed or _BatchFailed(number, outcome, lost_connection)
+                elif outcome is not None:
+                    batch, last_used = outcome
+                    result.batches.append(batch)
+                    result.changed += batch.changed
+                    changed_this_pass += batch.changed
+                    sizes.append(next_batch_size(opts, planned, batch.selected, batch.seconds, batch.wal_bytes, wal_budget))
+                    if on_batch is not None:
+                        on_batch(result, batch)
+            if failed is not None:
+                raise failed
+            if result.stop_reason == "gave_up":
+                return
+            # The last slice may have been retried smaller: go on right after what it took.
+            # (A smaller retry of an earlier slice leaves the rest of it to the next pass.)
+            after = (last_used[-1][0], str(last_used[-1][1]))
+            planned = min(sizes)
             publish("running", False)
-            if on_batch is not None:
-                on_batch(result, batch)
             if opts.pause_s:
                 time.sleep(opts.pause_s)
         if changed_this_pass == in_snapshot:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +50,8 @@ def test_ledger_matches_the_rows_changed_batch_by_batch(conn: psycopg.Connection
         changed_per_batch.append({k for k in now if now[k] != seen[k]})
         seen.update(now)
 
-    result = sweep(conn, Target(), options(batch_size=3, **LIVE), run_id="ledger-1", on_batch=watch)
+    # One batch at a time, so that each batch's changes can be seen alone between batches.
+    result = sweep(conn, Target(), options(batch_size=3, workers=1, **LIVE), run_id="ledger-1", on_batch=watch)
     assert result.run_id == "ledger-1" and [b.number for b in result.batches] == [1, 2, 3]
     assert ledger_batches(conn, "ledger-1") == {1: changed_per_batch[0], 2: changed_per_batch[1], 3: changed_per_batch[2]}
     assert changed_per_batch[0] == set(ids[:3])  # oldest first
@@ -101,12 +103,16 @@ def test_approved_preview_is_executed_exactly_or_not_at_all(conn: psycopg.Connec
     assert result.changed == 2
 
 
-def test_stop_file_stops_at_the_next_batch_boundary(conn: psycopg.Connection, tmp_path: Path) -> None:
-    for i in range(9):
-        insert(conn, status="queued", age_days=10 + i)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stop_file_stops_at_the_next_batch_boundary(conn: psycopg.Connection, tmp_path: Path, workers: int) -> None:
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(9)]  # ids[0] oldest
     stop = tmp_path / "STOP"
-    result = sweep(conn, Target(), options(batch_size=2, stop_file=str(stop), **LIVE), on_batch=lambda r, b: stop.touch())
-    assert result.stop_reason == "stop_file" and len(result.batches) == 1 and result.changed == 2
+    result = sweep(
+        conn, Target(), options(batch_size=2, stop_file=str(stop), workers=workers, **LIVE), on_batch=lambda r, b: stop.touch()
+    )
+    # The round in flight (one batch per worker) finishes; nothing more is started.
+    assert result.stop_reason == "stop_file" and len(result.batches) == workers and result.changed == 2 * workers
+    assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(ids[: 2 * workers]), "oldest first"
 
 
 def test_max_seconds_stops_between_batches(conn: psycopg.Connection) -> None:
@@ -128,15 +134,16 @@ def interactive_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, inherited)
 
 
-def test_first_interrupt_lets_the_batch_commit_then_stops(conn: psycopg.Connection, interactive_sigint: None) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_first_interrupt_lets_the_batch_commit_then_stops(conn: psycopg.Connection, interactive_sigint: None, workers: int) -> None:
     for i in range(6):
         insert(conn, status="queued", age_days=10 + i)
     result = sweep(
-        conn, Target(), options(batch_size=2, **LIVE), run_id="sigint",
+        conn, Target(), options(batch_size=2, workers=workers, **LIVE), run_id="sigint",
         on_batch=lambda r, b: os.kill(os.getpid(), signal.SIGINT),
     )  # fmt: skip
-    assert result.stop_reason == "interrupted" and result.changed == 2
-    assert sum(v == "stale_expired" for v in statuses(conn).values()) == 2
+    assert result.stop_reason == "interrupted" and result.changed == 2 * workers
+    assert sum(v == "stale_expired" for v in statuses(conn).values()) == 2 * workers
     assert conn.execute("SELECT stop_reason FROM litellm_runbook.runs WHERE run_id = 'sigint'").fetchone() == ("interrupted",)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the sweep puts the previous handler back"
 
@@ -152,6 +159,31 @@ def test_metrics_file(conn: psycopg.Connection, tmp_path: Path) -> None:
     assert f"litellm_runbook_batches_total{labels} 3" in text
     assert 'litellm_runbook_run_outcome{run_id="metrics-1",kind="sweep",table="public.LiteLLM_ManagedObjectTable",outcome="done"} 1' in text
     assert result.metrics_file == str(tmp_path / "litellm_runbook_metrics-1.prom")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_interrupt_aborts_the_round_in_flight_and_rolls_it_back(
+    conn: psycopg.Connection, interactive_sigint: None, workers: int
+) -> None:
+    for i in range(4):
+        insert(conn, status="queued", age_days=10 + i)
+    before = state(conn)
+    # Every UPDATE of the table takes 3 s: both SIGINTs arrive while the first round runs.
+    conn.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$")
+    conn.execute('CREATE TRIGGER slow BEFORE UPDATE ON "LiteLLM_ManagedObjectTable" FOR EACH STATEMENT EXECUTE FUNCTION slow()')
+    timers = [threading.Timer(t, os.kill, [os.getpid(), signal.SIGINT]) for t in (0.6, 0.9)]
+    for timer in timers:
+        timer.start()
+    result = sweep(conn, Target(), options(batch_size=2, workers=workers, **LIVE), run_id="abort")
+    for timer in timers:
+        timer.join()
+    assert result.stop_reason == "interrupted" and result.changed == 0 and result.batches == []
+    assert state(conn) == before, "every batch in flight rolled back"
+    assert conn.execute("SELECT count(*) FROM litellm_runbook.batches WHERE run_id = 'abort'").fetchone() == (0,)
+    idle = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%%worker%%' OR (state = 'active' AND pid <> pg_backend_pid() AND backend_type = 'client backend')"
+    ).fetchone()
+    assert idle == (0,), "no statement of the sweep is left running, and its helper connection is closed"
 
 
 def test_undo_restores_exactly_the_runs_rows_and_leaves_changed_ones(conn: psycopg.Connection) -> None:

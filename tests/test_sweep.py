@@ -49,10 +49,10 @@ def test_batches_shrink_to_the_wal_budget_and_still_change_every_candidate_once(
     before = state(conn)
     result = sweep(conn, Target(), options(batch_size=200, max_batch_wal_bytes=40_000, **LIVE))
     sizes = [b.selected for b in result.batches]
-    assert sizes[0] == 200, "the first batch is batch_size: nothing measured yet"
+    assert sizes[:2] == [200, 200], "the first round (two workers) is batch_size: nothing measured yet"
     assert all(b.wal_bytes > 0 for b in result.batches)
     # 200 rows wrote far more than 40 KB of WAL: every later batch is smaller, >= 50 rows.
-    assert all(50 <= n < 200 for n in sizes[1:-1]) and len(sizes) > len(expected) / 200 + 1
+    assert all(50 <= n < 200 for n in sizes[2:-1]) and len(sizes) > len(expected) / 200 + 2
     after = state(conn)
     changed = {k for k in before if before[k] != after[k]}
     assert changed == expected and result.changed == len(expected) and result.stop_reason == "done"
@@ -131,7 +131,8 @@ def test_concurrent_completion_between_snapshot_and_batch_wins(conn: psycopg.Con
         with psycopg.connect(dsn, autocommit=True) as other:
             other.execute('UPDATE "LiteLLM_ManagedObjectTable" SET status = %s WHERE id = %s', ["completed", late])
 
-    result = sweep(conn, Target(), options(batch_size=3, **LIVE), on_batch=poller)
+    # One batch at a time: the poller's completion lands between batch 1 and batch 2.
+    result = sweep(conn, Target(), options(batch_size=3, workers=1, **LIVE), on_batch=poller)
     assert statuses(conn)[late] == "completed"
     assert result.changed == 5 and [b.changed for b in result.batches] == [3, 2]
 
@@ -224,3 +225,21 @@ def test_interrupt_stops_at_batch_boundary(conn: psycopg.Connection) -> None:
     result = sweep(conn, Target(), options(batch_size=3, **LIVE), on_batch=interrupt_after_second)
     assert result.stop_reason == "interrupted"
     assert sum(v == "stale_expired" for v in statuses(conn).values()) == 6 == result.changed
+
+
+def test_two_workers_write_whole_rounds_oldest_first_within_max_batches(conn: psycopg.Connection) -> None:
+    ids = [insert(conn, status="queued", age_days=30 - i) for i in range(10)]  # ids[0] oldest
+    helpers: list[int] = []
+    count = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%%/worker-2'"
+    result = sweep(
+        conn, Target(), options(batch_size=2, max_batches=3, workers=2, **LIVE), run_id="rounds",
+        on_batch=lambda r, b: helpers.append(conn.execute(count).fetchone()[0]),  # type: ignore[index]
+    )  # fmt: skip
+    assert helpers == [1, 1, 1], "a second connection wrote while the sweep ran"
+    assert [(b.number, b.selected, b.changed) for b in result.batches] == [(1, 2, 2), (2, 2, 2), (3, 2, 2)]
+    assert result.stop_reason == "max_batches"
+    assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(ids[:6])
+    ledger = conn.execute("SELECT batch, array_agg(object_id ORDER BY object_id) FROM litellm_runbook.changes WHERE run_id = 'rounds' GROUP BY batch ORDER BY batch")
+    assert [(b, set(objs)) for b, objs in ledger] == [(1, set(ids[0:2])), (2, set(ids[2:4])), (3, set(ids[4:6]))]
+    apps = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%%/worker-%%'").fetchone()
+    assert apps == (0,), "the helper connection is closed when the sweep returns"

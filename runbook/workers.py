@@ -1,0 +1,112 @@
+"""Writing connections: a sweep writes up to ``workers`` batches at once, one per connection.
+
+Why: a single backend updating rows is bound by one CPU core (building the new row
+versions, six index entries each and their WAL), while the server has more. Two
+batches in flight, each its own short transaction on its own connection, drained the
+300K-row benchmark in about 0.8x the time of one unbounded UPDATE instead of 1.15x
+(bench/RESULTS.md). The batches of one round are disjoint, consecutive slices of the
+candidates, oldest first, and the round ends when every one of them has committed or
+rolled back; nothing is handed out past a stop.
+
+The first batch of a round runs on the caller's connection, in the caller's thread (so a
+sweep with one worker is exactly a plain loop); the others run on helper connections,
+opened on first use with the caller's connection parameters (credentials included, never
+shown) and closed at the end. A KeyboardInterrupt in the caller (a second Ctrl-C) cancels
+the statements still running on helpers, waits for them to roll back and re-raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Generic, TypeVar
+
+import psycopg
+from psycopg import conninfo
+
+from .session import Conn
+
+__all__ = ["Workers"]
+
+T = TypeVar("T")
+Job = Callable[[Conn], T]
+
+
+class Workers(Generic[T]):
+    """Runs rounds of jobs, job ``i`` on connection ``i`` (0: the caller's); a context
+    manager that closes the helpers on exit."""
+
+    def __init__(self, conn: Conn, count: int) -> None:
+        self.conn = conn
+        self.count = count
+        self.aborted = False  # set when a round was interrupted: jobs must not retry
+        self._helpers: list[Conn] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def capacity(self) -> int:
+        """How many jobs the next round may have. Opens the helper connections on first
+        call; when the server refuses one (max_connections, a pooler's limit), the sweep
+        goes on with the connections it has, and says so."""
+        if len(self._helpers) + 1 < self.count:
+            params = {o.keyword.decode(): o.val.decode() for o in self.conn.pgconn.info if o.val is not None}
+            app = params.get("application_name") or "litellm-runbook"
+            while len(self._helpers) + 1 < self.count:
+                params["application_name"] = f"{app}/worker-{len(self._helpers) + 2}"
+                try:
+                    self._helpers.append(psycopg.connect(conninfo.make_conninfo(**params), autocommit=True))
+                except psycopg.OperationalError as exc:
+                    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    print(f"could not open writing connection {len(self._helpers) + 2} ({first_line}): "
+                          f"writing {len(self._helpers) + 1} batch(es) at a time", flush=True)
+                    self.count = len(self._helpers) + 1
+            if self._helpers and self._pool is None:
+                self._pool = ThreadPoolExecutor(len(self._helpers), thread_name_prefix="runbook-worker")
+        return self.count
+
+    def run(self, jobs: list[Job[T]]) -> list[T | Exception]:
+        """Run the jobs at once (at most ``capacity()``) and return each one's result or
+        the exception it raised, in order."""
+        if not 1 <= len(jobs) <= len(self._helpers) + 1:
+            raise ValueError(f"{len(jobs)} jobs for {len(self._helpers) + 1} connections: call capacity() first")
+        pool = self._pool
+        futures: list[Future[T]] = [pool.submit(job, c) for job, c in zip(jobs[1:], self._helpers)] if pool else []
+        try:
+            try:
+                first: T | Exception = jobs[0](self.conn)
+            except Exception as exc:
+                first = exc
+            wait(futures)
+        except BaseException:
+            self.aborted = True
+            for helper in self._helpers:
+                helper.cancel_safe()
+            wait(futures)
+            raise
+        out: list[T | Exception] = [first]
+        for future in futures:
+            error = future.exception()
+            if error is None:
+                out.append(future.result())
+            elif isinstance(error, Exception):
+                out.append(error)
+            else:
+                raise error
+        return out
+
+    def broken(self) -> bool:
+        """Whether any writing connection was lost."""
+        return any(c.broken or c.closed for c in [self.conn, *self._helpers])
+
+    def __enter__(self) -> Workers[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the helper connections (the caller's stays open)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for helper in self._helpers:
+            helper.close()
+        self._helpers.clear()
