@@ -26,7 +26,8 @@ What it does, in order:
 
 Variants: ``floor`` (one unbounded UPDATE with the production predicate), ``peer``
 (LiteLLM's production statement, verbatim, looped with LIMIT until it updates 0 rows),
-``sweepN`` (``runbook.sweep`` at batch size N), ``inspect`` (``runbook.inspect`` timed,
+``sweepN`` (``runbook.sweep`` at batch size N; ``-wK``: with K workers, ``-fixed``: no WAL
+budget, ``-tM``: target_batch_ms M), ``inspect`` (``runbook.inspect`` timed,
 read-only, on the base copy) and ``explain`` (not in the default list: the sweep at
 ``--explain-batch-size`` with every statement, BEGIN and COMMIT timed by kind, and EXPLAIN
 (ANALYZE, BUFFERS, WAL) of batches 1, 2 and the one at 90%, each rolled back before the real one).
@@ -608,9 +609,10 @@ def call_sweep(conn: Conn, opts: runbook.Options, run_id: str) -> runbook.SweepR
         return sweep(conn, runbook.Target(), opts)
 
 
-def sweep_options(batch_size: int, target_batch_ms: int = 0, fixed: bool = False) -> runbook.Options:
+def sweep_options(batch_size: int, target_batch_ms: int = 0, fixed: bool = False, workers: int = 0) -> runbook.Options:
     """A live sweep with no run-time bound: every candidate in one run. ``fixed``: every
-    batch ``batch_size`` rows whatever WAL it writes (no WAL budget)."""
+    batch ``batch_size`` rows whatever WAL it writes (no WAL budget); ``workers``: 0 keeps
+    the default."""
     unbounded: dict[str, Any] = {"max_batches": 1_000_000, "max_seconds": 7 * 86400}
     if "max_rows" in inspect.signature(runbook.options).parameters:
         unbounded["max_rows"] = 10**9
@@ -618,14 +620,20 @@ def sweep_options(batch_size: int, target_batch_ms: int = 0, fixed: bool = False
         unbounded["target_batch_ms"] = target_batch_ms
     if fixed:
         unbounded["max_batch_wal_bytes"] = 2**50
+    if workers:
+        unbounded["workers"] = workers
     return runbook.options(batch_size=batch_size, dry_run=False, **unbounded)
 
 
 def run_sweep(conn: Conn, m: Measurement, batch_size: int) -> None:
-    # sweepN-tM: time-adaptive sizing with target_batch_ms=M; sweepN-fixed: no WAL budget
-    fixed = m.name.endswith("-fixed")
-    target = int(m.name.removesuffix("-fixed").partition("-t")[2] or 0)
-    result = call_sweep(conn, sweep_options(batch_size, target, fixed), f"bench-{m.name}-{uuid.uuid4().hex[:8]}")
+    # sweepN-tM: time-adaptive sizing with target_batch_ms=M; sweepN-fixed: no WAL budget;
+    # sweepN-wK: K workers (batches written at once)
+    suffixes = dict(re.findall(r"-([a-z]+)([0-9]*)", m.name))
+    fixed = "fixed" in suffixes
+    target = int(suffixes.get("t") or 0)
+    result = call_sweep(
+        conn, sweep_options(batch_size, target, fixed, int(suffixes.get("w") or 0)), f"bench-{m.name}-{uuid.uuid4().hex[:8]}"
+    )
     if result.stop_reason != "done":
         raise CheckFailed(f"{m.name}: sweep stopped with {result.stop_reason!r}, not 'done'")
     record_sweep(m, result.to_dict(), result.seconds)
@@ -641,7 +649,9 @@ def record_sweep(m: Measurement, result: dict[str, Any], wall: float) -> None:
     m.batch_rows = [b["selected"] for b in batches if b["changed"]]
     m.committed_at = [str(b["committed_at"]) for b in batches if b["changed"]]
     m.statements = len(batches)
-    m.outside_batches = wall - sum(b["seconds"] for b in batches)
+    # With several workers batches overlap, so their times add up to more than the wall:
+    # then only the time outside any batch is unknown, and is reported as 0.
+    m.outside_batches = max(0.0, wall - sum(b["seconds"] for b in batches))
 
 
 def run_notebook(conn: Conn, m: Measurement, batch_size: int) -> None:
@@ -1095,7 +1105,7 @@ def build(server: EmbeddedServer, rows: int, wanted: int, seed: int) -> Built:
     return Built(plan, expected_after(before), candidates, load_s, table_sizes)
 
 
-VARIANTS = ("floor", "peer", "sweep1000", "sweep10000", "notebook1000", "inspect")
+VARIANTS = ("floor", "peer", "sweep1000", "sweep1000-w1", "sweep10000", "notebook1000", "inspect")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1114,7 +1124,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.rows < 100 or not 1 <= args.candidates < args.rows:
         p.error("need --rows >= 100 and 1 <= --candidates < --rows")
     for v in args.variants.split(","):
-        if v not in VARIANTS and v != "explain" and not re.fullmatch(r"(sweep[1-9][0-9]*(-t[1-9][0-9]*)?(-fixed)?|notebook[1-9][0-9]*)", v):
+        if v not in VARIANTS and v != "explain" and not re.fullmatch(r"(sweep[1-9][0-9]*(-t[1-9][0-9]*)?(-w[1-4])?(-fixed)?|notebook[1-9][0-9]*)", v):
             p.error(f"unknown variant {v!r}")
     return args
 
@@ -1155,7 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     elif name.startswith("notebook"):
                         runner, batch = run_notebook, int(name.removeprefix("notebook"))
                     else:
-                        runner, batch = run_sweep, int(name.removeprefix("sweep").removesuffix("-fixed").partition("-t")[0])
+                        runner, batch = run_sweep, int(name.removeprefix("sweep").partition("-")[0])
                     try:
                         results.append(measure(admin, server, name, runner, batch, expected, candidates, plan.cutoff))
                     except CheckFailed as exc:
