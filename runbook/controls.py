@@ -117,7 +117,7 @@ class SweepPanel:
             "execute-button",
         )  # fmt: skip
         self.stop_button = named(
-            widgets.Button(description="Stop", icon="stop", disabled=True, tooltip="Stop after the batch in flight"),
+            widgets.Button(description="Stop", icon="stop", disabled=True, tooltip="Stop after the batches in flight"),
             "stop-button",
         )
         self.progress_box = named(widgets.VBox([]), "progress-box")
@@ -279,7 +279,7 @@ class SweepPanel:
             self.running = True
             self._stop.clear()
         self._refresh()
-        self._say("Sweeping… press Stop to stop after the batch in flight.", "info")
+        self._say("Sweeping… press Stop to stop after the batches in flight.", "info")
         self.result_html.value = ""
         self.chart.layout.display = "none"
         bar = ProgressBar()
@@ -293,7 +293,7 @@ class SweepPanel:
             return
         self._stop.set()
         self._refresh()
-        self._say("Stopping after the batch in flight…", "info")
+        self._say("Stopping after the batches in flight…", "info")
 
     def _sweep(self, shown: _Shown, bar: ProgressBar) -> None:
         # The preview's own cutoff (from the server clock, already in the past), not a fresh

@@ -88,7 +88,7 @@ def interrupt_guard() -> Iterator[Callable[[], bool]]:
         if flag["hit"]:
             raise KeyboardInterrupt
         flag["hit"] = True
-        print("interrupt: stopping after the batch in flight (interrupt again to abort it)", flush=True)
+        print("interrupt: stopping after the batches in flight (interrupt again to abort them)", flush=True)
 
     signal.signal(signal.SIGINT, handler)
     try:
@@ -99,7 +99,7 @@ def interrupt_guard() -> Iterator[Callable[[], bool]]:
 
 @dataclass
 class Stopper:
-    """Decides, between batches, whether to stop and why."""
+    """Decides, between batches (rounds of batches, with several workers), whether to stop and why."""
 
     opts: Options
     started: float

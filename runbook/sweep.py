@@ -16,9 +16,13 @@ Before the first write: the server must be writable, the role must hold UPDATE, 
 ledger must be writable, the target's advisory lock must be free, the candidates must
 not exceed ``max_rows`` and, if given, the first batch must match ``expect_fingerprint``.
 
-Stops only between batches: ``max_batches``, ``max_seconds``, the stop file appearing, a
-kernel interrupt (the first SIGINT lets the batch in flight commit; a second one aborts
-it, rolled back), or ``should_stop()``. A batch that hits lock_timeout or
+Writes ``workers`` batches at once (``runbook.workers``): a round takes that many
+consecutive slices of the snapshot, oldest first, one per connection, and ends when all
+have committed or rolled back. The next round is sized from what the last one measured.
+
+Stops only between rounds: ``max_batches``, ``max_seconds``, the stop file appearing, a
+kernel interrupt (the first SIGINT lets the batches in flight commit; a second one aborts
+them, rolled back), or ``should_stop()``. A batch that hits lock_timeout or
 statement_timeout rolls back and is retried smaller after a pause, ``max_retries`` times.
 """
 

@@ -49,6 +49,11 @@ class Workers(Generic[T]):
         goes on with the connections it has, and says so."""
         if len(self._helpers) + 1 < self.count:
             params = {o.keyword.decode(): o.val.decode() for o in self.conn.pgconn.info if o.val is not None}
+            # The server this connection reached, not the list it was chosen from
+            # ("host=a,b" could lead a helper to another server, a standby say).
+            params.update(host=self.conn.info.host, port=str(self.conn.info.port))
+            if self.conn.info.hostaddr:
+                params["hostaddr"] = self.conn.info.hostaddr
             app = params.get("application_name") or "litellm-runbook"
             while len(self._helpers) + 1 < self.count:
                 params["application_name"] = f"{app}/worker-{len(self._helpers) + 2}"
