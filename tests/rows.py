@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -95,3 +96,16 @@ def standard_mix(conn: Conn) -> dict[str, str]:
     for terminal in ("completed", "complete", "failed", "expired", "cancelled", "stale_expired"):
         rows[f"{terminal}_old"] = insert(conn, status=terminal, age_days=15)
     return rows
+
+
+def sessions_left(conn: Conn, condition: str, wait_s: float = 5.0) -> int:
+    """Other sessions of this database matching ``condition`` (SQL, a literal: tests only),
+    waiting up to ``wait_s`` for them to go: a closed connection's backend takes a moment to exit."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND "
+        + condition
+    )
+    deadline = time.monotonic() + wait_s
+    while (left := int(conn.execute(query).fetchone()[0])) and time.monotonic() < deadline:  # type: ignore[index,call-overload]
+        time.sleep(0.05)
+    return left

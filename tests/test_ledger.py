@@ -26,7 +26,7 @@ from runbook.errors import (
 from runbook.execute import execute
 from runbook.locking import target_lock
 from runbook.undo import undo
-from tests.rows import insert, state, statuses
+from tests.rows import insert, sessions_left, state, statuses
 
 LIVE = {"dry_run": False}
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,10 +180,8 @@ def test_second_interrupt_aborts_the_round_in_flight_and_rolls_it_back(
     assert result.stop_reason == "interrupted" and result.changed == 0 and result.batches == []
     assert state(conn) == before, "every batch in flight rolled back"
     assert conn.execute("SELECT count(*) FROM litellm_runbook.batches WHERE run_id = 'abort'").fetchone() == (0,)
-    idle = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%%worker%%' OR (state = 'active' AND pid <> pg_backend_pid() AND backend_type = 'client backend')"
-    ).fetchone()
-    assert idle == (0,), "no statement of the sweep is left running, and its helper connection is closed"
+    left = sessions_left(conn, "(application_name LIKE '%%/worker-%%' OR state = 'active')")
+    assert left == 0, "no statement of the sweep is left running, and its helper connection is closed"
 
 
 def test_undo_restores_exactly_the_runs_rows_and_leaves_changed_ones(conn: psycopg.Connection) -> None:

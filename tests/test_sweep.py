@@ -9,7 +9,7 @@ import pytest
 
 from runbook import Target, options, preview, sweep
 from runbook.errors import ReadOnlyError, SweepInProgressError
-from tests.rows import insert, production_candidates, standard_mix, state, statuses
+from tests.rows import insert, production_candidates, sessions_left, standard_mix, state, statuses
 
 LIVE = {"dry_run": False}
 
@@ -241,5 +241,4 @@ def test_two_workers_write_whole_rounds_oldest_first_within_max_batches(conn: ps
     assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(ids[:6])
     ledger = conn.execute("SELECT batch, array_agg(object_id ORDER BY object_id) FROM litellm_runbook.changes WHERE run_id = 'rounds' GROUP BY batch ORDER BY batch")
     assert [(b, set(objs)) for b, objs in ledger] == [(1, set(ids[0:2])), (2, set(ids[2:4])), (3, set(ids[4:6]))]
-    apps = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%%/worker-%%'").fetchone()
-    assert apps == (0,), "the helper connection is closed when the sweep returns"
+    assert sessions_left(conn, "application_name LIKE '%%/worker-%%'") == 0, "the helper connection is closed when the sweep returns"
