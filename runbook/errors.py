@@ -84,7 +84,7 @@ class UnknownRunError(RunbookError):
 
 
 class ConnectionLostError(RunbookError):
-    """The connection broke during a run; the batch in flight rolled back, earlier ones stand."""
+    """The connection broke during a run; the batch on it rolled back, committed ones stand."""
 
 
 class EmbeddedServerError(RunbookError):

@@ -191,11 +191,13 @@ def undo_next() -> sql.Composed:
     """The next %(batch_size)s changes of run %(of_run)s to undo, newest batch first, after
     the keyset (%(after_batch)s, %(after_object)s) (start: a batch above every real one).
 
-    Newest first, so an object the run changed twice is restored to what it was before
-    its latest change; its older change then finds the status already restored and is
-    left alone. Objects an earlier undo of that run (not %(run_id)s, this one) already
-    restored are left out. Walks the ledger's primary key (run_id, batch, object_id)
-    backwards.
+    Newest first, so that an object the run changed twice is restored to what it was
+    before its latest change (the caller keeps an object's first row in a batch; a later
+    batch finds the status already restored and leaves it alone). Objects an earlier undo
+    of that run already restored are left out: another run, or this one (%(run_id)s) in an
+    earlier invocation (batches below %(first_batch)s). Walks the ledger's primary key
+    (run_id, batch, object_id) backwards; the exclusion is a hash anti-join over the earlier
+    undos' rows, empty for a first undo.
     """
     changes = sql.Identifier(LEDGER_SCHEMA, "changes")
     runs = sql.Identifier(LEDGER_SCHEMA, "runs")
@@ -203,7 +205,8 @@ def undo_next() -> sql.Composed:
         "SELECT c.object_id, c.previous_status, c.new_status, c.batch FROM {changes} AS c "
         "WHERE c.run_id = %(of_run)s AND (c.batch, c.object_id) < (%(after_batch)s, %(after_object)s) AND NOT EXISTS ("
         "SELECT 1 FROM {changes} AS d JOIN {runs} AS r ON r.run_id = d.run_id "
-        "WHERE r.undoes_run_id = %(of_run)s AND r.run_id <> %(run_id)s AND d.object_id = c.object_id) "
+        "WHERE r.undoes_run_id = %(of_run)s AND (r.run_id <> %(run_id)s OR d.batch < %(first_batch)s) "
+        "AND d.object_id = c.object_id) "
         "ORDER BY c.batch DESC, c.object_id DESC LIMIT %(batch_size)s"
     ).format(changes=changes, runs=runs)
 

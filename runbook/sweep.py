@@ -29,6 +29,7 @@ statement_timeout rolls back and is retried smaller after a pause, ``max_retries
 from __future__ import annotations
 
 import math
+import threading
 import time
 from functools import partial
 from collections.abc import Callable
@@ -104,7 +105,9 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
 
     Never above ``batch_size``, never below 50 rows (or ``batch_size`` when smaller).
 
-    WAL: when a batch wrote more than ``wal_budget`` bytes (the server's ``wal_buffers``
+    WAL: ``wal_bytes`` is what the server wrote during the batch, every session's, so
+    with two workers it includes the round partner's and the pair together is sized to
+    the budget (about half the rows each). When a batch wrote more than ``wal_budget`` bytes (the server's ``wal_buffers``
     by default), the next one takes as many rows as fit in the budget at the last batch's
     WAL per row; it grows back by 5% a batch. Why: a transaction that writes more WAL
     than the WAL buffers hold makes its own backend write and fsync WAL segments
@@ -150,8 +153,9 @@ def sweep(
     Raises, before any write: TargetNotFoundError, ReadOnlyError, LedgerUnavailableError,
     SweepInProgressError, TooManyCandidatesError, PreviewMismatchError. A batch that fails
     otherwise raises its psycopg error (ConnectionLostError when the server went away);
-    that batch rolled back, earlier ones stay committed with their ledger, and the run's
-    ledger row records the failure when the connection still works.
+    that batch rolled back; every batch that committed (earlier ones, and its round
+    partner when that one succeeded) stays, with its ledger and in the result, and the
+    run's ledger row records the failure when the connection still works.
     """
     started = time.monotonic()
     check_target(conn, target)
@@ -207,7 +211,7 @@ def sweep(
             failure = exc
             if isinstance(exc, _BatchFailed):
                 failure, lost = exc.error, exc.number if exc.connection_lost else None
-            result.stop_reason = result.stop_reason or ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             result.stop_detail = f"{type(exc).__name__}: {exc}"
         result.seconds = round(time.monotonic() - started, 4)
         publish(result.stop_reason, True)
@@ -220,7 +224,7 @@ def sweep(
         first_line = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
         raise ConnectionLostError(
             f"the connection to the database was lost during batch {lost} of run {rid} ({first_line}): that "
-            f"batch rolled back; the {len(result.batches)} batch(es) before it are committed with their ledger. "
+            f"batch rolled back; the {len(result.batches)} other batch(es) committed so far stand with their ledger. "
             f"Run again with run_id={rid} to finish."
         ) from failure
     raise failure
@@ -239,18 +243,24 @@ def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any])
     return count
 
 
+class _Aborted(Exception):
+    """The round was interrupted before this batch's statement started: nothing written."""
+
+
 def _with_retries(
-    work: Callable[[int], T], opts: Options, result: SweepResult, what: str, aborted: Callable[[], bool] = lambda: False
+    work: Callable[[int], T], opts: Options, result: SweepResult, what: str, abort: threading.Event | None = None
 ) -> T | None:
     """``work(attempt)``; after a lock or statement timeout (rolled back) retry after a
     growing pause, ``max_retries`` times. None: gave up, with the reason in ``result``.
-    A statement cancelled because the round was aborted (``aborted()``) is not retried."""
+    Once ``abort`` is set nothing is started or retried: _Aborted, or the cancel's error."""
     attempt = 0
     while True:
+        if abort is not None and abort.is_set():
+            raise _Aborted()
         try:
             return work(attempt)
         except _RETRYABLE as exc:
-            if aborted():
+            if abort is not None and abort.is_set():
                 raise
             attempt += 1
             note = f"{what} try {attempt}: {type(exc).__name__}: {exc.diag.message_primary}"
@@ -259,7 +269,11 @@ def _with_retries(
                 result.stop_reason, result.stop_detail = "gave_up", note
                 return None
             print(f"{note}; retrying", flush=True)
-            time.sleep(min(0.25 * 2**attempt, 5.0))
+            pause = min(0.25 * 2**attempt, 5.0)
+            if abort is not None:
+                abort.wait(pause)  # an abort cuts the pause short
+            else:
+                time.sleep(pause)
 
 
 def _wait_until_healthy(
@@ -288,17 +302,31 @@ def _next_keys(conn: Conn, after: tuple[Any, str], size: int) -> list[tuple[Any,
 
 
 def _write_batch(
-    conn: Conn, target: Target, opts: Options, params: dict[str, Any], keys: list[tuple[Any, Any]], batch: int, run_id: str
-) -> tuple[int, int]:
+    conn: Conn, target: Target, opts: Options, params: dict[str, Any], keys: list[tuple[Any, Any]], batch: int, run_id: str,
+    abort: threading.Event,
+) -> tuple[int, int]:  # fmt: skip
     """One batch in its own transaction: the rows of ``keys`` updated and ledgered.
-    Returns (rows changed, WAL bytes the server wrote meanwhile)."""
+    Returns (rows changed, WAL bytes the server wrote meanwhile, every session's).
+    Raises _Aborted, writing nothing, when ``abort`` is set before its UPDATE starts."""
     with conn.transaction():
         wal_start = set_batch_settings(conn, opts)
+        if abort.is_set():
+            raise _Aborted()
         row = conn.execute(
             statements.batch_update(target), {**params, "ids": [str(k[1]) for k in keys], "run_id": run_id, "batch": batch}
         ).fetchone()
         wal = conn.execute(statements.wal_since(), {"since": wal_start}).fetchone()
     return int(row[0]) if row else 0, int(wal[0] or 0) if wal else 0
+
+
+def _keep(result: SweepResult, outcomes: dict[int, Any]) -> list[tuple[BatchResult, list[tuple[Any, Any]]]]:
+    """Add the committed batches among a round's ``outcomes`` (by job index) to ``result``,
+    in order, before anything else can happen; return them."""
+    kept = [outcomes[i] for i in sorted(outcomes) if isinstance(outcomes[i], tuple)]
+    for batch, _ in kept:
+        result.batches.append(batch)
+        result.changed += batch.changed
+    return kept
 
 
 class _BatchFailed(Exception):
@@ -364,40 +392,36 @@ def _run_passes(
                 def attempt(n: int) -> tuple[list[tuple[Any, Any]], int, int]:
                     tries.append(n)  # a retry after a timeout takes half the rows each time
                     used = keys[: max(1, len(keys) >> n)]
-                    return (used, *_write_batch(c, target, opts, params, used, number, run_id))
+                    return (used, *_write_batch(c, target, opts, params, used, number, run_id, pool.abort))
 
-                done = _with_retries(attempt, opts, result, f"batch {number}", lambda: pool.aborted)
+                done = _with_retries(attempt, opts, result, f"batch {number}", pool.abort)
                 if done is None:
                     return None
                 used, changed, wal = done
                 seconds = round(time.monotonic() - t0, 4)
                 return BatchResult(number, len(used), changed, seconds, utc_now(), tries[-1], wal), used
 
-            outcomes = pool.run([partial(job, number=n, keys=k) for n, k in chunks])
+            try:
+                outcomes = pool.run([partial(job, number=n, keys=k) for n, k in chunks])
+            except BaseException:
+                _keep(result, pool.finished)  # batches that committed before the abort reached them
+                raise
             next_batch += len(chunks)
-            sizes: list[int] = []
-            last_used: list[tuple[Any, Any]] = []
-            failed: _BatchFailed | None = None
-            for (number, _), outcome in zip(chunks, outcomes):
+            kept = _keep(result, dict(enumerate(outcomes)))
+            changed_this_pass += sum(batch.changed for batch, _ in kept)
+            if on_batch is not None:
+                for batch, _ in kept:
+                    on_batch(result, batch)
+            for i, outcome in enumerate(outcomes):
                 if isinstance(outcome, Exception):
-                    lost_connection = isinstance(outcome, psycopg.OperationalError) and pool.broken()
-                    failed = failed or _BatchFailed(number, outcome, lost_connection)
-                elif outcome is not None:
-                    batch, last_used = outcome
-                    result.batches.append(batch)
-                    result.changed += batch.changed
-                    changed_this_pass += batch.changed
-                    sizes.append(next_batch_size(opts, planned, batch.selected, batch.seconds, batch.wal_bytes, wal_budget))
-                    if on_batch is not None:
-                        on_batch(result, batch)
-            if failed is not None:
-                raise failed
-            if result.stop_reason == "gave_up":
+                    raise _BatchFailed(chunks[i][0], outcome, pool.lost(i))
+            last = outcomes[-1]
+            if result.stop_reason == "gave_up" or not isinstance(last, tuple):
                 return
             # The last slice may have been retried smaller: go on right after what it took.
             # (A smaller retry of an earlier slice leaves the rest of it to the next pass.)
-            after = (last_used[-1][0], str(last_used[-1][1]))
-            planned = min(sizes)
+            after = (last[1][-1][0], str(last[1][-1][1]))
+            planned = min(next_batch_size(opts, planned, b.selected, b.seconds, b.wal_bytes, wal_budget) for b, _ in kept)
             publish("running", False)
             if opts.pause_s:
                 time.sleep(opts.pause_s)

@@ -106,15 +106,20 @@ def undo(
                     set_batch_settings(conn, opts)
                     todo = conn.execute(
                         statements.undo_next(),
-                        {"of_run": of_run_id, "run_id": rid, "after_batch": after[0], "after_object": after[1], "batch_size": opts.batch_size},
+                        {
+                            "of_run": of_run_id, "run_id": rid, "first_batch": run.first_batch,
+                            "after_batch": after[0], "after_object": after[1], "batch_size": opts.batch_size,
+                        },  # fmt: skip
                     ).fetchall()
                     if not todo:
                         reason = "done"
                         break
+                    # An object changed twice by the run: only its newest change (first here).
+                    newest = list({r[0]: r for r in reversed(todo)}.values())
                     row = conn.execute(
                         statements.undo_update(target),
                         {
-                            "ids": [r[0] for r in todo], "previous": [r[1] for r in todo],
+                            "ids": [r[0] for r in newest], "previous": [r[1] for r in newest],
                             "swept_status": todo[0][2], "run_id": rid, "batch": next_batch,
                         },
                     ).fetchone()  # fmt: skip

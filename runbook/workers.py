@@ -11,12 +11,14 @@ rolled back; nothing is handed out past a stop.
 The first batch of a round runs on the caller's connection, in the caller's thread (so a
 sweep with one worker is exactly a plain loop); the others run on helper connections,
 opened on first use with the caller's connection parameters (credentials included, never
-shown) and closed at the end. A KeyboardInterrupt in the caller (a second Ctrl-C) cancels
-the statements still running on helpers, waits for them to roll back and re-raises.
+shown) and closed at the end. A KeyboardInterrupt in the caller (a second Ctrl-C) sets
+``abort`` (jobs check it before each statement and never retry after it), cancels the
+statements still running on helpers, waits for every job to end and re-raises.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Generic, TypeVar
@@ -39,7 +41,8 @@ class Workers(Generic[T]):
     def __init__(self, conn: Conn, count: int) -> None:
         self.conn = conn
         self.count = count
-        self.aborted = False  # set when a round was interrupted: jobs must not retry
+        self.abort = threading.Event()  # set when a round is interrupted: jobs must stop, not retry
+        self.finished: dict[int, T | Exception] = {}  # the last round's outcomes by job index
         self._helpers: list[Conn] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -70,37 +73,53 @@ class Workers(Generic[T]):
 
     def run(self, jobs: list[Job[T]]) -> list[T | Exception]:
         """Run the jobs at once (at most ``capacity()``) and return each one's result or
-        the exception it raised, in order."""
+        the exception it raised, in order.
+
+        Interrupted (a KeyboardInterrupt in this thread): sets ``abort``, cancels the
+        statements running on helpers, waits for every job to end and re-raises; the
+        outcomes of the jobs that did finish are then in ``finished`` (a job that committed
+        before the cancel reached it must still be recorded)."""
         if not 1 <= len(jobs) <= len(self._helpers) + 1:
             raise ValueError(f"{len(jobs)} jobs for {len(self._helpers) + 1} connections: call capacity() first")
-        pool = self._pool
-        futures: list[Future[T]] = [pool.submit(job, c) for job, c in zip(jobs[1:], self._helpers)] if pool else []
+        self.finished = {}
+        futures: list[Future[T]] = []
         try:
+            if self._pool is not None:
+                futures = [self._pool.submit(job, c) for job, c in zip(jobs[1:], self._helpers)]
             try:
-                first: T | Exception = jobs[0](self.conn)
+                self.finished[0] = jobs[0](self.conn)
             except Exception as exc:
-                first = exc
+                self.finished[0] = exc
             wait(futures)
         except BaseException:
-            self.aborted = True
+            self.abort.set()
             for helper in self._helpers:
-                helper.cancel_safe()
+                try:
+                    helper.cancel_safe()
+                except Exception:  # a refused cancel must not keep the others running
+                    pass
             wait(futures)
+            self._collect(futures)
             raise
-        out: list[T | Exception] = [first]
-        for future in futures:
+        self._collect(futures)
+        return [self.finished[i] for i in range(len(jobs))]
+
+    def _collect(self, futures: list[Future[T]]) -> None:
+        for i, future in enumerate(futures, start=1):
+            if not future.done():
+                continue
             error = future.exception()
             if error is None:
-                out.append(future.result())
+                self.finished[i] = future.result()
             elif isinstance(error, Exception):
-                out.append(error)
+                self.finished[i] = error
             else:
                 raise error
-        return out
 
-    def broken(self) -> bool:
-        """Whether any writing connection was lost."""
-        return any(c.broken or c.closed for c in [self.conn, *self._helpers])
+    def lost(self, job: int) -> bool:
+        """Whether the connection job ``job`` of the last round ran on was lost."""
+        c = self.conn if job == 0 else self._helpers[job - 1]
+        return c.broken or c.closed
 
     def __enter__(self) -> Workers[T]:
         return self

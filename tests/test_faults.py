@@ -79,7 +79,7 @@ def test_server_restart_mid_sweep_names_the_batch_and_a_rerun_finishes(
         with pytest.raises(ConnectionLostError) as err:
             sweep(worker, Target(), options(batch_size=3, **LIVE), run_id="restarted", on_batch=restart_after_second)
     assert "lost during batch 3 of run restarted" in str(err.value)
-    assert "the 2 batch(es) before it are committed with their ledger" in str(err.value)
+    assert "the 2 other batch(es) committed so far stand with their ledger" in str(err.value)
     with psycopg.connect(dsn, autocommit=True) as fresh:
         assert len(assert_consistent(fresh, before, cands)) == 6
         result = sweep(fresh, Target(), options(batch_size=3, **LIVE), run_id="restarted")

@@ -208,7 +208,10 @@ def test_undo_restores_exactly_the_runs_rows_and_leaves_changed_ones(conn: psyco
     assert state(conn) == after
 
 
-def test_undo_resumed_restores_newest_batches_first_and_skips_what_an_earlier_undo_restored(conn: psycopg.Connection) -> None:
+@pytest.mark.parametrize("second_id", ["undo-a2", "undo-a1"])  # a new undo run, or the same one continued
+def test_undo_resumed_restores_newest_batches_first_and_skips_what_an_earlier_undo_restored(
+    conn: psycopg.Connection, second_id: str
+) -> None:
     ids = [insert(conn, status="queued", age_days=20 - i) for i in range(6)]  # ids[0] oldest
     sweep(conn, Target(), options(batch_size=2, **LIVE), run_id="sweep-a")  # batches 1-3, two rows each
     first = undo(conn, Target(), options(batch_size=2, max_batches=1, **LIVE), of_run_id="sweep-a", run_id="undo-a1")
@@ -216,9 +219,42 @@ def test_undo_resumed_restores_newest_batches_first_and_skips_what_an_earlier_un
     assert statuses(conn) == {**{k: "stale_expired" for k in ids[:4]}, **{k: "queued" for k in ids[4:]}}, "newest batch first"
     # The two restored rows are swept again by another run; undoing sweep-a again must not touch them.
     sweep(conn, Target(), options(batch_size=2, **LIVE), run_id="sweep-b")
-    second = undo(conn, Target(), options(batch_size=3, **LIVE), of_run_id="sweep-a", run_id="undo-a2")
+    second = undo(conn, Target(), options(batch_size=3, **LIVE), of_run_id="sweep-a", run_id=second_id)
     assert (second.restored, second.left_alone, second.already_undone, second.stop_reason) == (4, 0, 2, "done")
     assert statuses(conn) == {**{k: "queued" for k in ids[:4]}, **{k: "stale_expired" for k in ids[4:]}}
+
+
+def test_interrupted_round_keeps_the_batch_that_committed_and_rolls_back_the_other(
+    conn: psycopg.Connection, interactive_sigint: None
+) -> None:
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(4)]  # ids[0] oldest
+    # Only the second slice (ids[2:], on the helper connection) is slow.
+    conn.execute(
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.id = '{ids[3]}' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$"
+    )
+    conn.execute('CREATE TRIGGER slow_row BEFORE UPDATE ON "LiteLLM_ManagedObjectTable" FOR EACH ROW EXECUTE FUNCTION slow_row()')
+    timers = [threading.Timer(t, os.kill, [os.getpid(), signal.SIGINT]) for t in (0.6, 0.9)]
+    for timer in timers:
+        timer.start()
+    result = sweep(conn, Target(), options(batch_size=2, workers=2, **LIVE), run_id="half")
+    for timer in timers:
+        timer.join()
+    assert result.stop_reason == "interrupted"
+    assert [(b.number, b.changed) for b in result.batches] == [(1, 2)] and result.changed == 2
+    assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(ids[:2])
+    assert conn.execute("SELECT rows_changed FROM litellm_runbook.runs WHERE run_id = 'half'").fetchone() == (2,)
+
+
+def test_undo_restores_an_object_changed_twice_by_the_run_to_before_its_latest_change(conn: psycopg.Connection) -> None:
+    key = insert(conn, status="queued", age_days=10)
+    sweep(conn, Target(), options(**LIVE), run_id="twice")
+    conn.execute('UPDATE "LiteLLM_ManagedObjectTable" SET status = %s WHERE id = %s', ["in_progress", key])
+    sweep(conn, Target(), options(**LIVE), run_id="twice")  # same run continued: a second change of the object
+    assert conn.execute("SELECT count(*) FROM litellm_runbook.changes WHERE run_id = 'twice'").fetchone() == (2,)
+    done = undo(conn, Target(), options(**LIVE), of_run_id="twice")
+    assert (done.restored, done.left_alone) == (1, 1)
+    assert statuses(conn)[key] == "in_progress"
 
 
 def test_undo_of_an_unknown_run_is_refused(conn: psycopg.Connection) -> None:
