@@ -105,11 +105,11 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
 
     Never above ``batch_size``, never below 50 rows (or ``batch_size`` when smaller).
 
-    WAL: ``wal_bytes`` is what the server wrote during the batch, every session's, so
-    with two workers it includes the round partner's and the pair together is sized to
-    the budget (about half the rows each). When a batch wrote more than ``wal_budget`` bytes (the server's ``wal_buffers``
+    WAL: when a batch wrote more than ``wal_budget`` bytes (the server's ``wal_buffers``
     by default), the next one takes as many rows as fit in the budget at the last batch's
-    WAL per row; it grows back by 5% a batch. Why: a transaction that writes more WAL
+    WAL per row; it grows back by 5% a batch. ``wal_bytes`` counts every session's WAL
+    during the batch, so with two workers it includes the round partner's, and the pair
+    together is sized to the budget (about half the rows each). Why: a transaction that writes more WAL
     than the WAL buffers hold makes its own backend write and fsync WAL segments
     mid-statement, and those waits are the slowest batches (measured: bench/RESULTS.md).
     Rows cost most WAL right after a checkpoint (a full-page image per first-touched
