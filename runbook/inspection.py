@@ -171,7 +171,7 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         warnings.append(
             f"Sweeping {candidates:,} rows writes about {estimated_wal / 2**30:.1f}-{estimated_wal * 1.8 / 2**30:.1f} GiB "
             f"of WAL, more than max_wal_size ({max_wal / 2**30:.1f} GiB): checkpoints will run during the sweep, "
-            "rows right after each write more WAL (the sweep shrinks its batches to stay within wal_buffers), "
+            "rows right after each write more WAL (the sweep shrinks its batches to stay within a share of wal_buffers), "
             "and standbys may lag (the sweep pauses). "
             "Consider wal_compression = on, or spreading the work over several runs with max_batches."
         )

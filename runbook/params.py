@@ -130,7 +130,7 @@ class Options:
     pause_during_vacuum: bool = True
     health_pause_s: float = 2.0
     target_batch_ms: float = 0.0
-    max_batch_wal_bytes: int = 0  # 0: the server's wal_buffers
+    max_batch_wal_bytes: int = 0  # 0: the server's wal_buffers / workers
     workers: int = 2  # batches written at once, each on its own connection
 
     def to_dict(self) -> dict[str, object]:

@@ -106,7 +106,7 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
     Never above ``batch_size``, never below 50 rows (or ``batch_size`` when smaller).
 
     WAL: when a batch wrote more than ``wal_budget`` bytes (the server's ``wal_buffers``
-    by default), the next one takes as many rows as fit in the budget at the last batch's
+    divided by ``workers``, by default), the next one takes as many rows as fit in the budget at the last batch's
     WAL per row; it grows back by 5% a batch. ``wal_bytes`` counts every session's WAL
     during the batch, so with two workers it includes the round partner's, and the pair
     together is sized to the budget (about half the rows each). Why: a transaction that writes more WAL
@@ -352,7 +352,9 @@ def _run_passes(
     run_id = str(result.run_id)
     row = conn.execute(statements.run_start()).fetchone()
     began: datetime = row[0] if row else datetime.min
-    wal_budget = opts.max_batch_wal_bytes or (int(row[1]) if row else 0)
+    # Two writers fill the WAL buffers twice as fast: each round gets 1/workers of them
+    # (measured: with the whole buffers, p99 119-166 ms; with half, 55-94 ms; bench/RESULTS.md).
+    wal_budget = opts.max_batch_wal_bytes or (int(row[1]) // opts.workers if row else 0)
     for pass_number in range(_MAX_PASSES):
         in_snapshot = _with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot")
         if in_snapshot is None:
