@@ -3,7 +3,7 @@
 Why: a single backend updating rows is bound by one CPU core (building the new row
 versions, six index entries each and their WAL), while the server has more. Two
 batches in flight, each its own short transaction on its own connection, drained the
-300K-row benchmark in 0.80x the time of one unbounded UPDATE instead of 1.12x
+300K-row benchmark in 0.75-0.80x the time of one unbounded UPDATE instead of 1.04-1.16x
 (bench/RESULTS.md). The batches of one round are disjoint, consecutive slices of the
 candidates, oldest first, and the round ends when every one of them has committed or
 rolled back; nothing is handed out past a stop.
