@@ -36,8 +36,18 @@ class Progress:
 
 
 def measure(result: SweepResult, batch: BatchResult, elapsed_s: float) -> Progress:
-    """Progress of ``result`` after ``batch``, ``elapsed_s`` seconds into the sweep. Pure."""
-    done = result.changed
+    """Progress of ``result`` after ``batch``, ``elapsed_s`` seconds into the sweep. Pure.
+
+    With several workers a round's batches are all in ``result`` before the first one's
+    callback: the rows counted are those of ``batch`` and every batch before it."""
+    later = 0
+    for b in reversed(result.batches):
+        if b.number == batch.number:
+            break
+        later += b.changed
+    else:
+        later = 0
+    done = result.changed - later
     # A later pass can take rows that became candidates after the snapshot: never show >100 %.
     total = max(result.candidates_at_start, done)
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
