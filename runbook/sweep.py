@@ -16,7 +16,7 @@ Before the first write: the server must be writable, the role must hold UPDATE, 
 ledger must be writable, the target's advisory lock must be free, the candidates must
 not exceed ``max_rows`` and, if given, the first batch must match ``expect_fingerprint``.
 
-Writes ``workers`` batches at once (``runbook.workers``): a round takes that many
+Writes ``workers`` batches at once (``runbook.rounds``): a round takes that many
 consecutive slices of the snapshot, oldest first, one per connection, and ends when all
 have committed or rolled back. The next round is sized from what the last one measured.
 
@@ -29,13 +29,11 @@ statement_timeout rolls back and is retried smaller after a pause, ``max_retries
 from __future__ import annotations
 
 import math
-import threading
 import time
-from functools import partial
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
@@ -48,12 +46,12 @@ from .liverun import (
     close_run,
     live_run,
     set_batch_settings,
-    utc_now,
 )
 from .metrics import write_metrics
 from .params import Options
 from .preview import fingerprint
 from .record import new_run_id
+from .rounds import BatchFailed, Outcome, run_round, with_retries
 from .session import Conn, check_target, read_only, resolve_cutoff
 from .target import Target
 from .workers import Workers
@@ -65,10 +63,7 @@ STOP_REASONS = (
     "remaining_locked", "gave_up",
 )  # fmt: skip
 _MAX_PASSES = 5
-_RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected)
 _METRICS_EVERY_S = 1.0  # rewrite the metrics file at most this often while running
-T = TypeVar("T")
-_Outcome = tuple[BatchResult, list[tuple[Any, Any]]] | None  # a batch and the keys it took; None: gave up
 
 
 @dataclass
@@ -205,11 +200,11 @@ def sweep(
         failure: BaseException | None = None
         lost: int | None = None  # the batch whose connection was lost
         try:
-            with Workers[_Outcome](conn, opts.workers) as pool:
+            with Workers[Outcome](conn, opts.workers) as pool:
                 _run_passes(conn, pool, target, opts, params, result, run.stopper, run.first_batch, on_batch, publish)
         except BaseException as exc:
             failure = exc
-            if isinstance(exc, _BatchFailed):
+            if isinstance(exc, BatchFailed):
                 failure, lost = exc.error, exc.number if exc.connection_lost else None
             result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             result.stop_detail = f"{type(exc).__name__}: {exc}"
@@ -243,39 +238,6 @@ def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any])
     return count
 
 
-class _Aborted(Exception):
-    """The round was interrupted before this batch's statement started: nothing written."""
-
-
-def _with_retries(
-    work: Callable[[int], T], opts: Options, result: SweepResult, what: str, abort: threading.Event | None = None
-) -> T | None:
-    """``work(attempt)``; after a lock or statement timeout (rolled back) retry after a
-    growing pause, ``max_retries`` times. None: gave up, with the reason in ``result``.
-    Once ``abort`` is set nothing is started or retried: _Aborted, or the cancel's error."""
-    attempt = 0
-    while True:
-        if abort is not None and abort.is_set():
-            raise _Aborted()
-        try:
-            return work(attempt)
-        except _RETRYABLE as exc:
-            if abort is not None and abort.is_set():
-                raise
-            attempt += 1
-            note = f"{what} try {attempt}: {type(exc).__name__}: {exc.diag.message_primary}"
-            result.retries.append(note)
-            if attempt > opts.max_retries:
-                result.stop_reason, result.stop_detail = "gave_up", note
-                return None
-            print(f"{note}; retrying", flush=True)
-            pause = min(0.25 * 2**attempt, 5.0)
-            if abort is not None:
-                abort.wait(pause)  # an abort cuts the pause short
-            else:
-                time.sleep(pause)
-
-
 def _wait_until_healthy(
     conn: Conn, target: Target, opts: Options, stopper: Stopper, result: SweepResult, batch: int, since: datetime
 ) -> str | None:
@@ -301,45 +263,9 @@ def _next_keys(conn: Conn, after: tuple[Any, str], size: int) -> list[tuple[Any,
     return conn.execute(statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}).fetchall()
 
 
-def _write_batch(
-    conn: Conn, target: Target, opts: Options, params: dict[str, Any], keys: list[tuple[Any, Any]], batch: int, run_id: str,
-    abort: threading.Event,
-) -> tuple[int, int]:  # fmt: skip
-    """One batch in its own transaction: the rows of ``keys`` updated and ledgered.
-    Returns (rows changed, WAL bytes the server wrote meanwhile, every session's).
-    Raises _Aborted, writing nothing, when ``abort`` is set before its UPDATE starts."""
-    with conn.transaction():
-        wal_start = set_batch_settings(conn, opts)
-        if abort.is_set():
-            raise _Aborted()
-        row = conn.execute(
-            statements.batch_update(target), {**params, "ids": [str(k[1]) for k in keys], "run_id": run_id, "batch": batch}
-        ).fetchone()
-        wal = conn.execute(statements.wal_since(), {"since": wal_start}).fetchone()
-    return int(row[0]) if row else 0, int(wal[0] or 0) if wal else 0
-
-
-def _keep(result: SweepResult, outcomes: dict[int, Any]) -> list[tuple[BatchResult, list[tuple[Any, Any]]]]:
-    """Add the committed batches among a round's ``outcomes`` (by job index) to ``result``,
-    in order, before anything else can happen; return them."""
-    kept = [outcomes[i] for i in sorted(outcomes) if isinstance(outcomes[i], tuple)]
-    for batch, _ in kept:
-        result.batches.append(batch)
-        result.changed += batch.changed
-    return kept
-
-
-class _BatchFailed(Exception):
-    """Batch ``number`` raised ``error`` (unwrapped by ``sweep``), on a connection now lost or not."""
-
-    def __init__(self, number: int, error: Exception, connection_lost: bool) -> None:
-        super().__init__(number, error)
-        self.number, self.error, self.connection_lost = number, error, connection_lost
-
-
 def _run_passes(
     conn: Conn,
-    pool: Workers[_Outcome],
+    pool: Workers[Outcome],
     target: Target,
     opts: Options,
     params: dict[str, Any],
@@ -356,7 +282,7 @@ def _run_passes(
     # (measured: with the whole buffers, p99 119-166 ms; with half, 55-94 ms; bench/RESULTS.md).
     wal_budget = opts.max_batch_wal_bytes or (int(row[1]) // opts.workers if row else 0)
     for pass_number in range(_MAX_PASSES):
-        in_snapshot = _with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot")
+        in_snapshot = with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot")
         if in_snapshot is None:
             return
         if pass_number == 0:
@@ -387,42 +313,15 @@ def _run_passes(
             if not chunks:
                 break
 
-            def job(c: Conn, number: int, keys: list[tuple[Any, Any]]) -> _Outcome:
-                t0 = time.monotonic()
-                tries: list[int] = []
-
-                def attempt(n: int) -> tuple[list[tuple[Any, Any]], int, int]:
-                    tries.append(n)  # a retry after a timeout takes half the rows each time
-                    used = keys[: max(1, len(keys) >> n)]
-                    return (used, *_write_batch(c, target, opts, params, used, number, run_id, pool.abort))
-
-                done = _with_retries(attempt, opts, result, f"batch {number}", pool.abort)
-                if done is None:
-                    return None
-                used, changed, wal = done
-                seconds = round(time.monotonic() - t0, 4)
-                return BatchResult(number, len(used), changed, seconds, utc_now(), tries[-1], wal), used
-
-            try:
-                outcomes = pool.run([partial(job, number=n, keys=k) for n, k in chunks])
-            except BaseException:
-                _keep(result, pool.finished)  # batches that committed before the abort reached them
-                raise
+            kept = run_round(pool, chunks, target=target, opts=opts, params=params, run_id=run_id, result=result, on_batch=on_batch)
             next_batch += len(chunks)
-            kept = _keep(result, dict(enumerate(outcomes)))
+            if kept is None:
+                return  # a batch gave up after its retries
             changed_this_pass += sum(batch.changed for batch, _ in kept)
-            if on_batch is not None:
-                for batch, _ in kept:
-                    on_batch(result, batch)
-            for i, outcome in enumerate(outcomes):
-                if isinstance(outcome, Exception):
-                    raise _BatchFailed(chunks[i][0], outcome, pool.lost(i))
-            last = outcomes[-1]
-            if result.stop_reason == "gave_up" or not isinstance(last, tuple):
-                return
             # The last slice may have been retried smaller: go on right after what it took.
             # (A smaller retry of an earlier slice leaves the rest of it to the next pass.)
-            after = (last[1][-1][0], str(last[1][-1][1]))
+            last = kept[-1][1][-1]
+            after = (last[0], str(last[1]))
             planned = min(next_batch_size(opts, planned, b.selected, b.seconds, b.wal_bytes, wal_budget) for b, _ in kept)
             publish("running", False)
             if opts.pause_s:
