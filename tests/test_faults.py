@@ -219,6 +219,7 @@ def test_sweeps_started_together_one_works_the_others_stop(conn: psycopg.Connect
 @pytest.fixture(scope="module")
 def standby(server: EmbeddedServer) -> Any:
     home = Path(tempfile.mkdtemp(prefix="litellm-runbook-standby-", dir="/var/tmp"))
+    track(EmbeddedServer(home))  # a kill during the base backup still removes the folder
     replica = track(server.clone_standby(home))
     yield replica
     replica.destroy()
