@@ -145,7 +145,7 @@ def run(server: EmbeddedServer, candidates: int, batch_size: int, names: Sequenc
                             break
                         ids = [str(r[1]) for r in step]
                         t1 = time.monotonic()
-                        cur = conn.execute(stmts[name], {**params, "ids": ids, "run_id": run_id, "batch": j + 1})
+                        cur = conn.execute(stmts[name], {**params, "ids": ids, "run_id": run_id, "batch": j + 1, "wal_start": "0/0"})
                         n = changed_rows(cur)
                         t2 = time.monotonic()
                     t3 = time.monotonic()
@@ -180,7 +180,7 @@ def run(server: EmbeddedServer, candidates: int, batch_size: int, names: Sequenc
                                 conn.execute(sql.SQL("UPDATE {} SET status = 'queued' WHERE id = ANY(%s)").format(bench.TABLE), [ids])
                                 rows = conn.execute(
                                     sql.SQL("EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS false) ") + stmts[name],
-                                    {**params, "ids": ids, "run_id": run_id, "batch": 10**6},
+                                    {**params, "ids": ids, "run_id": run_id, "batch": 10**6, "wal_start": "0/0"},
                                 ).fetchall()
                                 plans.append((name, [str(r[0]) for r in rows]))
                                 raise _Rollback

@@ -127,7 +127,7 @@ def utc_now(timespec: str = "milliseconds") -> str:
 
 def set_batch_settings(conn: Conn, opts: Options, factor: float = 1.0) -> str:
     """Set this transaction's timeouts and asynchronous commit; return the server's WAL
-    insert position (a ``pg_lsn``: what the batch then writes is ``statements.wal_since``)."""
+    insert position (a ``pg_lsn``: ``statements.batch_update`` reports the WAL written since)."""
     # synchronous_commit off: a batch and its ledger rows are one statement, so a server
     # crash can only lose whole batches of the last moment, whose rows are then still
     # candidates; in exchange each commit stops waiting for a WAL flush (6 ms -> 1 ms).

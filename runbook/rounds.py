@@ -93,10 +93,10 @@ def write_batch(
         if abort.is_set():
             raise Aborted()
         row = conn.execute(
-            statements.batch_update(target), {**params, "ids": [str(k[1]) for k in keys], "run_id": run_id, "batch": batch}
+            statements.batch_update(target),
+            {**params, "ids": [str(k[1]) for k in keys], "run_id": run_id, "batch": batch, "wal_start": wal_start},
         ).fetchone()
-        wal = conn.execute(statements.wal_since(), {"since": wal_start}).fetchone()
-    return int(row[0]) if row else 0, int(wal[0] or 0) if wal else 0
+    return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
 
 
 def run_round(

@@ -35,7 +35,6 @@ __all__ = [
     "undo_next",
     "undo_update",
     "run_start",
-    "wal_since",
     "health_signals",
 ]
 
@@ -161,8 +160,10 @@ def batch_update(target: Target) -> sql.Composed:
     holds locked are skipped. The UPDATE finds each locked row by its ctid (a TID scan)
     rather than a second primary-key probe; a row whose locked version is newer than the
     statement's snapshot is then simply not updated, and a later pass picks it up.
-    Placeholders: the predicate's, %(ids)s, %(new_status)s,
-    %(run_id)s, %(batch)s. Returns one row: the number of rows changed.
+    Placeholders: the predicate's, %(ids)s, %(new_status)s, %(run_id)s, %(batch)s,
+    %(wal_start)s (a ``pg_lsn``). Returns one row: the number of rows changed, and the
+    bytes of WAL every session inserted since %(wal_start)s, read once the rows are written
+    (the batch's WAL measure, without a round trip of its own).
     """
     return sql.SQL(
         "WITH locked AS ("
@@ -177,7 +178,8 @@ def batch_update(target: Target) -> sql.Composed:
         "INSERT INTO {changes} (run_id, batch, object_id, previous_status, new_status) "
         "SELECT %(run_id)s, %(batch)s, object_id, previous_status, %(new_status)s FROM changed RETURNING 1) "
         "INSERT INTO {batches} (run_id, batch, rows_changed) "
-        "SELECT %(run_id)s, %(batch)s, count(*) FROM logged RETURNING rows_changed"
+        "SELECT %(run_id)s, %(batch)s, count(*) FROM logged "
+        "RETURNING rows_changed, pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %(wal_start)s::pg_lsn)::bigint"
     ).format(
         **_names(target),
         pred_c=predicate(target, "c"),
@@ -239,11 +241,6 @@ def undo_update(target: Target) -> sql.Composed:
 def run_start() -> sql.SQL:
     """The server's clock and its ``wal_buffers`` in bytes, read once when a sweep begins."""
     return sql.SQL("SELECT now(), pg_size_bytes(current_setting('wal_buffers'))")
-
-
-def wal_since() -> sql.SQL:
-    """Bytes of WAL inserted since %(since)s (a ``pg_lsn``), by every session."""
-    return sql.SQL("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %(since)s::pg_lsn)::bigint")
 
 
 def health_signals() -> sql.SQL:

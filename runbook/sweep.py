@@ -63,6 +63,7 @@ STOP_REASONS = (
     "remaining_locked", "gave_up",
 )  # fmt: skip
 _MAX_PASSES = 5
+_START: tuple[Any, str] = (datetime.min, "")  # a keyset before every snapshot entry
 _METRICS_EVERY_S = 1.0  # rewrite the metrics file at most this often while running
 
 
@@ -293,7 +294,7 @@ def _run_passes(
             return
         publish("running", False)
         changed_this_pass = 0
-        after: tuple[Any, str] = (datetime.min, "")
+        after = _START
         planned = opts.batch_size
         while True:
             reason = stopper.reason(len(result.batches)) or _wait_until_healthy(
@@ -357,9 +358,7 @@ def _check_first_pass(conn: Conn, opts: Options, result: SweepResult, in_snapsho
         )
     # The first batch as a preview shows it (same order, same size): its fingerprint goes
     # into the record and is checked against an approved one.
-    first = conn.execute(
-        statements.snapshot_next(), {"after_t": datetime.min, "after_k": "", "batch_size": opts.batch_size}
-    ).fetchall()
+    first = _next_keys(conn, _START, opts.batch_size)
     result.first_batch_fingerprint = fingerprint([str(r[1]) for r in first])
     if opts.expect_fingerprint and result.first_batch_fingerprint != opts.expect_fingerprint:
         raise PreviewMismatchError(
