@@ -132,6 +132,7 @@ class Options:
     target_batch_ms: float = 0.0
     max_batch_wal_bytes: int = 0  # 0: the server's wal_buffers / workers
     workers: int = 2  # batches written at once, each on its own connection
+    allow_blind_health: bool = False  # sweep although a health signal cannot be read
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -162,6 +163,7 @@ def options(
     target_batch_ms: object = 0.0,
     max_batch_wal_bytes: object = 0,
     workers: object = 2,
+    allow_blind_health: object = False,
 ) -> Options:
     """Check every parameter and return Options; ParameterError names the first bad one.
 
@@ -191,6 +193,7 @@ def options(
         target_batch_ms=check_number("target_batch_ms", target_batch_ms, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
         max_batch_wal_bytes=check_int("max_batch_wal_bytes", max_batch_wal_bytes, 0, 2**50),
         workers=check_int("workers", workers, 1, MAX_WORKERS),
+        allow_blind_health=check_bool("allow_blind_health", allow_blind_health),
     )
 
 
