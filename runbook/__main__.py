@@ -64,7 +64,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         print("embedded PostgreSQL stopped")
     elif args.action == "status":
         running = server.running()
-        print(f"embedded PostgreSQL in {server.home}: {'running on port ' + str(server.port()) if running else 'stopped'}")
+        print(f"embedded PostgreSQL in {server.home}: {f'running, socket in {server.socket_dir}' if running else 'stopped'}")
         return 0 if running else 3
     elif args.action == "url":
         server.start()
@@ -135,6 +135,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from .notebook_source import stale_cells, write_cells
+
+    if args.write:
+        print("\n".join(f"rewrote the parameters cell of {name}" for name in write_cells()) or "nothing to change")
+        return 0
+    stale = stale_cells()
+    print("\n".join(f"{name}: parameters cell differs from runbook/params.py" for name in stale) or "parameters cells up to date")
+    return 1 if stale else 0
+
+
 def cmd_grants(args: argparse.Namespace) -> int:
     from .grants import grants_sql, owner_setup_sql
     from .target import Target
@@ -180,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-r", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter kept as a raw string")
     run.add_argument("--run-dir", default=None)
     run.set_defaults(func=cmd_run)
+    nbs = sub.add_parser("notebooks", help="check (or --write) the notebooks' parameters cells against runbook/params.py")
+    nbs.add_argument("--write", action="store_true")
+    nbs.set_defaults(func=cmd_notebooks)
     grants = sub.add_parser("grants", help="print the least-privilege grants for the three roles")
     grants.add_argument("--database", default="litellm")
     grants.add_argument("--reader", default="litellm_runbook_reader")

@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ParameterError
-from .params import refuse_secrets
+from .params import check_parameters, check_path, declared
 from .record import check_run_id, read_record
 
 __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir"]
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = {"inspect": "01_inspect", "preview": "02_preview", "sweep": "03_sweep", "undo": "04_undo", "index": "05_create_index"}
-# The parameter that names the run itself: in the undo notebook, run_id names the run to undo.
-OWN_ID = {"undo": "undo_run_id"}
+from .notebook_source import NOTEBOOK_DIR, NOTEBOOKS, OWN_ID
 
 
 def default_run_dir() -> Path:
@@ -44,7 +41,8 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     """Execute notebook ``name`` with ``parameters``; return where its record is.
 
     Writes the executed notebook and its checksum into ``run_dir``. Raises ParameterError
-    for an unknown notebook or a credential-bearing parameter (before anything is written).
+    for an unknown notebook, a name that is not one of its parameters, a bad value or a
+    credential-bearing parameter, before anything is written.
     """
     # jsonschema (imported by nbformat, by papermill) builds rfc3987_syntax's IRI grammar at
     # import when that package is installed (jupyterlab pulls it in): 0.9 s of every run,
@@ -54,9 +52,13 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
 
     if name not in NOTEBOOKS:
         raise ParameterError("notebook", name, f"one of {sorted(NOTEBOOKS)}")
-    refuse_secrets(parameters)
+    # Names, values and credentials, all before papermill writes a single parameter.
+    opts, ids = check_parameters(name, parameters)
+    spec = declared(name)
+    # Relative paths are the operator's, from where they ran this: the kernel runs elsewhere.
+    parameters = {k: getattr(opts, k) if spec[k].check is check_path else v for k, v in parameters.items()}
     own = OWN_ID.get(name, "run_id")
-    run_id = check_run_id(parameters.get(own, ""))
+    run_id = check_run_id(ids[own])
     parameters = {**parameters, own: run_id}
     run_dir = run_dir or default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,9 +67,12 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     out = run_dir / f"{stamp}_{stem}_{run_id}.ipynb"
     error: str | None = None
     saved_env = dict(os.environ)
-    if env is not None:
-        os.environ.clear()
-        os.environ.update(env)
+    kernel_env = dict(os.environ if env is None else env)
+    # Set by JupyterLab in its kernels and inherited by `!python -m runbook run ...` run
+    # from one: the kernel papermill starts is headless, whatever its parent was.
+    kernel_env.pop("JPY_SESSION_NAME", None)
+    os.environ.clear()
+    os.environ.update(kernel_env)
     try:
         papermill.execute_notebook(
             str(NOTEBOOK_DIR / f"{stem}.ipynb"),
@@ -80,9 +85,8 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     except papermill.PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
     finally:
-        if env is not None:
-            os.environ.clear()
-            os.environ.update(saved_env)
+        os.environ.clear()
+        os.environ.update(saved_env)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     (run_dir / (out.name + ".sha256")).write_text(f"{digest}  {out.name}\n")
     out.chmod(0o444)

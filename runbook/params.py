@@ -1,25 +1,44 @@
-"""Validation of every operator-supplied parameter, before any query runs.
+"""Every operator-supplied parameter: declared once, validated before any query runs.
 
-Papermill hands notebook parameters over as whatever Python value the command line
-parsed (``-p batch_size abc`` arrives as the string ``'abc'``), so each check accepts
-exactly one kind of value and names the parameter, the value and what is allowed.
+``PARAMETERS`` is the one declaration of each notebook parameter (name, type, default,
+rule, help, which notebooks take it). From it come the notebooks' ``parameters`` cells
+(``parameters_cell``; a test fails when a notebook differs), the check of names
+(``check_names``: an unknown name is refused with the closest declared one) and of values
+(``options``). Papermill hands parameters over as whatever Python value the command
+line parsed (``-p batch_size abc`` arrives as the string ``'abc'``), so each check
+accepts exactly one kind of value and names the parameter, the value and what is allowed.
+
+Credentials never travel as parameters (papermill writes every parameter into the
+executed notebook): ``refuse_secrets`` refuses them by name and by value, recursively
+through lists and dicts, without ever echoing the value.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 
 from .errors import ParameterError
 
 __all__ = [
     "MAX_BATCH_SIZE",
+    "KINDS",
+    "Parameter",
+    "PARAMETERS",
+    "declared",
+    "parameters_cell",
+    "check_names",
     "check_int",
     "check_number",
     "check_bool",
     "check_status",
     "check_cutoff",
+    "check_cutoff_recent",
     "Options",
     "options",
     "refuse_secrets",
@@ -39,14 +58,27 @@ def check_int(name: str, value: object, low: int, high: int) -> int:
 
 def check_number(name: str, value: object, low: float, high: float, unit: str) -> float:
     """Return ``value`` as float if it is a finite int or float in [low, high]."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise ParameterError(name, value, f"a number of {unit} from {low:g} to {high:g}")
-    return float(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        try:
+            # An int beyond float range (1 followed by 400 zeros) is out of range, not a crash.
+            ok = math.isfinite(float(value)) and low <= value <= high  # type: ignore[arg-type,operator]
+        except OverflowError:
+            ok = False
+    if not ok:
+        raise ParameterError(name, _shown(value), f"a number of {unit} from {low:g} to {high:g}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _shown(value: object) -> object:
+    """The value as an error message may show it: a huge number is cut, not printed whole."""
+    text = repr(value)
+    return value if len(text) <= 80 else _Abbreviated(text[:40] + "..." + f" ({len(text)} characters)")
+
+
+class _Abbreviated(str):
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -67,10 +99,12 @@ def check_status(name: str, value: object) -> str:
 
 
 def check_path(name: str, value: object) -> str:
-    """A file-system path (need not exist yet), or '' for none."""
+    """A file-system path (need not exist yet), or '' for none; a relative path is made
+    absolute against the current directory (the operator's: the runner resolves paths
+    before the kernel starts in notebooks/), so the record shows where it points."""
     if not isinstance(value, str) or len(value) > 4096 or "\x00" in value:
-        raise ParameterError(name, value, "a path (string) or '' for none")
-    return value
+        raise ParameterError(name, _shown(value), "a path (string) or '' for none")
+    return os.path.abspath(value) if value else value
 
 
 def check_fingerprint(name: str, value: object) -> str:
@@ -80,8 +114,9 @@ def check_fingerprint(name: str, value: object) -> str:
     return value
 
 
-def check_cutoff(name: str, value: object, now: datetime | None = None) -> datetime:
-    """An absolute UTC cutoff at least one day in the past, as a naive UTC datetime.
+def check_cutoff(name: str, value: object) -> datetime:
+    """An absolute UTC cutoff, as a naive UTC datetime (format only: whether it is at least
+    a day in the past is the server clock's call, ``check_cutoff_recent``).
 
     Accepts an ISO 8601 string or a datetime; a value with an offset is converted to UTC,
     a naive one is taken as UTC (the column is UTC wall-clock without time zone).
@@ -95,21 +130,35 @@ def check_cutoff(name: str, value: object, now: datetime | None = None) -> datet
         except ValueError:
             parsed = None
     if parsed is None:
-        raise ParameterError(name, value, "an ISO 8601 UTC timestamp such as '2026-11-01T00:00:00Z'")
+        raise ParameterError(name, _shown(value), "an ISO 8601 UTC timestamp such as '2026-11-01T00:00:00Z'")
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
-    if parsed > now - timedelta(days=1):
-        raise ParameterError(name, value, "a timestamp at least 1 day in the past (UTC)")
     return parsed
 
 
+def check_cutoff_recent(cutoff: datetime, server_now: datetime) -> datetime:
+    """``cutoff`` if it is at least one day before ``server_now`` (the database server's
+    clock, naive UTC: the clock the rows were stamped by, not this machine's)."""
+    from datetime import timedelta
+
+    if cutoff > server_now - timedelta(days=1):
+        raise ParameterError(
+            "cutoff", cutoff.isoformat() + "Z",
+            f"a timestamp at least 1 day before the database server's clock ({server_now.isoformat(timespec='seconds')}Z)",
+        )  # fmt: skip
+    return cutoff
+
+
 MAX_WORKERS = 4  # connections writing at once; more only adds contention on a small server
+_RUN_ID_RULE = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit; '' makes one"
 
 
 @dataclass(frozen=True)
 class Options:
-    """Validated run parameters; build with ``options()``, never directly from user input."""
+    """Validated run parameters; build with ``options()``, never directly from user input.
+
+    Every field is a declared parameter (``PARAMETERS``) of the same name and default; a
+    test fails when the two differ."""
 
     stale_after_days: float = 7.0
     cutoff: datetime | None = None
@@ -140,76 +189,223 @@ class Options:
         return out
 
 
-def options(
-    *,
-    stale_after_days: object = 7.0,
-    cutoff: object = None,
-    batch_size: object = 1000,
-    max_batches: object = 5000,
-    max_seconds: object = 300.0,
-    dry_run: object = True,
-    lock_timeout_s: object = 5.0,
-    statement_timeout_s: object = 60.0,
-    pause_s: object = 0.0,
-    max_rows: object = 1_000_000,
-    max_retries: object = 3,
-    stop_file: object = "",
-    metrics_dir: object = "",
-    expect_fingerprint: object = "",
-    max_replication_lag_bytes: object = 64 * 1024 * 1024,
-    max_lock_waiters: object = 0,
-    pause_during_vacuum: object = True,
-    health_pause_s: object = 2.0,
-    target_batch_ms: object = 0.0,
-    max_batch_wal_bytes: object = 0,
-    workers: object = 2,
-    allow_blind_health: object = False,
-) -> Options:
-    """Check every parameter and return Options; ParameterError names the first bad one.
+KINDS = ("inspect", "preview", "sweep", "undo", "index")
 
-    ``cutoff`` (ISO 8601 UTC, or None/'') replaces ``stale_after_days`` when given.
+
+@dataclass(frozen=True)
+class Parameter:
+    """One notebook parameter: the single place its name, type, default, rule and help live.
+
+    ``check(name, value)`` returns the validated value or raises ParameterError. ``option``
+    is the ``Options`` field it sets; None for the run ids, which name runs."""
+
+    name: str
+    type: type
+    default: object
+    check: Callable[[str, object], object]
+    help: str
+    notebooks: frozenset[str]
+    option: bool = True
+
+    def line(self) -> str:
+        """``name: type = default  # help``: what ``papermill --help-notebook`` reads."""
+        default = self.default
+        if isinstance(default, float) and default.is_integer():
+            default = int(default)  # `float = 7`, as an operator would type it
+        shown = json.dumps(default) if isinstance(default, str) else repr(default)
+        return f"{self.name}: {self.type.__name__} = {shown}  # {self.help}"
+
+
+def _run_id(name: str, value: object) -> str:
+    import re
+
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise ParameterError(name, _shown(value), _RUN_ID_RULE)
+    return value
+
+
+def _kinds(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+_SELECT = _kinds("inspect", "preview", "sweep")
+_WRITE = _kinds("sweep", "undo")
+_SWEEP = _kinds("sweep")
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("stale_after_days", float, 7.0, lambda n, v: check_number(n, v, 1, 3650, "days"),
+              "rows older than this many days are stale, at least 1 (LiteLLM default 7)", _SELECT),
+    Parameter("cutoff", str, "", lambda n, v: None if v in (None, "") else check_cutoff(n, v),
+              "fixed UTC cutoff used instead of stale_after_days, ISO 8601 like 2026-11-01T00:00:00Z", _SELECT),
+    Parameter("batch_size", int, 1000, lambda n, v: check_int(n, v, 1, MAX_BATCH_SIZE),
+              "rows per batch, at most, 1 to 100000 (LiteLLM default 1000); the sweep takes fewer while rows write much WAL",
+              _kinds("inspect", "preview", "sweep", "undo")),
+    Parameter("max_batches", int, 5000, lambda n, v: check_int(n, v, 1, 1_000_000),
+              "stop after this many batches (transactions)", _WRITE),
+    Parameter("max_seconds", float, 300.0, lambda n, v: check_number(n, v, 1, 7 * 86400, "seconds"),
+              "stop at the first batch boundary after this many seconds", _WRITE),
+    Parameter("workers", int, 2, lambda n, v: check_int(n, v, 1, MAX_WORKERS),
+              "batches written at once, each its own transaction on its own connection, 1 to 4 (1: one at a time)", _SWEEP),
+    Parameter("dry_run", bool, True, check_bool,
+              "True writes nothing and only reports; False does the work", _kinds("sweep", "undo", "index")),
+    Parameter("max_rows", int, 1_000_000, lambda n, v: check_int(n, v, 1, 10**9),
+              "refuse to start when there are more candidates than this", _SWEEP),
+    Parameter("expect_fingerprint", str, "", lambda n, v: check_fingerprint(n, v),
+              "an approved preview's fingerprint; refuse if the first batch differs", _SWEEP),
+    Parameter("stop_file", str, "", check_path,
+              "path (relative: to where you ran the command); the run stops at the next batch boundary once it exists", _WRITE),
+    Parameter("metrics_dir", str, "", check_path,
+              "folder for a Prometheus textfile of this run (relative: to where you ran the command); empty for none", _WRITE),
+    Parameter("lock_timeout_s", float, 5.0, lambda n, v: check_number(n, v, 0.01, 600, "seconds"),
+              "seconds a batch may wait for a row lock before it rolls back", _WRITE),
+    Parameter("statement_timeout_s", float, 60.0, lambda n, v: check_number(n, v, 0.1, 3600, "seconds"),
+              "seconds a batch statement may run before it rolls back", _WRITE),
+    Parameter("max_retries", int, 3, lambda n, v: check_int(n, v, 0, 10),
+              "retries of a batch after a lock or statement timeout, each with half the rows; then the run stops", _SWEEP),
+    Parameter("pause_s", float, 0.0, lambda n, v: check_number(n, v, 0, 60, "seconds"),
+              "seconds to sleep between rounds of batches", _SWEEP),
+    Parameter("max_replication_lag_bytes", int, 64 * 1024 * 1024, lambda n, v: check_int(n, v, 0, 2**50),
+              "pause while the slowest standby is more than this many bytes of WAL behind (64 MiB)", _SWEEP),
+    Parameter("max_lock_waiters", int, 0, lambda n, v: check_int(n, v, 0, 10_000),
+              "pause while more sessions than this wait on locks on the table", _SWEEP),
+    Parameter("pause_during_vacuum", bool, True, check_bool,
+              "pause while a VACUUM of the table runs (not one the sweep itself started)", _SWEEP),
+    Parameter("health_pause_s", float, 2.0, lambda n, v: check_number(n, v, 0.05, 600, "seconds"),
+              "seconds between health checks while paused", _SWEEP),
+    Parameter("allow_blind_health", bool, False, check_bool,
+              "True sweeps although this role cannot see a health signal (lag, vacuum); the record says so", _SWEEP),
+    Parameter("target_batch_ms", float, 0.0,
+              lambda n, v: check_number(n, v, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
+              "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP),
+    Parameter("max_batch_wal_bytes", int, 0, lambda n, v: check_int(n, v, 0, 2**50),
+              "WAL budget of a batch in bytes; 0 is the server's wal_buffers divided by workers", _SWEEP),
+    Parameter("run_id", str, "", _run_id,
+              "names this run in its record and the ledger; generated when empty",
+              _kinds("inspect", "preview", "sweep", "index"), option=False),
+    Parameter("run_id", str, "", _run_id,
+              "the sweep run to undo, as its record or litellm_runbook.runs shows it; empty lists recent runs",
+              _kinds("undo"), option=False),
+    Parameter("undo_run_id", str, "", _run_id,
+              "names this undo run in its record and the ledger; generated when empty", _kinds("undo"), option=False),
+)  # fmt: skip
+
+
+def declared(kind: str) -> dict[str, Parameter]:
+    """The parameters of notebook ``kind``, in the order its parameters cell lists them."""
+    if kind not in KINDS:
+        raise ParameterError("kind", kind, f"one of {list(KINDS)}")
+    return {p.name: p for p in PARAMETERS if kind in p.notebooks}
+
+
+def parameters_cell(kind: str) -> str:
+    """The source of notebook ``kind``'s ``parameters`` cell."""
+    return "\n".join(p.line() for p in declared(kind).values())
+
+
+def check_names(kind: str, names: Iterable[str]) -> None:
+    """ParameterError for the first name that is not a parameter of notebook ``kind``,
+    with the closest declared name. The value is never shown: a mistyped name may hold
+    anything, a password included."""
+    known = declared(kind)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ParameterError(
+                name, "<not shown>", f"not a parameter of the {kind} notebook; {hint}its parameters: {', '.join(known)}"
+            )
+
+
+def options(**params: object) -> Options:
+    """Check every given parameter and return Options; ParameterError names the first bad one
+    (an unknown name included, with the closest known one).
+
+    ``cutoff`` (ISO 8601 UTC, or None/'') replaces ``stale_after_days`` when given; whether
+    it is at least a day old is checked against the server's clock when a run reads it.
     """
-    return Options(
-        # LiteLLM clamps MANAGED_OBJECT_STALENESS_CUTOFF_DAYS to at least 1; we refuse instead
-        # of silently changing what the operator asked for.
-        stale_after_days=check_number("stale_after_days", stale_after_days, 1, 3650, "days"),
-        cutoff=None if cutoff in (None, "") else check_cutoff("cutoff", cutoff),
-        batch_size=check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE),
-        max_batches=check_int("max_batches", max_batches, 1, 1_000_000),
-        max_seconds=check_number("max_seconds", max_seconds, 1, 7 * 86400, "seconds"),
-        dry_run=check_bool("dry_run", dry_run),
-        lock_timeout_s=check_number("lock_timeout_s", lock_timeout_s, 0.01, 600, "seconds"),
-        statement_timeout_s=check_number("statement_timeout_s", statement_timeout_s, 0.1, 3600, "seconds"),
-        pause_s=check_number("pause_s", pause_s, 0, 60, "seconds"),
-        max_rows=check_int("max_rows", max_rows, 1, 10**9),
-        max_retries=check_int("max_retries", max_retries, 0, 10),
-        stop_file=check_path("stop_file", stop_file),
-        metrics_dir=check_path("metrics_dir", metrics_dir),
-        expect_fingerprint=check_fingerprint("expect_fingerprint", expect_fingerprint),
-        max_replication_lag_bytes=check_int("max_replication_lag_bytes", max_replication_lag_bytes, 0, 2**50),
-        max_lock_waiters=check_int("max_lock_waiters", max_lock_waiters, 0, 10_000),
-        pause_during_vacuum=check_bool("pause_during_vacuum", pause_during_vacuum),
-        health_pause_s=check_number("health_pause_s", health_pause_s, 0.05, 600, "seconds"),
-        target_batch_ms=check_number("target_batch_ms", target_batch_ms, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
-        max_batch_wal_bytes=check_int("max_batch_wal_bytes", max_batch_wal_bytes, 0, 2**50),
-        workers=check_int("workers", workers, 1, MAX_WORKERS),
-        allow_blind_health=check_bool("allow_blind_health", allow_blind_health),
-    )
+    by_name = {p.name: p for p in PARAMETERS if p.option}
+    values: dict[str, object] = {}
+    for name, value in params.items():
+        spec = by_name.get(name)
+        if spec is None:
+            close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ParameterError(name, "<not shown>", f"not a parameter; {hint}known: {', '.join(by_name)}")
+        values[name] = spec.check(name, value)
+    # LiteLLM clamps MANAGED_OBJECT_STALENESS_CUTOFF_DAYS to at least 1; the rule above
+    # refuses instead of silently changing what the operator asked for.
+    return Options(**values)  # type: ignore[arg-type]
 
 
-_SECRET_MARKERS = ("password", "passwd", "pgpass", "secret", "token=")
+def check_parameters(kind: str, params: Mapping[str, object]) -> tuple[Options, dict[str, str]]:
+    """Everything an operator passed to notebook ``kind``, checked before anything runs:
+    no credential (by name or value), only declared names, valid values.
+
+    Returns the Options and the run ids as given (``run_id``; for undo also
+    ``undo_run_id``), '' where empty. Raises ParameterError; writes nothing."""
+    refuse_secrets(params)
+    check_names(kind, params)
+    spec = declared(kind)
+    ids = {name: str(spec[name].check(name, params.get(name, ""))) for name in spec if not spec[name].option}
+    return options(**{k: v for k, v in params.items() if spec[k].option}), ids
 
 
-def refuse_secrets(params: dict[str, object]) -> None:
-    """ParameterError if any string parameter looks like it carries a credential.
+# Parts of a parameter *name* that say it holds a credential.
+_SECRET_NAMES = (
+    "password", "passwd", "pwd", "pass_word", "secret", "token", "pgpass", "api_key", "apikey", "credential",
+    "private_key", "access_key", "auth",
+)  # fmt: skip
+# Parts of a *value* that say it carries one.
+_SECRET_MARKERS = ("password", "passwd", "pgpass", "secret", "token=", "api_key", "apikey")
+
+
+def _carries_secret(value: object, depth: int = 0) -> bool:
+    import re
+
+    if depth > 20:  # a structure this deep is not a parameter anyone meant
+        return True
+    if isinstance(value, str):
+        lowered = value.lower()
+        return (
+            any(m in lowered for m in _SECRET_MARKERS)
+            or ("://" in value and "@" in value.split("://", 1)[1])
+            or re.search(r"\bsk-[A-Za-z0-9_-]{8,}", value) is not None  # a LiteLLM virtual or master key
+        )
+    if isinstance(value, Mapping):
+        return any(_carries_secret(k, depth + 1) or _carries_secret(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_carries_secret(v, depth + 1) for v in value)
+    return False
+
+
+def refuse_secrets(params: Mapping[str, object]) -> None:
+    """ParameterError if a parameter's name or value (searched through lists, tuples, sets
+    and dicts, keys included) looks like it carries a credential.
 
     Papermill writes every parameter into the executed notebook, so credentials must
     come from the environment. The offending value is never echoed.
     """
     for name, value in params.items():
-        if isinstance(value, str):
-            lowered = value.lower()
-            if any(m in lowered for m in _SECRET_MARKERS) or ("://" in value and "@" in value.split("://", 1)[1]):
-                raise ParameterError(
-                    name, "<redacted>", "no credentials in parameters; set DATABASE_URL or PGPASSWORD in the environment"
-                )
+        lowered = str(name).lower()
+        if any(marker in lowered for marker in _SECRET_NAMES) or _carries_secret(value):
+            raise ParameterError(
+                str(name), "<redacted>",
+                "no credentials in parameters; set DATABASE_URL or PGPASSWORD in the environment",
+            )  # fmt: skip
+
+
+def _check_declaration() -> None:
+    """Import-time guard: every Options field is declared once, with the same default."""
+    names = [p.name for p in PARAMETERS if p.option]
+    assert len(names) == len(set(names)), "a parameter declared twice"
+    fields_ = {f.name: f.default for f in fields(Options)}
+    assert set(names) == set(fields_), set(names) ^ set(fields_)
+    for p in PARAMETERS:
+        if p.option:
+            default = None if p.name == "cutoff" else p.default
+            assert fields_[p.name] == default, p.name
+
+
+_check_declaration()

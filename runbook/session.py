@@ -9,7 +9,9 @@ from typing import Any
 
 import psycopg
 
+from . import statements
 from .errors import TargetNotFoundError
+from .params import check_cutoff_recent
 from .target import Target
 
 __all__ = ["read_only", "check_target", "db_now_utc", "resolve_cutoff"]
@@ -20,9 +22,11 @@ Conn = psycopg.Connection[Any]
 
 @contextmanager
 def read_only(conn: Conn) -> Iterator[Conn]:
-    """A READ ONLY transaction: the server itself refuses any write inside it."""
+    """A READ ONLY transaction: the server itself refuses any write inside it. Its
+    ``search_path`` is pinned too (``statements.pin_search_path``), in the same round
+    trip: a connection through PgBouncer cannot pin it when it starts."""
     with conn.transaction():
-        conn.execute("SET TRANSACTION READ ONLY")
+        conn.execute(statements.read_only_pinned())
         yield conn
 
 
@@ -59,7 +63,11 @@ def db_now_utc(conn: Conn) -> datetime:
 
 
 def resolve_cutoff(conn: Conn, stale_after_days: float, cutoff: datetime | None, now: datetime | None = None) -> datetime:
-    """The fixed cutoff of this run: ``cutoff`` if given, else server-now minus the days."""
+    """The fixed cutoff of this run: ``cutoff`` if given, else server-now minus the days.
+
+    A given ``cutoff`` must be at least one day before the *server's* clock (the clock
+    LiteLLM's rows are stamped by): ParameterError otherwise, before anything is read."""
+    server_now = now or db_now_utc(conn)
     if cutoff is not None:
-        return cutoff
-    return (now or db_now_utc(conn)) - timedelta(days=stale_after_days)
+        return check_cutoff_recent(cutoff, server_now)
+    return server_now - timedelta(days=stale_after_days)

@@ -26,7 +26,7 @@ from runbook.params import refuse_secrets
         ("dry_run", "False", "True or False"),
         ("dry_run", 0, "True or False"),
         ("cutoff", "yesterday", "an ISO 8601 UTC timestamp"),
-        ("cutoff", "2999-01-01T00:00:00Z", "at least 1 day in the past"),
+        ("cutoff", "2026-13-01T00:00:00Z", "an ISO 8601 UTC timestamp"),
     ],
 )
 def test_bad_parameter_is_named_with_value_and_rule(name: str, value: object, allowed: str) -> None:
