@@ -220,9 +220,8 @@ def restart(server: EmbeddedServer, settings: dict[str, str]) -> str:
         if not _SETTING.match(name) or not _SETTING_VALUE.match(value):
             raise SystemExit(f"bad setting {name}={value!r}")
     server.stop()
-    port = server.port()
     options = " ".join(
-        [f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c timezone=UTC -c max_connections=100"]
+        [server.listen_options() + " -c timezone=UTC -c max_connections=100"]
         + [f"-c {name}={value}" for name, value in settings.items()]
     )
     server._run("pg_ctl", "start", "-w", "-t", "120", "-D", str(server.pgdata), "-l", str(server.log), "-o", options)
@@ -702,9 +701,9 @@ def _notebook_phases(path: Path, wall: float, sweep_s: float) -> str:
 
 
 def _url(conn: Conn) -> str:
-    """A postgresql:// URL for this connection (the embedded server needs no password)."""
+    """A DSN for this connection (the embedded server needs no password; host may be a socket folder)."""
     i = conn.info
-    return f"postgresql://{i.user}@{i.host}:{i.port}/{i.dbname}"
+    return psycopg.conninfo.make_conninfo(host=i.host, port=str(i.port), user=i.user, dbname=i.dbname)
 
 
 Runner = Callable[[Conn, Measurement, int], None]

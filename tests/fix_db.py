@@ -57,10 +57,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # /var/tmp, not $HOME: the server user must traverse every parent folder.
     home = Path(tempfile.mkdtemp(prefix="litellm-runbook-test-", dir="/var/tmp"))
     _server = EmbeddedServer(home)
-    _server.start()
-    reset_database(_server.dsn(), TEMPLATE)
-    nbval_dsn = reset_database(_server.dsn(), "litellm_nbval")
-    load_demo_rows(nbval_dsn, 3000)
+    try:
+        _server.start()
+        reset_database(_server.dsn(), TEMPLATE)
+        nbval_dsn = reset_database(_server.dsn(), "litellm_nbval")
+        load_demo_rows(nbval_dsn, 3000)
+    except BaseException as exc:
+        # No session, so no sessionfinish: remove what this one made, then report.
+        try:
+            _server.destroy()
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+            _server = None
+        exc.add_note(f"the test session's embedded server in {home} did not start; that folder was removed")
+        raise
     for name in _DB_ENV:
         os.environ.pop(name, None)
     os.environ["DATABASE_URL"] = nbval_dsn
