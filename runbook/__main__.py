@@ -4,6 +4,8 @@
     python -m runbook lab [--port N]         JupyterLab on the demo database
     python -m runbook run NAME [-p KEY VALUE ...] [-r KEY VALUE ...]
                                              one notebook headless, into the run folder
+    python -m runbook verify RUN.ipynb ...   an executed notebook still matches its seal
+    python -m runbook notebooks [--write]    parameters cells vs runbook/params.py
     python -m runbook db start|stop|status|url|destroy
 """
 
@@ -135,6 +137,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .connect import resolve
+    from .sealing import verify
+
+    failed = 0
+    for name in args.paths:
+        found = verify(Path(name), resolve())
+        where = f"run {found.run_id}" if found.run_id else "no record"
+        if found.ok:
+            print(f"{name}: matches its seal ({where}, sha256 {found.sha256})")
+        else:
+            failed += 1
+            print(
+                f"{name}: does NOT match its seal ({where}): file sha256 {found.sha256}, beside it "
+                f"{found.beside_sha256 or 'none'}, in the ledger {found.ledger_sha256 or ('none' if found.in_ledger else 'no row')}"
+            )
+    return 1 if failed else 0
+
+
 def cmd_notebooks(args: argparse.Namespace) -> int:
     from .notebook_source import stale_cells, write_cells
 
@@ -191,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-r", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter kept as a raw string")
     run.add_argument("--run-dir", default=None)
     run.set_defaults(func=cmd_run)
+    ver = sub.add_parser("verify", help="check executed notebooks against their .sha256 and the ledger's checksum")
+    ver.add_argument("paths", nargs="+")
+    ver.set_defaults(func=cmd_verify)
     nbs = sub.add_parser("notebooks", help="check (or --write) the notebooks' parameters cells against runbook/params.py")
     nbs.add_argument("--write", action="store_true")
     nbs.set_defaults(func=cmd_notebooks)

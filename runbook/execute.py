@@ -1,27 +1,77 @@
 """Headless execution of the runbook's notebooks into a run folder (papermill).
 
-Each executed notebook lands as ``<run_dir>/<UTC time>_<notebook>_<run_id>.ipynb``, is
-made read-only, and gets a ``.sha256`` beside it, whether the run succeeded or failed.
-Parameters are checked for credentials *before* papermill writes them anywhere.
+Each executed notebook lands as ``<run_dir>/<UTC time>_<notebook>_<run_id>.ipynb`` and is
+sealed however the run ends (``runbook.sealing``): a record (the runner writes it when the
+kernel could not), read-only, a ``.sha256`` beside it and, for a live run, in the ledger.
+Parameters are checked (names, values, credentials) *before* papermill writes anything.
+Ctrl-C is passed to the kernel, as JupyterLab's interrupt button would.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from .errors import ParameterError
+from .connect import Database, resolve
+from .errors import ParameterError, RunbookError
 from .params import check_parameters, check_path, declared
 from .record import check_run_id, read_record
+from .sealing import seal
 
 __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir"]
 
 from .notebook_source import NOTEBOOK_DIR, NOTEBOOKS, OWN_ID
+
+
+def _kernels() -> list[int]:
+    """This process's child kernel processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and b"ipykernel" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@contextmanager
+def _interrupts_to_kernel() -> Iterator[None]:
+    """While papermill runs: Ctrl-C means what it means in JupyterLab, interrupt the kernel.
+
+    The first two SIGINTs go to the kernel (the sweep stops after the batches in flight;
+    the second aborts them) and papermill keeps waiting for the kernel's record; a third,
+    or one with no kernel to pass it to, interrupts the runner itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = [0]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        count[0] += 1
+        kernels = _kernels()
+        if count[0] > 2 or not kernels:
+            raise KeyboardInterrupt
+        for pid in kernels:
+            os.kill(pid, signal.SIGINT)
+        print("interrupt passed to the kernel" + (" (again: aborts the batches in flight)" if count[0] == 1 else ""),
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    previous = signal.signal(signal.SIGINT, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def default_run_dir() -> Path:
@@ -66,6 +116,8 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     stem = NOTEBOOKS[name]
     out = run_dir / f"{stamp}_{stem}_{run_id}.ipynb"
     error: str | None = None
+    ended = "succeeded"
+    database: Database | None = None
     saved_env = dict(os.environ)
     kernel_env = dict(os.environ if env is None else env)
     # Set by JupyterLab in its kernels and inherited by `!python -m runbook run ...` run
@@ -74,20 +126,28 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     os.environ.clear()
     os.environ.update(kernel_env)
     try:
-        papermill.execute_notebook(
-            str(NOTEBOOK_DIR / f"{stem}.ipynb"),
-            str(out),
-            parameters=parameters,
-            kernel_name="python3",
-            progress_bar=False,
-            cwd=str(NOTEBOOK_DIR),
-        )
+        with _interrupts_to_kernel():
+            papermill.execute_notebook(
+                str(NOTEBOOK_DIR / f"{stem}.ipynb"),
+                str(out),
+                parameters=parameters,
+                kernel_name="python3",
+                progress_bar=False,
+                cwd=str(NOTEBOOK_DIR),
+            )
     except papermill.PapermillExecutionError as exc:
-        error = f"{exc.ename}: {exc.evalue}"
+        error, ended = f"{exc.ename}: {exc.evalue}", "failed"
+    except KeyboardInterrupt:
+        error, ended = "KeyboardInterrupt: the runner was interrupted", "interrupted"
+    except Exception as exc:  # noqa: BLE001 - a dead kernel, papermill's own failure: sealed below
+        error = f"{type(exc).__name__}: {exc}".strip()
+        ended = "killed" if "DeadKernel" in type(exc).__name__ else "failed"
     finally:
+        try:
+            database = resolve(kernel_env)  # the database the kernel used, for the ledger's side of the seal
+        except RunbookError:
+            database = None
         os.environ.clear()
         os.environ.update(saved_env)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    (run_dir / (out.name + ".sha256")).write_text(f"{digest}  {out.name}\n")
-    out.chmod(0o444)
+    digest = seal(out, kind=name, run_id=run_id, error=error, ended=ended, database=database)
     return Executed(out, digest, error is None, read_record(out), error)

@@ -1,0 +1,162 @@
+"""Every run leaves a sealed record in the run folder, however it ends: a kernel killed
+with SIGKILL mid-sweep, the operator's Ctrl-C on the runner, a file edited afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from runbook.connect import Database
+from runbook.execute import NOTEBOOK_DIR
+from runbook.record import read_record
+from runbook.sealing import verify
+from tests.rows import insert
+
+ROOT = NOTEBOOK_DIR.parent
+
+
+def _children(pid: int, needle: bytes) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and needle in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _batches(conn: psycopg.Connection, run_id: str) -> int:
+    if conn.execute("SELECT to_regclass('litellm_runbook.batches')").fetchone() == (None,):
+        return 0
+    row = conn.execute("SELECT count(*) FROM litellm_runbook.batches WHERE run_id = %s", [run_id]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _start_slow_sweep(conn: psycopg.Connection, dsn: str, runs: Path, run_id: str) -> subprocess.Popen[str]:
+    for i in range(300):
+        insert(conn, status="queued", age_days=10 + i / 100)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runbook", "run", "sweep", "-p", "dry_run", "False", "-p", "batch_size", "2",
+         "-p", "workers", "1", "-p", "pause_s", "0.05", "-p", "run_id", run_id, "--run-dir", str(runs)],
+        env={**os.environ, "DATABASE_URL": dsn}, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _wait_for_batches(conn: psycopg.Connection, run_id: str, n: int, runner: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 90
+    while _batches(conn, run_id) < n:
+        assert runner.poll() is None, runner.communicate()
+        assert time.monotonic() < deadline, "the sweep never committed its first batches"
+        time.sleep(0.1)
+
+
+def _sealed(runs: Path, run_id: str) -> tuple[Path, dict]:
+    (notebook,) = runs.glob(f"*_03_sweep_{run_id}.ipynb")
+    assert oct(notebook.stat().st_mode)[-3:] == "444"
+    digest = hashlib.sha256(notebook.read_bytes()).hexdigest()
+    assert (runs / (notebook.name + ".sha256")).read_text() == f"{digest}  {notebook.name}\n"
+    record = read_record(notebook)
+    assert record is not None
+    return notebook, record
+
+
+def _ledger(conn: psycopg.Connection, run_id: str) -> tuple:
+    row = conn.execute(
+        "SELECT r.stop_reason, r.finished_at IS NOT NULL, r.rows_changed, r.record_sha256,"
+        " (SELECT count(*) FROM litellm_runbook.batches b WHERE b.run_id = r.run_id),"
+        " (SELECT count(*) FROM litellm_runbook.changes c WHERE c.run_id = r.run_id)"
+        " FROM litellm_runbook.runs r WHERE r.run_id = %s",
+        [run_id],
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_kernel_killed_mid_sweep_leaves_a_sealed_record_that_matches_the_ledger(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    runner = _start_slow_sweep(conn, dsn, runs, "t-killed")
+    try:
+        _wait_for_batches(conn, "t-killed", 3, runner)
+        (kernel,) = _children(runner.pid, b"ipykernel")
+        os.kill(kernel, signal.SIGKILL)
+        out, err = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert runner.returncode == 1, err
+    notebook, record = _sealed(runs, "t-killed")
+    assert record["written_by"] == "runner" and record["outcome"]["status"] == "killed"
+    stop_reason, finished, rows_changed, stored_sha, batches, changes = _ledger(conn, "t-killed")
+    # Whatever committed is whole and counted; nothing claimed that the ledger lacks.
+    stale = conn.execute("SELECT count(*) FROM \"LiteLLM_ManagedObjectTable\" WHERE status = 'stale_expired'").fetchone()
+    assert stale is not None and stale[0] == changes == rows_changed
+    assert (stop_reason, finished) == ("killed", True)
+    assert record["ledger"]["batches"] == batches >= 3 and record["ledger"]["rows_changed"] == rows_changed
+    assert stored_sha == hashlib.sha256(notebook.read_bytes()).hexdigest()
+    # No session of the dead kernel is left to commit anything later.
+    left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%%/t-killed%%'").fetchone()
+    assert left == (0,)
+
+
+def test_ctrl_c_on_the_runner_stops_the_sweep_like_the_kernels_interrupt_and_seals_it(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    runner = _start_slow_sweep(conn, dsn, runs, "t-ctrl-c")
+    try:
+        _wait_for_batches(conn, "t-ctrl-c", 2, runner)
+        os.kill(runner.pid, signal.SIGINT)
+        out, err = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert "interrupt passed to the kernel" in err
+    notebook, record = _sealed(runs, "t-ctrl-c")
+    sweep = record["outcome"]["sweep"]
+    assert sweep["stop_reason"] == "interrupted"
+    stop_reason, finished, rows_changed, stored_sha, batches, changes = _ledger(conn, "t-ctrl-c")
+    assert (stop_reason, finished) == ("interrupted", True)
+    assert sweep["changed"] == rows_changed == changes and len(sweep["batches"]) == batches
+    assert stored_sha == hashlib.sha256(notebook.read_bytes()).hexdigest()
+    assert runner.returncode == 0
+
+
+def test_a_sealed_record_edited_later_no_longer_matches_the_ledger(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
+    from runbook.execute import execute
+
+    insert(conn, status="queued", age_days=10)
+    done = execute("sweep", {"dry_run": False, "run_id": "t-verify"}, tmp_path, env={**os.environ, "DATABASE_URL": dsn})
+    assert done.ok, done.error
+    database = Database(dsn, "DATABASE_URL")
+    assert verify(done.path, database).ok
+    done.path.chmod(0o644)
+    done.path.write_text(done.path.read_text().replace('"changed": 1', '"changed": 0'))
+    (tmp_path / (done.path.name + ".sha256")).write_text(hashlib.sha256(done.path.read_bytes()).hexdigest() + f"  {done.path.name}\n")
+    checked = verify(done.path, database)
+    assert not checked.ok and checked.beside_sha256 == checked.sha256 != checked.ledger_sha256 == done.sha256
+    cli = subprocess.run(
+        [sys.executable, "-m", "runbook", "verify", str(done.path)], env={**os.environ, "DATABASE_URL": dsn},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cli.returncode == 1 and "does NOT match" in cli.stdout
+
+
+@pytest.mark.parametrize("kind", ["inspect", "preview"])
+def test_read_only_runs_are_sealed_too(kind: str, dsn: str, tmp_path: Path) -> None:
+    from runbook.execute import execute
+
+    done = execute(kind, {}, tmp_path, env={**os.environ, "DATABASE_URL": dsn})
+    assert done.ok and oct(done.path.stat().st_mode)[-3:] == "444"
+    assert (tmp_path / (done.path.name + ".sha256")).read_text().split()[0] == done.sha256
