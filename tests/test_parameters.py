@@ -294,3 +294,19 @@ def test_every_option_is_declared_once_with_its_default() -> None:
     declared_options = {p.name: p.default for p in PARAMETERS if p.option}
     assert set(declared_options) == {f.name for f in fields(Options)}
     assert options() == Options()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "host=db password=hun ter2 dbname=litellm",  # libpq: missing "=" after "ter2"
+        "postgresql://litellm:hun@ter2@127.0.0.1:1/litellm",  # an unescaped '@' in the password
+    ],
+)
+def test_a_malformed_database_url_is_refused_without_showing_any_of_it(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runbook.connect import resolve
+
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(DatabaseConfigError) as err:
+        resolve()
+    assert "ter2" not in str(err.value) and "hun" not in str(err.value)
