@@ -5,6 +5,8 @@
     ├── DatabaseConfigError     no usable database: environment unset, unreachable, bad DSN
     ├── TargetNotFoundError     the table or one of its columns does not exist
     ├── ReadOnlyError           the server or role cannot write; the sweep refused to start
+    ├── PoolerError             a transaction-mode PgBouncer: live sweep and undo refused
+    ├── BlindHealthError        a health signal is unreadable by the role; live run refused
     ├── LedgerUnavailableError  the ledger cannot be created or written; says what to grant
     ├── SweepInProgressError    another session holds this target's sweep lock; names it
     ├── TooManyCandidatesError  more candidates than max_rows; nothing written
@@ -24,6 +26,8 @@ __all__ = [
     "DatabaseConfigError",
     "TargetNotFoundError",
     "ReadOnlyError",
+    "PoolerError",
+    "BlindHealthError",
     "LedgerUnavailableError",
     "SweepInProgressError",
     "TooManyCandidatesError",
@@ -58,6 +62,17 @@ class TargetNotFoundError(RunbookError):
 
 class ReadOnlyError(RunbookError):
     """The database or role cannot write; raised before the first batch."""
+
+
+class PoolerError(RunbookError):
+    """The connection goes through PgBouncer in transaction mode (``pgbouncer=true``),
+    where a session advisory lock and a session temp table do not hold; raised before
+    any write of a live sweep or undo."""
+
+
+class BlindHealthError(RunbookError):
+    """The role cannot see a health signal (replication lag, a running VACUUM) and the
+    operator did not pass ``allow_blind_health=True``; raised before the first batch."""
 
 
 class LedgerUnavailableError(RunbookError):

@@ -2,7 +2,10 @@
 
 The lock belongs to the connection, so a killed kernel or process releases it when its
 connection ends; no lock file, no stale lock. The key is derived from the target's
-table name, so every copy of the runbook, on any host, computes the same key.
+schema and table name, so every copy of the runbook, on any host, computes the same key,
+and a sweep of ``tenant2``'s table never waits for one of ``public``'s. Advisory locks are
+per database: only this database's sessions can hold it. A session lock needs one
+server session for the whole run: through a transaction-mode PgBouncer it is refused.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import statements
+from .connect import refuse_transaction_pooler
 from .errors import SweepInProgressError
 from .session import Conn
 from .target import Target
@@ -25,22 +30,22 @@ def lock_key(target: Target) -> int:
 
 
 def holder(conn: Conn, key: int) -> str:
-    """Who holds the lock: pid, application (carries the run id), user, client, since when."""
-    row = conn.execute(
-        "SELECT a.pid, a.application_name, a.usename, coalesce(a.client_addr::text, 'local'), a.backend_start"
-        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-        " AND l.classid::bigint = %s AND l.objid::bigint = %s",
-        [(key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF],
-    ).fetchone()
+    """Who holds the lock in this database: pid, application (carries the run id), user,
+    client, since when. A role without pg_read_all_stats sees another role's client and
+    start time as NULL: they are then "unknown". Reads only."""
+    row = conn.execute(statements.lock_holder(), {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).fetchone()
     if row is None:
         return "a session that has just finished"
-    return f"pid {row[0]} ({row[1] or 'no application name'}, user {row[2]}, from {row[3]}, connected since {row[4]:%Y-%m-%d %H:%M:%S %Z})"
+    since = f"{row[4]:%Y-%m-%d %H:%M:%S %Z}" if row[4] is not None else "unknown"
+    client = row[3] or "unknown (not visible to this role)"
+    return f"pid {row[0]} ({row[1] or 'no application name'}, user {row[2]}, from {client}, connected since {since})"
 
 
 @contextmanager
 def target_lock(conn: Conn, target: Target) -> Iterator[None]:
-    """Hold the target's lock for the block; SweepInProgressError at once if taken."""
+    """Hold the target's lock for the block; SweepInProgressError at once if taken,
+    PoolerError (nothing taken) on a connection through a transaction-mode PgBouncer."""
+    refuse_transaction_pooler(conn, f"a live sweep or undo of {target.schema}.{target.table}")
     key = lock_key(target)
     got = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
     if not got or not got[0]:

@@ -215,7 +215,7 @@ def start(kind: str, run_id: str = "", of_run_id: str = "", **params: Any) -> Ru
         kind=kind,
         run_id=rid,
         opts=opts,
-        target=Target(),
+        target=Target(schema=database.schema),
         database=database,
         conn=conn,
         started_at=utc_now("seconds"),

@@ -2,10 +2,12 @@
 
 Each slice is one batch: its own transaction on its own connection (``runbook.workers``),
 which updates the slice's rows still candidates and writes their ledger rows in the same
-statement (``statements.batch_update``). A batch that hits lock_timeout, statement_timeout
-or a deadlock rolls back and is retried with half the rows after a growing pause,
-``max_retries`` times; then it gives up. Once a round is aborted (a second Ctrl-C), no
-batch starts a statement or retries.
+statement (``statements.batch_update``). A batch that hits lock_timeout, the runbook's own
+statement_timeout or a deadlock rolls back and is retried with half the rows after a
+growing pause, ``max_retries`` times; then it gives up. A statement canceled by request
+(``pg_cancel_backend()`` from another session: a DBA) is never retried: ``Cancelled``
+stops the sweep at once. Once a round is aborted (a second Ctrl-C), no batch starts a
+statement or retries.
 
 What a round leaves in the SweepResult, whatever happens: every batch that committed, in
 order, before anything else runs (callbacks, exceptions), so the result, the record and
@@ -32,7 +34,7 @@ from .workers import Workers
 if TYPE_CHECKING:
     from .sweep import SweepResult
 
-__all__ = ["Keys", "Outcome", "Aborted", "BatchFailed", "with_retries", "run_round"]
+__all__ = ["Keys", "Outcome", "Aborted", "BatchFailed", "Cancelled", "cancelled_by_request", "with_retries", "run_round"]
 
 RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected)
 T = TypeVar("T")
@@ -44,6 +46,24 @@ class Aborted(Exception):
     """The round was interrupted before this batch's statement started: nothing written."""
 
 
+class Cancelled(Exception):
+    """``what`` (a batch, the snapshot) was canceled by request, not by the runbook's own
+    statement_timeout: someone means the sweep to stop. It rolled back; never retried."""
+
+    def __init__(self, what: str, error: psycopg.errors.QueryCanceled) -> None:
+        self.what, self.error = what, error
+        super().__init__(
+            f"{what} was canceled by request ({error.diag.message_primary}: pg_cancel_backend() on the sweep's "
+            "backend, from another session such as a DBA's, or a client's cancel); it rolled back and was not retried"
+        )
+
+
+def cancelled_by_request(exc: BaseException) -> bool:
+    """A QueryCanceled that is not a statement_timeout: PostgreSQL says "canceling statement
+    due to user request" for pg_cancel_backend() and a client's cancel alike."""
+    return isinstance(exc, psycopg.errors.QueryCanceled) and "statement timeout" not in (exc.diag.message_primary or "")
+
+
 class BatchFailed(Exception):
     """Batch ``number`` raised ``error`` (unwrapped by ``sweep``), on a connection now lost or not."""
 
@@ -53,12 +73,16 @@ class BatchFailed(Exception):
 
 
 def with_retries(
-    work: Callable[[int], T], opts: Options, result: SweepResult, what: str, abort: threading.Event | None = None
-) -> T | None:
-    """``work(attempt)``; after a lock or statement timeout (rolled back) retry after a
-    growing pause, ``max_retries`` times. None: gave up, with the reason in ``result``.
-    Once ``abort`` is set nothing is started or retried: Aborted, or the cancel's error."""
-    attempt = 0
+    work: Callable[[int], T], opts: Options, result: SweepResult, what: str, abort: threading.Event | None = None,
+    max_timeouts: int | None = None,
+) -> T | None:  # fmt: skip
+    """``work(attempt)``; after a lock timeout, the runbook's own statement_timeout or a
+    deadlock (rolled back) retry after a growing pause, ``max_retries`` times, and after
+    at most ``max_timeouts`` statement timeouts (a full scan is not re-run on and on).
+    None: gave up, with the reason in ``result``. Raises Cancelled for a cancel by request
+    (never retried). Once ``abort`` is set nothing is started or retried: Aborted, or the
+    cancel's error."""
+    attempt = timeouts = 0
     while True:
         if abort is not None and abort.is_set():
             raise Aborted()
@@ -67,10 +91,13 @@ def with_retries(
         except RETRYABLE as exc:
             if abort is not None and abort.is_set():
                 raise
+            if cancelled_by_request(exc):
+                raise Cancelled(what, exc) from exc  # type: ignore[arg-type]
             attempt += 1
+            timeouts += isinstance(exc, psycopg.errors.QueryCanceled)
             note = f"{what} try {attempt}: {type(exc).__name__}: {exc.diag.message_primary}"
             result.retries.append(note)
-            if attempt > opts.max_retries:
+            if attempt > opts.max_retries or (max_timeouts is not None and timeouts > max_timeouts):
                 result.stop_reason, result.stop_detail = "gave_up", note
                 return None
             print(f"{note}; retrying", flush=True)
@@ -120,7 +147,11 @@ def run_round(
             used = keys[: max(1, len(keys) >> n)]
             return (used, *write_batch(c, target, opts, params, used, number, run_id, pool.abort))
 
-        done = with_retries(attempt, opts, result, f"batch {number}", pool.abort)
+        try:
+            done = with_retries(attempt, opts, result, f"batch {number}", pool.abort)
+        except Cancelled:
+            pool.cancel_all(but=c)  # the sweep stops at once: its round partners roll back too
+            raise
         if done is None:
             return None
         used, changed, wal = done
@@ -136,9 +167,11 @@ def run_round(
     if on_batch is not None:
         for batch, _ in kept:
             on_batch(result, batch)
-    for i, outcome in enumerate(outcomes):
-        if isinstance(outcome, Exception):
-            raise BatchFailed(chunks[i][0], outcome, pool.lost(i))
+    # A cancel by request first: the partners' errors are then the runbook's own cancels.
+    failed = sorted((not isinstance(o, Cancelled), i) for i, o in enumerate(outcomes) if isinstance(o, Exception))
+    if failed:
+        i = failed[0][1]
+        raise BatchFailed(chunks[i][0], outcomes[i], pool.lost(i))  # type: ignore[arg-type]
     return kept if len(kept) == len(chunks) else None
 
 

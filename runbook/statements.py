@@ -35,6 +35,9 @@ __all__ = [
     "undo_next",
     "undo_update",
     "run_start",
+    "read_only_pinned",
+    "health_visibility",
+    "lock_holder",
     "health_signals",
 ]
 
@@ -238,9 +241,37 @@ def undo_update(target: Target) -> sql.Composed:
     )
 
 
+def read_only_pinned() -> sql.SQL:
+    """Two statements, one round trip (no parameters: the simple query protocol): this
+    transaction is READ ONLY and its ``search_path`` is pg_catalog, then pg_temp (last,
+    so a temp object never shadows a built-in); the runbook names all else with its schema."""
+    return sql.SQL("SET TRANSACTION READ ONLY; SET LOCAL search_path TO pg_catalog, pg_temp")
+
+
 def run_start() -> sql.SQL:
     """The server's clock and its ``wal_buffers`` in bytes, read once when a sweep begins."""
     return sql.SQL("SELECT now(), pg_size_bytes(current_setting('wal_buffers'))")
+
+
+def lock_holder() -> sql.SQL:
+    """The session of this database holding the advisory lock (%(hi)s, %(lo)s) (a bigint
+    key's high and low halves): pid, application_name, user, client ('local' for a Unix
+    socket; NULL when not visible), backend_start (NULL when not visible)."""
+    return sql.SQL(
+        "SELECT a.pid, a.application_name, a.usename,"
+        " CASE WHEN a.client_addr IS NOT NULL THEN a.client_addr::text WHEN a.backend_start IS NOT NULL THEN 'local' END,"
+        " a.backend_start"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND l.classid::bigint = %(hi)s AND l.objid::bigint = %(lo)s"
+    )
+
+
+def health_visibility() -> sql.SQL:
+    """One row: the current role, and whether it sees other roles' rows of the statistics
+    views (``pg_read_all_stats``'s privileges: that role, pg_monitor, or superuser)."""
+    return sql.SQL("SELECT current_user, pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")
 
 
 def health_signals() -> sql.SQL:

@@ -39,10 +39,11 @@ import psycopg
 
 from . import statements
 from .errors import ConnectionLostError, PreviewMismatchError, TooManyCandidatesError
-from .health import HealthLimits, check_health
+from .health import HealthLimits, blind_signals, check_health, refuse_blind
 from .liverun import (
     BatchResult,
     Stopper,
+    check_writable,
     close_run,
     live_run,
     set_batch_settings,
@@ -51,7 +52,7 @@ from .metrics import write_metrics
 from .params import Options
 from .preview import fingerprint
 from .record import new_run_id
-from .rounds import BatchFailed, Outcome, run_round, with_retries
+from .rounds import BatchFailed, Cancelled, Outcome, cancelled_by_request, run_round, with_retries
 from .session import Conn, check_target, read_only, resolve_cutoff
 from .target import Target
 from .workers import Workers
@@ -60,7 +61,7 @@ __all__ = ["BatchResult", "SweepResult", "sweep", "STOP_REASONS", "next_batch_si
 
 STOP_REASONS = (
     "done", "dry_run", "max_batches", "max_seconds", "stop_file", "interrupted", "stop_requested",
-    "remaining_locked", "gave_up",
+    "remaining_locked", "gave_up", "cancelled",
 )  # fmt: skip
 _MAX_PASSES = 5
 _START: tuple[Any, str] = (datetime.min, "")  # a keyset before every snapshot entry
@@ -89,6 +90,7 @@ class SweepResult:
     retries: list[str] = field(default_factory=list)
     pauses: list[dict[str, Any]] = field(default_factory=list)
     metrics_file: str | None = None
+    health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -146,8 +148,11 @@ def sweep(
 ) -> SweepResult:
     """Run the bounded sweep (or its dry run) and return what happened.
 
-    Raises, before any write: TargetNotFoundError, ReadOnlyError, LedgerUnavailableError,
-    SweepInProgressError, TooManyCandidatesError, PreviewMismatchError. A batch that fails
+    Raises, before any write: TargetNotFoundError, BlindHealthError (a health signal the role
+    cannot see, unless ``allow_blind_health``), ReadOnlyError, PoolerError,
+    LedgerUnavailableError, SweepInProgressError, TooManyCandidatesError,
+    PreviewMismatchError. A statement canceled by request (``pg_cancel_backend()``) stops
+    the sweep at once: ``cancelled``, with what was canceled in ``stop_detail``. A batch that fails
     otherwise raises its psycopg error (ConnectionLostError when the server went away);
     that batch rolled back; every batch that committed (earlier ones, and its round
     partner when that one succeeded) stays, with its ledger and in the result, and the
@@ -158,6 +163,13 @@ def sweep(
     with read_only(conn):
         cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff)
     params: dict[str, Any] = {**target.predicate_params(), "cutoff": cutoff, "new_status": target.new_status}
+    limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
+    if not opts.dry_run:
+        check_writable(conn, target)  # may it write at all: said before what it cannot see
+    role, blind = blind_signals(conn, limits)
+    if blind:
+        blind = [refuse_blind(role, blind, live=not opts.dry_run, allow=opts.allow_blind_health)]
+        print(blind[0], flush=True)
 
     if opts.dry_run:
         with read_only(conn):
@@ -171,13 +183,13 @@ def sweep(
             target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=True,
             candidates_at_start=count, stop_reason="dry_run", seconds=time.monotonic() - started, remaining=count,
             would_change=min(count, opts.batch_size * opts.max_batches),
-            would_batches=min(math.ceil(count / opts.batch_size), opts.max_batches),
+            would_batches=min(math.ceil(count / opts.batch_size), opts.max_batches), health_blind=blind,
         )  # fmt: skip
 
     rid = run_id or new_run_id()
     result = SweepResult(
         target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=False,
-        candidates_at_start=0, run_id=rid,
+        candidates_at_start=0, run_id=rid, health_blind=blind,
     )  # fmt: skip
     table_name = f"{target.schema}.{target.table}"
     last_published = [0.0]
@@ -209,6 +221,13 @@ def sweep(
                 failure, lost = exc.error, exc.number if exc.connection_lost else None
             result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             result.stop_detail = f"{type(exc).__name__}: {exc}"
+            if cancelled_by_request(failure) and not isinstance(exc, BatchFailed):
+                failure = Cancelled("a statement of the sweep", failure)  # type: ignore[arg-type]
+            if isinstance(failure, Cancelled):
+                # Someone (a DBA) means the sweep to stop: stop, do not retry, record who/what.
+                result.stop_reason, result.stop_detail = "cancelled", str(failure)
+                print(f"stopped: {failure}", flush=True)
+                failure = None
         result.seconds = round(time.monotonic() - started, 4)
         publish(result.stop_reason, True)
         close_run(conn, rid, result.stop_reason, result.to_dict())
@@ -283,7 +302,8 @@ def _run_passes(
     # (measured: with the whole buffers, p99 119-166 ms; with half, 55-94 ms; bench/RESULTS.md).
     wal_budget = opts.max_batch_wal_bytes or (int(row[1]) // opts.workers if row else 0)
     for pass_number in range(_MAX_PASSES):
-        in_snapshot = with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot")
+        # A snapshot is a full scan: after one statement timeout it is tried once more, no more.
+        in_snapshot = with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot", max_timeouts=1)
         if in_snapshot is None:
             return
         if pass_number == 0:

@@ -26,7 +26,7 @@ from typing import Any
 from .errors import ParameterError
 from .params import check_status
 
-__all__ = ["PRODUCTION_TERMINAL_STATUSES", "Target"]
+__all__ = ["PRODUCTION_TERMINAL_STATUSES", "KNOWN_STATUSES", "Target"]
 
 PRODUCTION_TERMINAL_STATUSES: tuple[str, ...] = (
     "completed",
@@ -36,6 +36,18 @@ PRODUCTION_TERMINAL_STATUSES: tuple[str, ...] = (
     "cancelled",
     "stale_expired",
 )
+
+# Every status LiteLLM is known to write into the table: OpenAI's response, batch,
+# fine-tuning job, assistant run and file states that LiteLLM copies, and its own
+# 'complete' and 'stale_expired'. The rule is a deny-list (terminal statuses), so a
+# status outside this list is a candidate once stale: inspect names each one it finds.
+KNOWN_STATUSES: tuple[str, ...] = (
+    *PRODUCTION_TERMINAL_STATUSES,
+    "queued", "in_progress", "incomplete", "requires_action",  # responses, assistant runs
+    "validating", "finalizing", "cancelling",  # batches
+    "validating_files", "running", "succeeded",  # fine-tuning jobs
+    "uploaded", "processed", "error",  # files
+)  # fmt: skip
 
 # Plain SQL names only. sql.Identifier would quote anything safely, but an operator who
 # types a quote, a semicolon or a non-ASCII letter into a table name has made a mistake
@@ -93,6 +105,7 @@ class Target:
 
     def describe(self) -> dict[str, Any]:
         return {
+            "schema": self.schema,
             "table": f"{self.schema}.{self.table}",
             "purpose": self.purpose,
             "terminal_statuses": list(self.terminal_statuses),

@@ -85,6 +85,11 @@ def undo(
         info = ledger.run_info(conn, of_run_id)
         if info is None or info["kind"] != "sweep":
             raise UnknownRunError(f"run_id={of_run_id!r} is not a sweep run in the ledger ({ledger.SCHEMA}.runs)")
+        if info["target"] != f"{target.schema}.{target.table}":
+            raise UnknownRunError(
+                f"run_id={of_run_id!r} swept {info['target']}, not {target.schema}.{target.table}: "
+                "undo it on the schema it swept (DATABASE_URL's ?schema= option)"
+            )
         total, restorable, already = _counts(conn, target, of_run_id)
     result = UndoResult(of_run_id, None, opts.dry_run, total, restorable, already_undone=already)
     if opts.dry_run:

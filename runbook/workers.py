@@ -92,17 +92,26 @@ class Workers(Generic[T]):
                 self.finished[0] = exc
             wait(futures)
         except BaseException:
-            self.abort.set()
-            for helper in self._helpers:
-                try:
-                    helper.cancel_safe()
-                except Exception:  # a refused cancel must not keep the others running
-                    pass
+            self.cancel_all()
             wait(futures)
             self._collect(futures)
             raise
         self._collect(futures)
         return [self.finished[i] for i in range(len(jobs))]
+
+    def cancel_all(self, but: Conn | None = None) -> None:
+        """Set ``abort`` and cancel the statement running on every helper connection (and
+        on the caller's, when called from a helper's job), except ``but``. Writes nothing
+        itself: each canceled batch rolls back."""
+        self.abort.set()
+        others = self._helpers if threading.current_thread() is threading.main_thread() else [self.conn, *self._helpers]
+        for c in others:
+            if c is but:
+                continue
+            try:
+                c.cancel_safe()
+            except Exception:  # a refused cancel must not keep the others running
+                pass
 
     def _collect(self, futures: list[Future[T]]) -> None:
         for i, future in enumerate(futures, start=1):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import psycopg
 import pytest
+from psycopg import conninfo
+from urllib.parse import urlencode
 
 from runbook.connect import Database, connect, redact, resolve
 from runbook.errors import DatabaseConfigError
@@ -12,8 +18,31 @@ def test_database_url_wins_and_prisma_parameters_are_stripped() -> None:
     db = resolve({"DATABASE_URL": "postgresql://llm:pw@db.internal:6432/litellm?schema=public&connection_limit=5&sslmode=require", "PGHOST": "other"})
     assert db.source == "DATABASE_URL"
     assert "schema=" not in db.dsn and "connection_limit" not in db.dsn and "sslmode=require" in db.dsn
-    assert db.describe() == "llm@db.internal:6432/litellm (DATABASE_URL)"
+    assert db.describe() == "llm@db.internal:6432/litellm, schema public (DATABASE_URL)"
     assert "pw" not in db.describe()
+    assert (db.schema, db.pgbouncer) == ("public", False)
+
+
+def test_prisma_schema_and_pgbouncer_options_are_kept_apart_from_the_dsn() -> None:
+    db = resolve({"DATABASE_URL": "postgresql://llm@db:5432/litellm?schema=tenant2&pgbouncer=true&sslmode=require"})
+    assert (db.schema, db.pgbouncer) == ("tenant2", True)
+    assert db.dsn == "postgresql://llm@db:5432/litellm?sslmode=require"
+    assert db.describe() == "llm@db:5432/litellm, schema tenant2, through PgBouncer (pgbouncer=true) (DATABASE_URL)"
+    assert resolve({"DATABASE_URL": "postgresql://llm@db/litellm?schema="}).schema == "public"
+    socket = resolve({"DATABASE_URL": "postgresql:///litellm?host=%2Frun%2Fpg&schema=tenant2"})
+    assert (socket.dsn, socket.schema) == ("postgresql:///litellm?host=%2Frun%2Fpg", "tenant2")
+    assert resolve({"DATABASE_URL": "postgresql://llm@db/litellm?pgbouncer=false"}).pgbouncer is False
+
+
+@pytest.mark.parametrize("schema", ["tenant-2", "a;b", "x" * 64, "2fast", "t%C3%A9"])
+def test_a_schema_option_that_is_not_a_plain_sql_name_is_refused(schema: str) -> None:
+    with pytest.raises(DatabaseConfigError) as err:
+        resolve({"DATABASE_URL": f"postgresql://llm@db/litellm?schema={schema}"})
+    shown = schema.replace("%C3%A9", "\xe9")
+    assert str(err.value) == (
+        f"DATABASE_URL's schema option '{shown}' is not allowed: "
+        "a SQL name of 1-63 ASCII letters, digits or '_', not starting with a digit"
+    )
 
 
 def test_pg_environment_is_used_when_no_database_url() -> None:
@@ -35,3 +64,97 @@ def test_unreachable_server_error_names_it_without_password() -> None:
 def test_invalid_database_url_is_a_clear_error() -> None:
     with pytest.raises(DatabaseConfigError, match="DATABASE_URL is not a valid PostgreSQL URL"):
         resolve({"DATABASE_URL": "postgresql://u:p@h/d?bogus_option=1"})
+
+
+def test_connections_pin_search_path_and_keep_the_dsns_own_options(dsn: str) -> None:
+    from runbook.workers import Workers
+
+    db = Database(conninfo.make_conninfo(dsn, options="-c statement_timeout=7s"), "DATABASE_URL")
+    with connect(db) as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog,pg_temp",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("7s",)
+        with Workers[None](conn, 2) as pool:
+            assert pool.capacity() == 2
+            helper = pool._helpers[0]  # the writing connection copies the caller's settings
+            assert helper.execute("SHOW search_path").fetchone() == ("pg_catalog,pg_temp",)
+
+
+def test_pgbouncer_url_pins_search_path_in_each_read_only_transaction(dsn: str) -> None:
+    from runbook.session import read_only
+
+    db = Database(dsn, "DATABASE_URL", pgbouncer=True)  # PgBouncer refuses startup options
+    with connect(db) as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)
+        with read_only(conn):
+            assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog, pg_temp",)
+
+
+HOSTILE = [
+    # Better matches than pg_catalog's hashtextextended(text, bigint) and pg_has_role(name,
+    # name, text) for calls the runbook writes unqualified (the ledger's creation lock, the
+    # health visibility check): on a default search_path they win.
+    "CREATE FUNCTION public.hashtextextended(text, integer) RETURNS bigint LANGUAGE plpgsql"
+    " AS $$ BEGIN RAISE EXCEPTION 'hijacked: public.hashtextextended'; END $$",
+    "CREATE FUNCTION public.pg_has_role(name, text, text) RETURNS boolean LANGUAGE plpgsql"
+    " AS $$ BEGIN RAISE EXCEPTION 'hijacked: public.pg_has_role'; END $$",
+]
+
+
+def test_functions_planted_in_public_are_never_called(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
+    from runbook.execute import execute
+    from tests.rows import insert, statuses
+
+    for statement in HOSTILE:
+        conn.execute(statement)
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(3)]
+    # The trap is armed: a session with the default search_path calls them.
+    with psycopg.connect(dsn, autocommit=True) as plain:
+        with pytest.raises(psycopg.errors.RaiseException, match="hijacked: public.hashtextextended"):
+            plain.execute("SELECT hashtextextended(%s, 0)", ["x"])
+        with pytest.raises(psycopg.errors.RaiseException, match="hijacked: public.pg_has_role"):
+            plain.execute("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")
+    env = {**os.environ, "DATABASE_URL": dsn}
+    swept = execute("sweep", {"dry_run": False, "run_id": "pinned"}, tmp_path, env=env)  # creates the ledger
+    assert swept.ok, swept.error
+    assert statuses(conn) == {k: "stale_expired" for k in ids}
+    undone = execute("undo", {"dry_run": False, "run_id": "pinned"}, tmp_path, env=env)
+    assert undone.ok, undone.error
+    assert statuses(conn) == {k: "queued" for k in ids}
+
+
+def url(dsn: str, **query: str) -> str:
+    """``dsn`` as the postgresql:// URL LiteLLM's DATABASE_URL is, with Prisma's options."""
+    info = conninfo.conninfo_to_dict(dsn)
+    return f"postgresql:///{info['dbname']}?" + urlencode({k: str(info[k]) for k in ("host", "port", "user")} | query)
+
+
+POOLER = (
+    "PoolerError: a live sweep or undo of public.LiteLLM_ManagedObjectTable refused: DATABASE_URL has pgbouncer=true "
+    "(PgBouncer in transaction mode), which breaks the session advisory lock (one sweep per table) and the session "
+    "temp table (the candidate snapshot). Refused before its first batch: no row was changed. Connect directly to "
+    "PostgreSQL, or through PgBouncer in session pooling mode (without pgbouncer=true), for a live sweep or undo; "
+    "inspect, preview and dry runs work as they are."
+)
+
+
+def test_pgbouncer_url_refuses_live_sweep_and_undo_but_reads(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
+    from runbook.execute import execute
+    from tests.rows import insert, state, statuses
+
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(2)]
+    before = state(conn)
+    pooled = {**os.environ, "DATABASE_URL": url(dsn, pgbouncer="true")}
+    for name in ("inspect", "preview", "sweep"):
+        done = execute(name, {}, tmp_path, env=pooled)
+        assert done.ok, done.error
+    assert done.record is not None and done.record["outcome"]["sweep"]["candidates_at_start"] == 2
+    refused = execute("sweep", {"dry_run": False, "run_id": "pooled"}, tmp_path, env=pooled)
+    assert not refused.ok and refused.error == POOLER
+    assert state(conn) == before
+    assert conn.execute("SELECT count(*) FROM litellm_runbook.runs").fetchone() == (0,)
+
+    direct = {**os.environ, "DATABASE_URL": url(dsn)}
+    assert execute("sweep", {"dry_run": False, "run_id": "direct"}, tmp_path, env=direct).ok
+    refused = execute("undo", {"dry_run": False, "run_id": "direct"}, tmp_path, env=pooled)
+    assert not refused.ok and refused.error == POOLER
+    assert statuses(conn) == {k: "stale_expired" for k in ids}

@@ -29,6 +29,7 @@ from runbook.embedded import EmbeddedServer
 from runbook.errors import ConnectionLostError, ReadOnlyError, SweepInProgressError
 from runbook.execute import execute
 from tests.fix_db import track
+from tests.roles import create_roles, drop_roles
 from tests.rows import insert, state, statuses
 
 LIVE = {"dry_run": False}
@@ -256,18 +257,35 @@ def test_read_only_standby_inspect_and_preview_work_sweep_refuses(
     assert set(statuses(conn).values()) == {"queued"}
 
 
-def test_replication_lag_pauses_the_sweep(conn: psycopg.Connection, dsn: str, standby: EmbeddedServer) -> None:
+@pytest.fixture
+def sweeper_role(conn: psycopg.Connection, dsn: str) -> Iterator[str]:
+    """The DSN of the least-privilege sweeper role, with exactly its documented grants."""
+    yield create_roles(conn, dsn)["rb_sweeper"]
+    drop_roles(conn)
+
+
+def _as(role: str, dsn: str, request: pytest.FixtureRequest) -> str:
+    """The DSN to sweep with: the superuser's, or the least-privilege sweeper's."""
+    return dsn if role == "superuser" else str(request.getfixturevalue("sweeper_role"))
+
+
+@pytest.mark.parametrize("role", ["superuser", "sweeper"])
+def test_replication_lag_pauses_the_sweep(
+    conn: psycopg.Connection, dsn: str, standby: EmbeddedServer, role: str, request: pytest.FixtureRequest
+) -> None:
     many(conn, 6)
+    worker = psycopg.connect(_as(role, dsn, request), autocommit=True)
     with psycopg.connect(standby.dsn(), autocommit=True) as replica:
         replica.execute("SELECT pg_wal_replay_pause()")
         resumer = threading.Timer(2.0, lambda: psycopg.connect(standby.dsn(), autocommit=True).execute("SELECT pg_wal_replay_resume()"))
         resumer.start()
         try:
-            result = sweep(conn, Target(), options(batch_size=2, max_replication_lag_bytes=1, health_pause_s=0.2, **LIVE))
+            result = sweep(worker, Target(), options(batch_size=2, max_replication_lag_bytes=1, health_pause_s=0.2, **LIVE))
         finally:
             resumer.join()
             replica.execute("SELECT pg_wal_replay_resume()")
-    assert result.stop_reason == "done" and result.changed == 6
+            worker.close()
+    assert result.stop_reason == "done" and result.changed == 6 and result.health_blind == []
     assert result.pauses and "replication lag" in result.pauses[0]["reasons"][0]
     assert sum(p["seconds"] for p in result.pauses) >= 0.5
 
@@ -291,7 +309,11 @@ def test_sessions_waiting_on_the_table_pause_the_sweep(conn: psycopg.Connection,
     assert result.pauses[0]["seconds"] >= 0.4
 
 
-def test_a_running_vacuum_pauses_the_sweep(conn: psycopg.Connection, dsn: str) -> None:
+@pytest.mark.parametrize("role", ["superuser", "sweeper", "blind sweeper"])
+def test_a_running_vacuum_pauses_the_sweep(conn: psycopg.Connection, dsn: str, role: str, request: pytest.FixtureRequest) -> None:
+    worker_dsn = _as(role, dsn, request)
+    if role == "blind sweeper":  # without pg_read_all_stats: allowed blind, it sees no VACUUM
+        conn.execute("REVOKE pg_read_all_stats FROM rb_sweeper")
     load_demo_rows(dsn, 3000)
     vacuum = psycopg.connect(dsn, autocommit=True)
     vacuum.execute("SET vacuum_cost_delay = '20ms'")
@@ -302,10 +324,17 @@ def test_a_running_vacuum_pauses_the_sweep(conn: psycopg.Connection, dsn: str) -
     while not conn.execute("SELECT count(*) FROM pg_stat_progress_vacuum WHERE pid = %s", [pid]).fetchone()[0]:  # type: ignore[index]
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    threading.Timer(1.0, lambda: psycopg.connect(dsn, autocommit=True).execute("SELECT pg_cancel_backend(%s)", [pid])).start()
-    result = sweep(conn, Target(), options(batch_size=500, health_pause_s=0.2, **LIVE))
+    canceller = threading.Timer(1.0, lambda: psycopg.connect(dsn, autocommit=True).execute("SELECT pg_cancel_backend(%s)", [pid]))
+    canceller.start()
+    with psycopg.connect(worker_dsn, autocommit=True) as worker:
+        result = sweep(worker, Target(), options(batch_size=500, health_pause_s=0.2, allow_blind_health=role == "blind sweeper", **LIVE))
+    canceller.join()
     vacuum.close()
     assert result.stop_reason == "done" and result.changed == result.candidates_at_start > 0
+    if role == "blind sweeper":
+        assert result.pauses == [] and len(result.health_blind) == 1 and "VACUUM (pg_stat_progress_vacuum.relid is NULL" in result.health_blind[0]
+        return
+    assert result.health_blind == []
     assert result.pauses and result.pauses[0]["reasons"] == ["a VACUUM of the table is running"]
     assert result.pauses[0]["before_batch"] == 1 and result.pauses[0]["seconds"] >= 0.5
 
@@ -418,3 +447,85 @@ def test_kernel_sigkilled_mid_sweep_then_rerun(conn: psycopg.Connection, dsn: st
 
 def _ledger_exists(conn: psycopg.Connection) -> bool:
     return conn.execute("SELECT to_regclass('litellm_runbook.batches') IS NOT NULL").fetchone() == (True,)
+
+
+CANCELLED = (
+    "{what} was canceled by request (canceling statement due to user request: pg_cancel_backend() on the sweep's "
+    "backend, from another session such as a DBA's, or a client's cancel); it rolled back and was not retried"
+)
+
+
+def _cancel_when_waiting(dsn: str, condition: str, cancelled: list[int]) -> None:
+    """As a DBA would: pg_cancel_backend() on the backend matching ``condition`` (SQL over
+    pg_stat_activity) once it waits for a lock."""
+    with psycopg.connect(dsn, autocommit=True) as dba:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            row = dba.execute(f"SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND {condition}").fetchone()
+            if row:
+                assert dba.execute("SELECT pg_cancel_backend(%s)", [row[0]]).fetchone() == (True,)
+                cancelled.append(row[0])
+                return
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_dba_cancel_stops_the_sweep_at_once_and_is_recorded(conn: psycopg.Connection, dsn: str, workers: int) -> None:
+    many(conn, 6)
+    before = state(conn)
+    holder = psycopg.connect(dsn)
+    holder.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")  # the snapshot reads; every batch's UPDATE waits
+    cancelled: list[int] = []
+    with psycopg.connect(dsn, autocommit=True, application_name="swept") as worker:
+        # One worker: the sweep's own backend; two: the helper's (its partner is canceled by the sweep).
+        condition = f"pid = {worker.info.backend_pid}" if workers == 1 else "application_name = 'swept/worker-2'"
+        dba = threading.Thread(target=_cancel_when_waiting, args=(dsn, condition, cancelled))
+        dba.start()
+        t0 = time.monotonic()
+        result = sweep(worker, Target(), options(batch_size=3, workers=workers, lock_timeout_s=30, **LIVE), run_id="dba")
+        elapsed = time.monotonic() - t0
+        dba.join()
+    holder.rollback()
+    holder.close()
+    assert len(cancelled) == 1 and elapsed < 10, "not stopped at once: a lock_timeout (30 s) or a retry ran"
+    what = "batch 1" if workers == 1 else "batch 2"
+    assert result.stop_reason == "cancelled" and result.stop_detail == CANCELLED.format(what=what)
+    assert result.retries == [] and result.batches == [] and result.changed == 0
+    assert state(conn) == before
+    assert conn.execute("SELECT stop_reason, outcome->>'stop_detail', rows_changed FROM litellm_runbook.runs").fetchall() == [
+        ("cancelled", CANCELLED.format(what=what), 0)
+    ]
+    assert sweep(conn, Target(), options(**LIVE)).changed == 6  # nothing left behind: a re-run finishes
+
+
+def test_a_dba_cancel_of_the_snapshot_stops_the_sweep(conn: psycopg.Connection, dsn: str) -> None:
+    many(conn, 3)
+    before = state(conn)
+    holder = psycopg.connect(dsn)
+    holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+    cancelled: list[int] = []
+    with psycopg.connect(dsn, autocommit=True) as worker:
+        dba = threading.Thread(target=_cancel_when_waiting, args=(dsn, f"pid = {worker.info.backend_pid}", cancelled))
+        dba.start()
+        result = sweep(worker, Target(), options(lock_timeout_s=30, **LIVE))
+        dba.join()
+    holder.rollback()
+    holder.close()
+    assert cancelled and result.stop_reason == "cancelled" and result.stop_detail == CANCELLED.format(what="snapshot")
+    assert result.retries == [] and state(conn) == before
+
+
+def test_a_snapshot_that_times_out_is_run_again_once_not_more(conn: psycopg.Connection, dsn: str) -> None:
+    many(conn, 3)
+    before = state(conn)
+    ready = threading.Event()
+    holder = threading.Thread(target=_hold_table_lock, args=(dsn, 6, ready))
+    holder.start()
+    ready.wait(5)
+    # The snapshot gets ten batches' statement time (1 s here), and waits for the table lock.
+    result = sweep(conn, Target(), options(statement_timeout_s=0.1, max_retries=3, **LIVE))
+    holder.join()
+    note = "snapshot try {}: QueryCanceled: canceling statement due to statement timeout"
+    assert result.retries == [note.format(1), note.format(2)]
+    assert result.stop_reason == "gave_up" and result.stop_detail == note.format(2)
+    assert state(conn) == before

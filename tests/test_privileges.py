@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import conninfo, sql
+from psycopg import sql
 
-from runbook import Target, ledger
+from runbook import Target
 from runbook.execute import execute
-from runbook.grants import grants_sql, owner_setup_sql
+from tests.roles import create_roles, drop_roles
 from tests.rows import insert, state, statuses
-
-ROLES = ("rb_owner", "rb_reader", "rb_sweeper")
 
 
 @pytest.fixture
-def roles(conn: psycopg.Connection, dsn: str) -> dict[str, str]:
+def roles(conn: psycopg.Connection, dsn: str) -> Iterator[dict[str, str]]:
     """Three login roles with nothing but the documented grants; PUBLIC's defaults revoked."""
-    db = conn.info.dbname
-    for role in ROLES:
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
-    for stmt in owner_setup_sql(db, "rb_owner"):
-        conn.execute(stmt)
-    with psycopg.connect(conninfo.make_conninfo(dsn, user="rb_owner"), autocommit=True) as owner:
-        ledger.ensure(owner)
-    for stmt in grants_sql(Target(), db, "rb_reader", "rb_sweeper"):
-        conn.execute(stmt)
-    yield {role: conninfo.make_conninfo(dsn, user=role) for role in ROLES}
-    for role in ROLES:
-        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    yield create_roles(conn, dsn)
+    drop_roles(conn)
 
 
 def test_each_notebook_with_exactly_its_grants(conn: psycopg.Connection, roles: dict[str, str], tmp_path: Path) -> None:
@@ -95,3 +81,117 @@ def test_sweeper_allowed_one_connection_writes_one_batch_at_a_time(
     out = capsys.readouterr().out
     assert "could not open writing connection 2 (" in out and "too many connections for role" in out
     assert "writing 1 batch(es) at a time" in out
+
+
+TABLE = '"LiteLLM_ManagedObjectTable"'
+
+
+def _denied(dsn: str, statement: str, params: list[object] | None = None) -> str:
+    """The InsufficientPrivilege message ``statement`` gets as the role of ``dsn``."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
+            c.execute(statement, params)
+    return str(err.value.diag.message_primary)
+
+
+def test_roles_cannot_read_payloads_or_write_other_columns(conn: psycopg.Connection, roles: dict[str, str]) -> None:
+    key = insert(conn, status="queued", age_days=10)
+    before = state(conn)
+    for role in ("rb_reader", "rb_sweeper"):
+        assert _denied(roles[role], f"SELECT file_object FROM {TABLE}") == "permission denied for table LiteLLM_ManagedObjectTable"
+        assert _denied(roles[role], f"SELECT * FROM {TABLE}") == "permission denied for table LiteLLM_ManagedObjectTable"
+        with psycopg.connect(roles[role], autocommit=True) as c:  # the four columns the rule reads
+            assert c.execute(f"SELECT id, status, created_at, file_purpose FROM {TABLE}").fetchall() == [
+                (key, "queued", before[key][5], "response")
+            ]
+    sweeper = roles["rb_sweeper"]
+    assert _denied(sweeper, f"UPDATE {TABLE} SET file_purpose = 'batch'") == "permission denied for table LiteLLM_ManagedObjectTable"
+    assert _denied(sweeper, f"DELETE FROM {TABLE}") == "permission denied for table LiteLLM_ManagedObjectTable"
+    assert _denied(sweeper, f"INSERT INTO {TABLE} (id) VALUES ('x')") == "permission denied for table LiteLLM_ManagedObjectTable"
+    assert _denied(roles["rb_reader"], f"UPDATE {TABLE} SET status = 'x'") == "permission denied for table LiteLLM_ManagedObjectTable"
+    assert state(conn) == before
+    memberships = conn.execute(
+        "SELECT pg_has_role('rb_sweeper', 'pg_read_all_stats', 'MEMBER'), pg_has_role('rb_sweeper', 'pg_monitor', 'MEMBER'),"
+        " pg_has_role('rb_reader', 'pg_read_all_stats', 'MEMBER')"
+    ).fetchone()
+    assert memberships == (True, False, False)
+
+
+def test_sweeper_cannot_rewrite_other_runs_ledger_rows(conn: psycopg.Connection, roles: dict[str, str]) -> None:
+    from runbook import options, sweep
+    from runbook.locking import target_lock
+
+    insert(conn, status="queued", age_days=10)
+    with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+        assert sweep(c, Target(), options(dry_run=False), run_id="earlier").stop_reason == "done"
+    ledger_before = [
+        conn.execute(f"SELECT * FROM litellm_runbook.{t} ORDER BY 1, 2").fetchall() for t in ("runs", "batches", "changes")
+    ]
+    assert ledger_before[0][0][0] == "earlier" and ledger_before[0][0][8] == "done"
+    with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+        # Row security: another run's row is not there to update, even while this session
+        # holds a sweep lock (of another schema's table), nor without any lock.
+        assert c.execute("UPDATE litellm_runbook.runs SET stop_reason = 'forged' WHERE run_id = 'earlier'").rowcount == 0
+        with target_lock(c, Target(schema="elsewhere")):
+            assert c.execute("UPDATE litellm_runbook.runs SET outcome = NULL").rowcount == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match='new row violates row-level security policy for table "runs"'):
+            c.execute("INSERT INTO litellm_runbook.runs (run_id, kind, target) VALUES ('forged', 'sweep', 'public.LiteLLM_ManagedObjectTable')")
+    sweeper = roles["rb_sweeper"]
+    for table in ("batches", "changes"):
+        assert _denied(sweeper, f"UPDATE litellm_runbook.{table} SET run_id = 'forged'") == f"permission denied for table {table}"
+        assert _denied(sweeper, f"DELETE FROM litellm_runbook.{table}") == f"permission denied for table {table}"
+    assert _denied(sweeper, "DELETE FROM litellm_runbook.runs") == "permission denied for table runs"
+    assert _denied(roles["rb_reader"], "UPDATE litellm_runbook.runs SET stop_reason = 'forged'") == "permission denied for table runs"
+    assert [
+        conn.execute(f"SELECT * FROM litellm_runbook.{t} ORDER BY 1, 2").fetchall() for t in ("runs", "batches", "changes")
+    ] == ledger_before
+
+
+BLIND = (
+    "health: role rb_sweeper cannot see replication lag (pg_stat_replication.replay_lsn is NULL for other roles' "
+    "walsenders: lag would read 0); VACUUM (pg_stat_progress_vacuum.relid is NULL for other roles' sessions, "
+    "autovacuum's included: no VACUUM would pause the sweep). GRANT pg_read_all_stats TO rb_sweeper to see them"
+)
+
+
+def test_sweeper_blind_to_health_is_refused_unless_allowed_and_then_says_so(
+    conn: psycopg.Connection, roles: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runbook import options, sweep
+    from runbook.errors import BlindHealthError
+
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(3)]
+    conn.execute("REVOKE pg_read_all_stats FROM rb_sweeper")
+    before = state(conn)
+    with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+        with pytest.raises(BlindHealthError) as err:
+            sweep(c, Target(), options(dry_run=False), run_id="blind")
+        assert str(err.value) == (
+            BLIND + ", or pass allow_blind_health=True to run without those pauses. Refused before the first batch: nothing written."
+        )
+        # Without pause_during_vacuum the VACUUM signal is not needed: only lag is blind.
+        with pytest.raises(BlindHealthError, match=r"cannot see replication lag \(.*lag would read 0\)\. GRANT"):
+            sweep(c, Target(), options(dry_run=False, pause_during_vacuum=False), run_id="blind")
+        dry = sweep(c, Target(), options())
+        assert dry.health_blind == [BLIND + "; a live run will refuse unless allow_blind_health=True."]
+    assert state(conn) == before
+    assert conn.execute("SELECT count(*) FROM litellm_runbook.runs").fetchone() == (0,)
+    capsys.readouterr()
+
+    with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+        result = sweep(c, Target(), options(dry_run=False, allow_blind_health=True), run_id="blind-ok")
+    said = BLIND + "; allow_blind_health=True: going on without those pauses."
+    assert result.stop_reason == "done" and result.changed == 3 and result.health_blind == [said]
+    assert said in capsys.readouterr().out
+    assert conn.execute("SELECT outcome->'health_blind' FROM litellm_runbook.runs WHERE run_id = 'blind-ok'").fetchone() == ([said],)
+    assert statuses(conn) == {k: "stale_expired" for k in ids}
+
+    # The notebook: refused, then allowed, and the record says which signals were blind.
+    conn.execute(f"UPDATE {TABLE} SET status = 'queued'")
+    env = {**os.environ, "DATABASE_URL": roles["rb_sweeper"]}
+    refused = execute("sweep", {"dry_run": False}, tmp_path, env=env)
+    assert not refused.ok and refused.error == "BlindHealthError: " + str(err.value)
+    allowed = execute("sweep", {"dry_run": False, "allow_blind_health": True}, tmp_path, env=env)
+    assert allowed.ok, allowed.error
+    assert allowed.record is not None and allowed.record["outcome"]["sweep"]["health_blind"] == [said]
+    assert set(statuses(conn).values()) == {"stale_expired"}
