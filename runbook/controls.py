@@ -5,6 +5,8 @@ Preview button that shows the next batch, a box where the engineer types the can
 count, an Execute button that stays disabled until a preview of the *current* settings
 was shown and confirmed, and a Stop button. Execute sweeps with the preview's cutoff and
 fingerprint, so the first batch is exactly the previewed rows or nothing is written.
+Each Execute is a run of its own in the ledger (a new run id, its own parameters, with
+the notebook's run id as ``notebook_run_id``), never a resume of an earlier one.
 
 Nothing here waits: every action runs from a button callback, and ``Run.controls()``
 calls ``sweep_panel`` only in JupyterLab, so papermill and nbval never build it. The
@@ -34,6 +36,7 @@ from .errors import ParameterError
 from .params import Options, options
 from .preview import PreviewReport, preview
 from .progress import ProgressBar, plural
+from .record import new_run_id
 from .session import Conn
 from .sweep import SweepResult, sweep
 
@@ -63,8 +66,9 @@ class SweepPanel:
 
     Callbacks never raise: errors (a bad setting, a refused sweep, a database error) are
     shown in the panel's message line. What they write: Preview nothing; Execute the
-    rows of a live sweep (and its ledger), from a background thread, then
-    ``run.outcome["preview"]`` and ``run.outcome["sweep"]`` for ``run.finish()``.
+    rows of a live sweep (and its ledger: a new run id per Execute), from a background
+    thread, then ``run.outcome["preview"]``, ``run.outcome["sweep"]`` (the latest Execute)
+    and one entry per Execute in ``run.outcome["panel_runs"]`` for ``run.finish()``.
     """
 
     def __init__(self, run: Run) -> None:
@@ -299,8 +303,13 @@ class SweepPanel:
         # The preview's own cutoff (from the server clock, already in the past), not a fresh
         # one: exactly the previewed candidates are eligible, and the fingerprint pins batch 1.
         opts = replace(shown.opts, dry_run=False, cutoff=shown.report.cutoff_utc, expect_fingerprint=shown.report.fingerprint)
+        # A run of its own: resuming the notebook's run id would merge this Execute's
+        # parameters into an earlier one's ledger row.
+        rid = new_run_id()
         parameters = {
             **self.run.params,
+            "run_id": rid,
+            "notebook_run_id": self.run.run_id,
             "stale_after_days": opts.stale_after_days,
             "cutoff": shown.report.cutoff_utc.isoformat() + "Z",
             "batch_size": opts.batch_size,
@@ -310,16 +319,21 @@ class SweepPanel:
             "expect_fingerprint": shown.report.fingerprint,
             "source": "controls",
         }
+        entry: dict[str, Any] = {"run_id": rid, "parameters": parameters}
+        with self._lock:
+            self.run.outcome.setdefault("panel_runs", []).append(entry)
         try:
-            with self._connect("sweep") as conn:
+            with self._connect(f"sweep-{rid}") as conn:
                 result = sweep(
-                    conn, self.run.target, opts, run_id=self.run.run_id, parameters=parameters, on_batch=bar,
+                    conn, self.run.target, opts, run_id=rid, parameters=parameters, on_batch=bar,
                     should_stop=self._stop.is_set,
                 )  # fmt: skip
         except Exception as exc:
+            entry.update(stop_reason="failed", error=f"{type(exc).__name__}: {exc}")
             self.run.outcome.update({"status": "failed", "step": "controls", "error": f"{type(exc).__name__}: {exc}"})
             self._say(f"Sweep refused or failed: {type(exc).__name__}: {exc}")
         else:
+            entry.update(stop_reason=result.stop_reason, changed=result.changed)
             self._record(shown, result, bar)
         finally:
             with self._lock:

@@ -20,9 +20,13 @@ from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
 
+import psycopg
+from psycopg import conninfo
+
 from . import ledger, statements
-from .errors import ReadOnlyError
+from .errors import ReadOnlyError, SweepInProgressError
 from .locking import target_lock
+from .metrics import write_metrics
 from .params import Options
 from .record import operator
 from .session import Conn
@@ -30,7 +34,7 @@ from .target import Target
 
 __all__ = [
     "BatchResult", "LiveRun", "Stopper", "check_writable", "close_run", "interrupt_guard", "live_run",
-    "set_batch_settings", "utc_now",
+    "publish_metrics", "reconcile", "run_identity", "set_batch_settings", "utc_now",
 ]  # fmt: skip
 
 
@@ -147,6 +151,22 @@ class LiveRun:
     stopper: Stopper
 
 
+def run_identity(conn: Conn, target: Target, opts: Options, kind: str, undoes_run_id: str | None) -> dict[str, Any]:
+    """What a resume of a run id must match (``ledger.IDENTITY_KEYS``). Reads only."""
+    who = operator(conn)
+    sweep_rule = kind == "sweep"
+    return {
+        "kind": kind,
+        "target": f"{target.schema}.{target.table}",
+        "cutoff": opts.cutoff.isoformat() + "Z" if sweep_rule and opts.cutoff else None,
+        "stale_after_days": opts.stale_after_days if sweep_rule and not opts.cutoff else None,
+        "undoes_run_id": undoes_run_id,
+        "session_user": who.get("session_user"),
+        "current_user": who.get("current_user"),
+        "os_user": who.get("os_user"),
+    }
+
+
 @contextmanager
 def live_run(
     conn: Conn, target: Target, opts: Options, *, kind: str, run_id: str, parameters: dict[str, Any],
@@ -155,21 +175,101 @@ def live_run(
     """Check, lock and register a writing run; the block runs its batches.
 
     Writes the ledger's runs row (and creates the ledger on first use). Raises, before any
-    write to the table: ReadOnlyError, LedgerUnavailableError, SweepInProgressError.
+    write to the table: ReadOnlyError, LedgerUnavailableError, SweepInProgressError,
+    ParameterError (``run_id`` names a run of another identity, ``ledger.start_run``).
     """
     started = time.monotonic()
     check_writable(conn, target)
     ledger.ensure(conn)
     with target_lock(conn, target), interrupt_guard() as interrupted:
         first = ledger.start_run(
-            conn, run_id=run_id, kind=kind, target=f"{target.schema}.{target.table}", operator=operator(),
-            parameters=parameters, undoes_run_id=undoes_run_id,
+            conn, run_id=run_id, kind=kind, target=f"{target.schema}.{target.table}", operator=operator(conn),
+            parameters=parameters, identity=run_identity(conn, target, opts, kind, undoes_run_id),
+            undoes_run_id=undoes_run_id,
         )  # fmt: skip
         yield LiveRun(first, Stopper(opts, started, interrupted, should_stop))
 
 
-def close_run(conn: Conn, run_id: str, stop_reason: str, record: dict[str, Any]) -> None:
-    """Record how the run ended in the ledger, unless the connection is gone (then the
-    runs row simply stays open: its batches and their ledger rows are what count)."""
-    if not conn.broken and not conn.closed:
+def publish_metrics(directory: str, warnings: list[str], **values: Any) -> str | None:
+    """Write the run's metrics file (``metrics.write_metrics``) when ``directory`` is set;
+    return its path. A file that cannot be written is a warning (appended to
+    ``warnings`` and printed), never the run's failure: metrics only watch the run."""
+    if not directory:
+        return None
+    try:
+        return str(write_metrics(directory, **values))
+    except Exception as exc:  # noqa: BLE001 - whatever broke the file, the run goes on
+        note = f"metrics file not written to metrics_dir={directory!r}: {type(exc).__name__}: {exc}"
+        if note not in warnings:
+            warnings.append(note)
+            print(f"warning: {note}", flush=True)
+        return None
+
+
+def close_run(conn: Conn, run_id: str, stop_reason: str, record: dict[str, Any]) -> bool:
+    """Record how the run ended in the ledger; True when it did.
+
+    On a broken connection, or when the write fails, the runs row stays open (its batches
+    and their ledger rows are what count) and False is returned: closing never replaces
+    the error the run is already ending with.
+    """
+    if conn.broken or conn.closed:
+        return False
+    try:
         ledger.finish_run(conn, run_id, stop_reason, record)
+    except psycopg.Error as exc:
+        print(f"warning: the ledger's runs row of {run_id} could not be closed: {type(exc).__name__}: {exc}", flush=True)
+        return False
+    return True
+
+
+def _reconnect(conn: Conn, wait_s: float) -> Conn | None:
+    """A new connection to the server ``conn`` (now broken) was connected to, trying for up to
+    ``wait_s`` seconds (a crashed server recovers first); None if none could be made."""
+    try:
+        params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
+    except psycopg.Error:
+        return None
+    params.update(host=conn.info.host, port=str(conn.info.port), connect_timeout="5")
+    app = params.get("application_name") or "litellm-runbook"
+    params["application_name"] = f"{app}/reconcile"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return psycopg.connect(conninfo.make_conninfo(**params), autocommit=True)
+        except psycopg.OperationalError:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
+
+
+def reconcile(
+    conn: Conn, target: Target, run_id: str, first_batch: int, batches: list[BatchResult], stop_reason: str,
+    record: Callable[[list[BatchResult], list[int]], dict[str, Any]], wait_s: float = 30.0,
+) -> tuple[list[BatchResult], list[int]] | None:  # fmt: skip
+    """After the connection was lost: the batches of ``batches`` the ledger really holds.
+
+    A batch commits asynchronously (``set_batch_settings``): a server crash can lose the
+    last ones although their commit was acknowledged. On a new connection, keeps the
+    batches that ``litellm_runbook.batches`` has for this invocation (numbers from
+    ``first_batch``), and closes the runs row with ``stop_reason`` and ``record(kept, lost)``
+    while holding the target's lock (a sweeper role may update a runs row only then;
+    another run holding it leaves the row open). Returns (kept, numbers of the lost
+    batches), or None when no connection could be made within ``wait_s`` seconds (then
+    nothing is known, and the runs row stays open).
+    """
+    fresh = _reconnect(conn, wait_s)
+    if fresh is None:
+        return None
+    with fresh:
+        rows = fresh.execute(statements.ledger_batches(), {"run_id": run_id, "first_batch": first_batch}).fetchall()
+        there = {int(r[0]) for r in rows}
+        kept = [b for b in batches if b.number in there]
+        lost = [b.number for b in batches if b.number not in there]
+        closing = record(kept, lost)
+        try:
+            with target_lock(fresh, target):
+                close_run(fresh, run_id, stop_reason, closing)
+        except SweepInProgressError as exc:
+            print(f"warning: the ledger's runs row of {run_id} stays open: {exc}", flush=True)
+    return kept, lost

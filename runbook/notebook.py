@@ -173,7 +173,10 @@ class Run:
             "notebook": self.kind,
             "started_at": self.started_at,
             "finished_at": utc_now("seconds"),
-            "operator": operator(),
+            # The database roles come from the server (at start), the OS user from the process.
+            "operator": {
+                **operator(), "session_user": self.identity.get("session_user"), "current_user": self.identity.get("user"),
+            },
             "runbook_version": __version__,
             "code_revision": code_revision(),
             "database": {"source": self.database.source, **self.identity},
@@ -268,7 +271,9 @@ def show_preview(p: PreviewReport) -> None:
     rows = [(row.id, row.status, row.created_at, row.purpose) for row in p.rows]  # plain-text log only
     head = (
         f"Next batch: {len(p.rows):,} of {p.candidates:,} candidates, oldest first; cutoff "
-        f"{render.fmt(p.cutoff_utc)}; fingerprint {p.fingerprint}"
+        f"{render.fmt(p.cutoff_utc)}; fingerprint {p.fingerprint} (it binds the target, rule, cutoff and these ids). "
+        f"To sweep exactly these rows: -p cutoff {p.cutoff_utc.isoformat()}Z -p batch_size {p.batch_size} "
+        f"-p expect_fingerprint {p.fingerprint}"
     )
     sql_html = "".join(f"<p><b>{html.escape(k)}</b></p><pre>{html.escape(v)}</pre>" for k, v in p.sql.items())
     body = (
@@ -321,22 +326,31 @@ def show_sweep(s: SweepResult) -> None:
     )
 
 
-def show_undo(u: UndoResult) -> None:
+def undo_summary(u: UndoResult) -> str:
+    """One sentence: what undo restored (or would), and what it left alone, by reason."""
+    alone = (
+        f"left alone: {u.changed_since:,} changed since, {u.later_run:,} changed by a later run, "
+        f"{u.already_undone:,} already undone"
+    )
     if u.dry_run:
-        head = (
+        return (
             f"DRY RUN, nothing written: run {u.of_run_id} changed {u.rows_in_ledger:,} rows; {u.restorable:,} can be "
-            f"restored, {u.rows_in_ledger - u.restorable - u.already_undone:,} changed again since (left alone), "
-            f"{u.already_undone:,} already undone."
+            f"restored (its change is their latest in the ledger and still in place); {alone}."
         )
+    return (
+        f"Undo {u.run_id} of run {u.of_run_id}: {u.restored:,} rows restored in {len(u.batches):,} batches; {alone}. "
+        f"Stopped: {u.stop_reason}." + "".join(f" Warning: {w}." for w in u.warnings)
+    )
+
+
+def show_undo(u: UndoResult) -> None:
+    head = undo_summary(u)
+    if u.dry_run:
         _display(render.notice(head, "info"), head)
         return
-    head = (
-        f"Undo {u.run_id} of run {u.of_run_id}: {u.restored:,} rows restored in {len(u.batches):,} batches, "
-        f"{u.left_alone:,} left alone (changed since), {u.already_undone:,} already undone. Stopped: {u.stop_reason}."
-    )
     rows = _batch_rows(u.batches)
     _display(
         render.notice(head, "ok" if u.stop_reason == "done" else "warning")
-        + render.table(["batch", "looked at", "restored", "ms", "committed (UTC)"], rows),
+        + render.table(["batch", "looked at", "restored", "ms", "WAL MB", "committed (UTC)"], rows),
         head,
     )

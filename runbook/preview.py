@@ -6,6 +6,7 @@ Read-only: runs in a READ ONLY transaction and needs only SELECT on the table.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,9 +60,12 @@ class PreviewReport:
         }
 
 
-def fingerprint(ids: list[str]) -> str:
-    """A short digest of a batch's ids in order: equal fingerprints, identical batches."""
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+def fingerprint(target: dict[str, Any], cutoff: datetime, ids: list[str]) -> str:
+    """16 hex digits binding a batch: the target (``Target.describe()``: schema.table, the
+    rule's purpose and terminal statuses, the new status), the exact cutoff and the batch's
+    ids in order. Equal fingerprints: the same rows, chosen by the same rule and cutoff."""
+    bound = json.dumps({"target": target, "cutoff": cutoff.isoformat(), "ids": ids}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(bound.encode()).hexdigest()[:16]
 
 
 def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
@@ -72,6 +76,9 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
     check_target(conn, target)
     with read_only(conn):
         cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff)
+        if opts.cutoff is None:
+            # Whole seconds: printed in full, the cutoff can be given back exactly (the fingerprint binds it).
+            cutoff = cutoff.replace(microsecond=0)
         params: dict[str, Any] = {**target.predicate_params(), "cutoff": cutoff, "batch_size": opts.batch_size}
         found = conn.execute(statements.next_batch_and_count(target), params).fetchall()
         rendered = {
@@ -87,7 +94,7 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
         batch_size=opts.batch_size,
         candidates=int(found[0][4]) if found else 0,
         rows=rows,
-        fingerprint=fingerprint([r.id for r in rows]),
+        fingerprint=fingerprint(target.describe(), cutoff, [r.id for r in rows]),
         sql=rendered,
         parameters={
             "cutoff": cutoff.isoformat(sep=" "),

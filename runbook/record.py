@@ -7,8 +7,8 @@ without parsing any text.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import re
 import secrets
 import socket
@@ -40,13 +40,23 @@ def check_run_id(value: object) -> str:
     return value
 
 
-def operator() -> dict[str, str | None]:
-    """The OS user and, under JupyterHub, the hub user; the host."""
+def operator(conn: Conn | None = None) -> dict[str, str | None]:
+    """Who runs this: the OS user (of the process's uid: ``$USER`` is whatever the caller
+    set), the JupyterHub user (from the hub's environment), the host and, given a
+    connection, the database role it authenticated as (``session_user``) and acts as
+    (``current_user``), which the server vouches for. Reads only."""
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return {"os_user": user, "jupyterhub_user": os.environ.get("JUPYTERHUB_USER"), "host": socket.gethostname()}
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    who: dict[str, str | None] = {
+        "os_user": user, "jupyterhub_user": os.environ.get("JUPYTERHUB_USER"), "host": socket.gethostname(),
+    }  # fmt: skip
+    if conn is not None:
+        row = conn.execute("SELECT session_user, current_user").fetchone()
+        assert row is not None
+        who.update(session_user=str(row[0]), current_user=str(row[1]))
+    return who
 
 
 def code_revision() -> str | None:
@@ -66,13 +76,16 @@ def code_revision() -> str | None:
 
 
 def database_identity(conn: Conn) -> dict[str, Any]:
-    """Server version, database name, user and the cluster's system identifier.
+    """Server version, database name, user (``current_user``), ``session_user`` and the
+    cluster's system identifier.
 
     ``pg_control_system()`` may be denied to unprivileged roles; then the identifier is None.
     """
-    row = conn.execute("SELECT current_setting('server_version'), current_database(), current_user").fetchone()
+    row = conn.execute("SELECT current_setting('server_version'), current_database(), current_user, session_user").fetchone()
     assert row is not None
-    identity: dict[str, Any] = {"server_version": row[0], "database": row[1], "user": row[2], "system_identifier": None}
+    identity: dict[str, Any] = {
+        "server_version": row[0], "database": row[1], "user": row[2], "session_user": row[3], "system_identifier": None,
+    }  # fmt: skip
     try:
         with conn.transaction():
             sys_row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()

@@ -46,14 +46,16 @@ from .liverun import (
     check_writable,
     close_run,
     live_run,
+    publish_metrics,
+    reconcile,
     set_batch_settings,
 )
-from .metrics import write_metrics
 from .params import Options
 from .preview import fingerprint
 from .record import new_run_id
 from .rounds import BatchFailed, Cancelled, Outcome, cancelled_by_request, run_round, with_retries
 from .session import Conn, check_target, read_only, resolve_cutoff
+from .statements import LEDGER_SCHEMA as LEDGER
 from .target import Target
 from .workers import Workers
 
@@ -90,6 +92,7 @@ class SweepResult:
     retries: list[str] = field(default_factory=list)
     pauses: list[dict[str, Any]] = field(default_factory=list)
     metrics_file: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a metrics file that could not be written
     health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,12 +203,12 @@ def sweep(
             return
         last_published[0] = now
         remaining = result.remaining if finished else max(result.candidates_at_start - result.changed, 0)
-        path = write_metrics(
-            opts.metrics_dir, run_id=rid, kind="sweep", table=table_name, rows_changed=result.changed,
+        path = publish_metrics(
+            opts.metrics_dir, result.warnings, run_id=rid, kind="sweep", table=table_name, rows_changed=result.changed,
             rows_remaining=remaining, batch_seconds=[b.seconds for b in result.batches], outcome=outcome,
             run_seconds=now - started, finished=finished,
         )  # fmt: skip
-        result.metrics_file = str(path)
+        result.metrics_file = path or result.metrics_file
 
     with live_run(
         conn, target, opts, kind="sweep", run_id=rid, parameters=parameters or opts.to_dict(), should_stop=should_stop
@@ -220,7 +223,7 @@ def sweep(
             if isinstance(exc, BatchFailed):
                 failure, lost = exc.error, exc.number if exc.connection_lost else None
             result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            result.stop_detail = f"{type(exc).__name__}: {exc}"
+            result.stop_detail = f"{type(failure).__name__}: {failure}"  # the batch's own error, not its wrapper
             if cancelled_by_request(failure) and not isinstance(exc, BatchFailed):
                 failure = Cancelled("a statement of the sweep", failure)  # type: ignore[arg-type]
             if isinstance(failure, Cancelled):
@@ -229,20 +232,54 @@ def sweep(
                 print(f"stopped: {failure}", flush=True)
                 failure = None
         result.seconds = round(time.monotonic() - started, 4)
+        connection_lost = isinstance(failure, psycopg.OperationalError) and (lost is not None or conn.broken or conn.closed)
+        if connection_lost:
+            lost = lost or (result.batches[-1].number + 1 if result.batches else run.first_batch)
+            survived = _reconcile(conn, target, result, run.first_batch)  # closes the runs row on a new connection
         publish(result.stop_reason, True)
-        close_run(conn, rid, result.stop_reason, result.to_dict())
+        if not connection_lost:
+            close_run(conn, rid, result.stop_reason, result.to_dict())
     if failure is None or isinstance(failure, KeyboardInterrupt):
         # Interrupted: the batch in flight rolled back; every earlier one stands with its ledger.
         return result
-    if isinstance(failure, psycopg.OperationalError) and (lost is not None or conn.broken or conn.closed):
-        lost = lost or (result.batches[-1].number + 1 if result.batches else run.first_batch)
+    if connection_lost:
         first_line = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
         raise ConnectionLostError(
             f"the connection to the database was lost during batch {lost} of run {rid} ({first_line}): that "
-            f"batch rolled back; the {len(result.batches)} other batch(es) committed so far stand with their ledger. "
-            f"Run again with run_id={rid} to finish."
+            f"batch rolled back; {survived} Run again with run_id={rid} to finish."
         ) from failure
     raise failure
+
+
+def _reconcile(conn: Conn, target: Target, result: SweepResult, first_batch: int) -> str:
+    """After a lost connection: keep in ``result`` only the batches the ledger holds, and close
+    the runs row on a new connection (``liverun.reconcile``); return what stands, as a sentence."""
+
+    def settle(kept: list[BatchResult], lost: list[int]) -> dict[str, Any]:
+        result.batches = kept
+        result.changed = sum(b.changed for b in kept)
+        if lost:
+            result.stop_detail += (
+                f"; batch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger after reconnecting: "
+                "lost with the server's unflushed WAL (asynchronous commit), their rows are still candidates"
+            )
+        return result.to_dict()
+
+    done = reconcile(conn, target, str(result.run_id), first_batch, result.batches, result.stop_reason, settle)
+    if done is None:
+        result.stop_detail += "; could not reconnect to check which acknowledged batches the ledger holds"
+        return (
+            f"{len(result.batches)} other batch(es) were acknowledged, but the server could not be reached again to check "
+            f"that the ledger holds them (asynchronous commit: a crash loses the last ones); see {LEDGER}.batches."
+        )
+    kept, lost = done
+    text = f"the {len(kept)} other batch(es) committed so far stand with their ledger ({result.changed:,} rows)."
+    if lost:
+        text += (
+            f" Batch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger after reconnecting: lost "
+            "with the server's unflushed WAL (asynchronous commit); their rows are still candidates."
+        )
+    return text
 
 
 def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any]) -> int:
@@ -379,10 +416,11 @@ def _check_first_pass(conn: Conn, opts: Options, result: SweepResult, in_snapsho
     # The first batch as a preview shows it (same order, same size): its fingerprint goes
     # into the record and is checked against an approved one.
     first = _next_keys(conn, _START, opts.batch_size)
-    result.first_batch_fingerprint = fingerprint([str(r[1]) for r in first])
+    result.first_batch_fingerprint = fingerprint(result.target, result.cutoff_utc, [str(r[1]) for r in first])
     if opts.expect_fingerprint and result.first_batch_fingerprint != opts.expect_fingerprint:
         raise PreviewMismatchError(
             f"the first batch now has fingerprint {result.first_batch_fingerprint}, not the approved "
-            f"{opts.expect_fingerprint}: rows changed since the preview (or cutoff/batch_size differ). "
-            "Nothing written; preview again."
+            f"{opts.expect_fingerprint}: the fingerprint binds the target, the rule, the cutoff "
+            f"({result.cutoff_utc.isoformat()}Z here) and the batch's ids, so the preview's cutoff, batch_size or rows "
+            "differ (give the preview's cutoff as cutoff). Nothing written; preview again."
         )

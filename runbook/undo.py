@@ -1,9 +1,12 @@
 """Undo: put back the previous status of exactly the rows one run changed.
 
-What it writes: for each row the ledger says run ``of_run_id`` changed and that still
-has that run's new status, ``status = previous status``, in bounded batches, each with its
-own ledger rows (the undo is a run too, with ``undoes_run_id`` set). Rows that changed
-again since are left alone and counted. ``dry_run=True`` (the default) writes nothing.
+What it writes: for each object the ledger says run ``of_run_id`` changed, when that
+run's change is the object's latest change in the ledger (by any run on the table,
+sweep or undo: ``changes.seq``) and the row still holds exactly what that change wrote,
+``status = the status before that change``, in bounded batches, each with its own ledger
+rows (the undo is a run too, with ``undoes_run_id`` set). Everything else is left alone
+and counted by reason: changed (or deleted) since outside the ledger, changed by a later
+run, already undone. ``dry_run=True`` (the default) writes nothing.
 """
 
 from __future__ import annotations
@@ -12,12 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from psycopg import sql
-
 from . import ledger, statements
 from .errors import UnknownRunError
-from .liverun import BatchResult, close_run, live_run, set_batch_settings, utc_now
-from .metrics import write_metrics
+from .liverun import BatchResult, close_run, live_run, publish_metrics, set_batch_settings, utc_now
 from .params import Options
 from .record import new_run_id
 from .session import Conn, check_target, read_only
@@ -31,43 +31,28 @@ class UndoResult:
     of_run_id: str
     run_id: str | None
     dry_run: bool
-    rows_in_ledger: int  # rows the undone run changed
-    restorable: int  # of those, still in the run's new status when the undo started
+    rows_in_ledger: int  # objects the undone run changed
+    restorable: int  # of those, the run's change is the latest and still in place when the undo started
     restored: int = 0
-    left_alone: int = 0  # changed again since: not touched
-    already_undone: int = 0
+    changed_since: int = 0  # the run's change is the latest in the ledger, but the row was changed or deleted since
+    later_run: int = 0  # a later run (a sweep, or an undo of another run) changed it since: not touched
+    already_undone: int = 0  # an undo of this run restored it
     batches: list[BatchResult] = field(default_factory=list)
     stop_reason: str = ""
+    stop_detail: str = ""
     seconds: float = 0.0
     metrics_file: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _counts(conn: Conn, target: Target, of_run_id: str) -> tuple[int, int, int]:
-    """(rows the run changed, of them still in its new status, of them already undone)."""
-    row = conn.execute(
-        sql.SQL(
-            "WITH latest AS (SELECT DISTINCT ON (object_id) object_id, new_status FROM {changes}"
-            " WHERE run_id = %(r)s ORDER BY object_id, batch DESC),"
-            " undone AS (SELECT DISTINCT d.object_id FROM {changes} d JOIN {runs} u ON u.run_id = d.run_id"
-            " WHERE u.undoes_run_id = %(r)s)"
-            " SELECT count(*), count(*) FILTER (WHERE t.{status} = latest.new_status"
-            " AND latest.object_id NOT IN (SELECT object_id FROM undone)),"
-            " count(*) FILTER (WHERE latest.object_id IN (SELECT object_id FROM undone))"
-            " FROM latest LEFT JOIN {table} t ON t.{key} = latest.object_id"
-        ).format(
-            changes=sql.Identifier(ledger.SCHEMA, "changes"),
-            runs=sql.Identifier(ledger.SCHEMA, "runs"),
-            table=statements.table(target),
-            status=sql.Identifier(target.status_column),
-            key=sql.Identifier(target.key_column),
-        ),
-        {"r": of_run_id},
-    ).fetchone()
+def _counts(conn: Conn, target: Target, from_snapshot: bool, params: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """(objects, restorable, changed since, already undone, later run): ``statements.undo_counts``."""
+    row = conn.execute(statements.undo_counts(target, from_snapshot), params).fetchone()
     assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
 
 def undo(
@@ -76,11 +61,15 @@ def undo(
 ) -> UndoResult:  # fmt: skip
     """Restore the rows run ``of_run_id`` changed (or count them, in a dry run).
 
-    Raises UnknownRunError when the ledger has no such sweep run, and, before any write,
-    ReadOnlyError, LedgerUnavailableError, SweepInProgressError.
+    Writes (live only) the restored rows' status and the undo run's ledger rows; the runs
+    row is closed with the stop reason whatever happens (a metrics file that cannot be
+    written is a warning). Raises UnknownRunError when the ledger has no such sweep run,
+    and, before any write, ReadOnlyError, LedgerUnavailableError, SweepInProgressError,
+    ParameterError (a ``run_id`` that names another run).
     """
     started = time.monotonic()
     check_target(conn, target)
+    params = {"of_run": of_run_id, "target_name": f"{target.schema}.{target.table}"}
     with read_only(conn):
         info = ledger.run_info(conn, of_run_id)
         if info is None or info["kind"] != "sweep":
@@ -90,62 +79,69 @@ def undo(
                 f"run_id={of_run_id!r} swept {info['target']}, not {target.schema}.{target.table}: "
                 "undo it on the schema it swept (DATABASE_URL's ?schema= option)"
             )
-        total, restorable, already = _counts(conn, target, of_run_id)
-    result = UndoResult(of_run_id, None, opts.dry_run, total, restorable, already_undone=already)
+        if info["target"] != params["target_name"]:
+            raise UnknownRunError(
+                f"run_id={of_run_id!r} swept {info['target']}, not {params['target_name']}: "
+                "undo it on the schema it swept (DATABASE_URL's ?schema= option)"
+            )
+        if opts.dry_run:
+            total, restorable, since, undone, later = _counts(conn, target, False, params)
     if opts.dry_run:
-        result.left_alone = total - restorable - already
+        result = UndoResult(of_run_id, None, True, total, restorable, changed_since=since, later_run=later, already_undone=undone)
         result.stop_reason = "dry_run"
         result.seconds = round(time.monotonic() - started, 4)
         return result
 
     rid = run_id or new_run_id()
-    result.run_id = rid
+    result = UndoResult(of_run_id, rid, False, 0, 0)
     parameters = parameters or {"of_run_id": of_run_id, **opts.to_dict()}
+    table_name = f"{target.schema}.{target.table}"
     with live_run(conn, target, opts, kind="undo", run_id=rid, parameters=parameters, undoes_run_id=of_run_id) as run:
-        next_batch = run.first_batch
-        after: tuple[int, str] = (2**31 - 1, "")
         try:
+            # Under the target's lock: no other run of the runbook changes these objects meanwhile.
+            with conn.transaction():
+                for statement in statements.undo_snapshot(target):
+                    conn.execute(statement, params)
+                total, restorable, since, undone, later = _counts(conn, target, True, params)
+            result.rows_in_ledger, result.restorable = total, restorable
+            result.already_undone, result.later_run = undone, later
+            next_batch = run.first_batch
+            after = 2**63 - 1
+            examined = 0
             while not (reason := run.stopper.reason(len(result.batches))):
                 t0 = time.monotonic()
                 with conn.transaction():
                     set_batch_settings(conn, opts)
-                    todo = conn.execute(
-                        statements.undo_next(),
-                        {
-                            "of_run": of_run_id, "run_id": rid, "first_batch": run.first_batch,
-                            "after_batch": after[0], "after_object": after[1], "batch_size": opts.batch_size,
-                        },  # fmt: skip
-                    ).fetchall()
+                    todo = conn.execute(statements.undo_next(), {**params, "after_seq": after, "batch_size": opts.batch_size}).fetchall()
                     if not todo:
                         reason = "done"
                         break
-                    # An object changed twice by the run: only its newest change (first here).
-                    newest = list({r[0]: r for r in reversed(todo)}.values())
                     row = conn.execute(
                         statements.undo_update(target),
                         {
-                            "ids": [r[0] for r in newest], "previous": [r[1] for r in newest],
-                            "swept_status": todo[0][2], "run_id": rid, "batch": next_batch,
+                            "ids": [r[0] for r in todo], "previous": [r[1] for r in todo], "expected": [r[2] for r in todo],
+                            "run_id": rid, "batch": next_batch,
                         },
                     ).fetchone()  # fmt: skip
                 restored = int(row[0]) if row else 0
                 result.batches.append(BatchResult(next_batch, len(todo), restored, round(time.monotonic() - t0, 4), utc_now()))
                 result.restored += restored
-                result.left_alone += len(todo) - restored
-                after = (int(todo[-1][3]), str(todo[-1][0]))
+                examined += len(todo)
+                result.changed_since = examined - result.restored
+                after = int(todo[-1][3])
                 next_batch += 1
             result.stop_reason = reason
+        except BaseException as exc:
+            result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            result.stop_detail = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             result.seconds = round(time.monotonic() - started, 4)
             result.stop_reason = result.stop_reason or "failed"
-            if opts.metrics_dir:
-                result.metrics_file = str(
-                    write_metrics(
-                        opts.metrics_dir, run_id=rid, kind="undo", table=f"{target.schema}.{target.table}",
-                        rows_changed=result.restored, rows_remaining=None,
-                        batch_seconds=[b.seconds for b in result.batches], outcome=result.stop_reason,
-                        run_seconds=result.seconds, finished=True,
-                    )  # fmt: skip
-                )
+            result.metrics_file = publish_metrics(
+                opts.metrics_dir, result.warnings, run_id=rid, kind="undo", table=table_name, rows_changed=result.restored,
+                rows_remaining=None, batch_seconds=[b.seconds for b in result.batches], outcome=result.stop_reason,
+                run_seconds=result.seconds, finished=True,
+            )  # fmt: skip
             close_run(conn, rid, result.stop_reason, result.to_dict())
     return result

@@ -131,8 +131,10 @@ def test_execute_changes_exactly_the_previewed_rows(run: rb.Run, conn: psycopg.C
     assert bytes(panel.chart.value).startswith(b"<svg") and panel.chart.format == "svg+xml" and panel.chart.layout.display == ""
     assert panel.execute_button.disabled and panel.shown is None, "one preview, one Execute"
 
+    [entry] = run.outcome["panel_runs"]
+    assert entry["run_id"] != "t-panel" and entry["parameters"]["notebook_run_id"] == "t-panel"
     ledger = conn.execute(
-        "SELECT object_id, previous_status, new_status FROM litellm_runbook.changes WHERE run_id = 't-panel'"
+        "SELECT object_id, previous_status, new_status FROM litellm_runbook.changes WHERE run_id = %s", [entry["run_id"]]
     ).fetchall()
     assert sorted(ledger) == sorted((k, "queued", "stale_expired") for k in previewed)
 
@@ -144,6 +146,43 @@ def test_execute_changes_exactly_the_previewed_rows(run: rb.Run, conn: psycopg.C
     panel.execute_button.click()
     panel.wait(30)
     assert statuses(conn) == after and "Execute refused" in panel.message.value
+
+
+def test_each_execute_is_a_run_of_its_own_with_its_own_parameters(run: rb.Run, conn: psycopg.Connection) -> None:
+    stale, _ = five_stale_one_fresh(conn)  # 10..14 days old
+    panel = SweepPanel(run)
+    panel.batch_size.value = 2
+    panel.max_batches.value = 1
+    panel.preview_button.click()
+    first = panel.shown.report if panel.shown else None
+    panel.confirm.value = "5"
+    panel.execute_button.click()
+    assert panel.wait(30) is not None
+    panel.batch_size.value = 1
+    panel.cutoff.value = (db_now(conn) - timedelta(days=11.5)).isoformat() + "Z"
+    panel.preview_button.click()
+    second = panel.shown.report if panel.shown else None
+    panel.confirm.value = "1"  # 12 days old, not yet swept: stale[2]
+    panel.execute_button.click()
+    assert panel.wait(30) is not None
+    assert first is not None and second is not None
+
+    ids = [e["run_id"] for e in run.outcome["panel_runs"]]
+    assert len(set(ids)) == 2 and "t-panel" not in ids
+    rows = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            "SELECT run_id, parameters->>'batch_size', parameters->>'cutoff', parameters->>'expect_fingerprint',"
+            " parameters->>'notebook_run_id', rows_changed, identity->>'cutoff' FROM litellm_runbook.runs"
+        )
+    }
+    assert rows == {
+        ids[0]: ("2", first.cutoff_utc.isoformat() + "Z", first.fingerprint, "t-panel", 2, first.cutoff_utc.isoformat() + "Z"),
+        ids[1]: ("1", second.cutoff_utc.isoformat() + "Z", second.fingerprint, "t-panel", 1, second.cutoff_utc.isoformat() + "Z"),
+    }
+    assert [(e["stop_reason"], e["changed"]) for e in run.outcome["panel_runs"]] == [("max_batches", 2), ("max_batches", 1)]
+    assert _ledger_ids(conn, ids[0]) == set(stale[3:]) and _ledger_ids(conn, ids[1]) == {stale[2]}
+    assert run.outcome["sweep"]["run_id"] == ids[1]
 
 
 def test_execute_refuses_when_a_previewed_row_completed_meanwhile(run: rb.Run, conn: psycopg.Connection) -> None:
@@ -193,7 +232,7 @@ def test_stop_ends_the_sweep_after_the_batch_in_flight(run: rb.Run, conn: psycop
     assert result is not None and result.stop_reason == "stop_requested"
     assert 2 <= result.changed < 30 and result.changed == len(result.batches)
     taken = set(ids[::-1][: result.changed])  # the oldest, one per batch
-    assert changed_ids(before, statuses(conn)) == taken == _ledger_ids(conn, "t-panel")
+    assert changed_ids(before, statuses(conn)) == taken == _ledger_ids(conn, run.outcome["panel_runs"][0]["run_id"])
     assert run.outcome["sweep"]["stop_reason"] == "stop_requested"
     assert "Stopped: stop_requested" in panel.result_html.value
     assert panel.stop_button.disabled and not panel.preview_button.disabled and not panel.running

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import conninfo
 
-from runbook import Target, options, preview, sweep
+from runbook import Target, ledger, options, preview, sweep
 from runbook.errors import (
     LedgerUnavailableError,
+    ParameterError,
     PreviewMismatchError,
     SweepInProgressError,
     TooManyCandidatesError,
@@ -25,6 +30,7 @@ from runbook.errors import (
 )
 from runbook.execute import execute
 from runbook.locking import target_lock
+from runbook.preview import fingerprint
 from runbook.undo import undo
 from tests.rows import insert, sessions_left, state, statuses
 
@@ -184,28 +190,66 @@ def test_second_interrupt_aborts_the_round_in_flight_and_rolls_it_back(
     assert left == 0, "no statement of the sweep is left running, and its helper connection is closed"
 
 
-def test_undo_restores_exactly_the_runs_rows_and_leaves_changed_ones(conn: psycopg.Connection) -> None:
+def test_undo_restores_exactly_the_runs_rows_and_leaves_rows_changed_since_or_by_a_later_run(conn: psycopg.Connection) -> None:
     ids = [insert(conn, status=("queued", "incomplete", "requires_action")[i % 3], age_days=10 + i) for i in range(7)]
     other = insert(conn, status="stale_expired", age_days=50)  # expired before, by LiteLLM itself
     original = state(conn)
     sweep(conn, Target(), options(batch_size=3, **LIVE), run_id="to-undo")
+    # ids[0]: completed by LiteLLM since (no run involved). ids[1]: back to in_progress,
+    # then marked again by a second sweep: its latest change is that run's, not to-undo's.
     conn.execute('UPDATE "LiteLLM_ManagedObjectTable" SET status = %s WHERE id = %s', ["completed", ids[0]])
+    conn.execute('UPDATE "LiteLLM_ManagedObjectTable" SET status = %s WHERE id = %s', ["in_progress", ids[1]])
+    later = sweep(conn, Target(), options(**LIVE), run_id="later-sweep")
+    assert later.changed == 1 and statuses(conn)[ids[1]] == "stale_expired"
 
     dry = undo(conn, Target(), options(batch_size=2), of_run_id="to-undo")
-    assert (dry.rows_in_ledger, dry.restorable, dry.left_alone, dry.restored) == (7, 6, 1, 0)
-    assert statuses(conn)[ids[1]] == "stale_expired"
+    assert (dry.rows_in_ledger, dry.restorable, dry.changed_since, dry.later_run, dry.already_undone, dry.restored) == (7, 5, 1, 1, 0, 0)
+    assert statuses(conn)[ids[2]] == "stale_expired"
 
     done = undo(conn, Target(), options(batch_size=2, **LIVE), of_run_id="to-undo", run_id="undo-1")
-    assert (done.restored, done.left_alone, done.stop_reason) == (6, 1, "done")
+    assert (done.restored, done.changed_since, done.later_run, done.already_undone, done.stop_reason) == (5, 1, 1, 0, "done")
     after = state(conn)
-    for key in ids[1:] + [other]:
+    for key in ids[2:] + [other]:
         assert after[key] == original[key]
     assert statuses(conn)[ids[0]] == "completed"
-    assert conn.execute("SELECT undoes_run_id, rows_changed FROM litellm_runbook.runs WHERE run_id = 'undo-1'").fetchone() == ("to-undo", 6)
+    assert statuses(conn)[ids[1]] == "stale_expired", "the later sweep's change is not undone by the earlier run's undo"
+    assert conn.execute("SELECT undoes_run_id, rows_changed FROM litellm_runbook.runs WHERE run_id = 'undo-1'").fetchone() == ("to-undo", 5)
+    assert conn.execute(
+        "SELECT outcome->>'restored', outcome->>'changed_since', outcome->>'later_run' FROM litellm_runbook.runs WHERE run_id = 'undo-1'"
+    ).fetchone() == ("5", "1", "1")
+    assert conn.execute("SELECT count(*) FROM litellm_runbook.changes WHERE run_id = 'undo-1' AND object_id = ANY(%s)", [ids[:2]]).fetchone() == (0,)
 
     again = undo(conn, Target(), options(**LIVE), of_run_id="to-undo")
-    assert (again.restored, again.already_undone) == (0, 6)
+    assert (again.restored, again.already_undone, again.changed_since, again.later_run) == (0, 5, 1, 1)
     assert state(conn) == after
+
+    # The later run's own undo puts back what it found: in_progress.
+    mine = undo(conn, Target(), options(**LIVE), of_run_id="later-sweep")
+    assert (mine.restored, mine.changed_since, mine.later_run, mine.already_undone) == (1, 0, 0, 0)
+    assert statuses(conn)[ids[1]] == "in_progress"
+
+
+def test_undo_after_the_run_was_resumed_restores_what_the_resumed_run_changed_again(conn: psycopg.Connection) -> None:
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(3)]
+    sweep(conn, Target(), options(**LIVE), run_id="run-r")
+    first = undo(conn, Target(), options(**LIVE), of_run_id="run-r", run_id="undo-u1")
+    assert (first.restored, set(statuses(conn).values())) == (3, {"queued"})
+    resumed = sweep(conn, Target(), options(**LIVE), run_id="run-r")  # same run id, same identity: continued
+    assert resumed.changed == 3 and resumed.batches[0].number == 2
+    assert set(statuses(conn).values()) == {"stale_expired"}
+
+    dry = undo(conn, Target(), options(), of_run_id="run-r")
+    assert (dry.rows_in_ledger, dry.restorable, dry.already_undone, dry.changed_since, dry.later_run) == (3, 3, 0, 0, 0)
+    second = undo(conn, Target(), options(**LIVE), of_run_id="run-r", run_id="undo-u2")
+    assert statuses(conn) == {k: "queued" for k in ids}
+    assert (second.restored, second.already_undone, second.changed_since, second.later_run) == (3, 0, 0, 0)
+    assert conn.execute(
+        "SELECT object_id, previous_status, new_status FROM litellm_runbook.changes WHERE run_id = 'undo-u2' ORDER BY object_id"
+    ).fetchall() == sorted((k, "stale_expired", "queued") for k in ids)
+
+    third = undo(conn, Target(), options(**LIVE), of_run_id="run-r", run_id="undo-u3")
+    assert (third.restored, third.already_undone, third.changed_since, third.later_run) == (0, 3, 0, 0)
+    assert statuses(conn) == {k: "queued" for k in ids}
 
 
 @pytest.mark.parametrize("second_id", ["undo-a2", "undo-a1"])  # a new undo run, or the same one continued
@@ -220,7 +264,7 @@ def test_undo_resumed_restores_newest_batches_first_and_skips_what_an_earlier_un
     # The two restored rows are swept again by another run; undoing sweep-a again must not touch them.
     sweep(conn, Target(), options(batch_size=2, **LIVE), run_id="sweep-b")
     second = undo(conn, Target(), options(batch_size=3, **LIVE), of_run_id="sweep-a", run_id=second_id)
-    assert (second.restored, second.left_alone, second.already_undone, second.stop_reason) == (4, 0, 2, "done")
+    assert (second.restored, second.changed_since, second.later_run, second.already_undone, second.stop_reason) == (4, 0, 2, 0, "done")
     assert statuses(conn) == {**{k: "queued" for k in ids[:4]}, **{k: "stale_expired" for k in ids[4:]}}
 
 
@@ -253,7 +297,7 @@ def test_undo_restores_an_object_changed_twice_by_the_run_to_before_its_latest_c
     sweep(conn, Target(), options(**LIVE), run_id="twice")  # same run continued: a second change of the object
     assert conn.execute("SELECT count(*) FROM litellm_runbook.changes WHERE run_id = 'twice'").fetchone() == (2,)
     done = undo(conn, Target(), options(**LIVE), of_run_id="twice")
-    assert (done.restored, done.left_alone) == (1, 1)
+    assert (done.rows_in_ledger, done.restored, done.changed_since) == (1, 1, 0)
     assert statuses(conn)[key] == "in_progress"
 
 
@@ -272,7 +316,7 @@ def test_no_sweep_without_a_ledger(conn: psycopg.Connection, dsn: str) -> None:
     try:
         with psycopg.connect(conninfo.make_conninfo(dsn, user="runbook_sweeper"), autocommit=True) as sweeper:
             with pytest.raises(LedgerUnavailableError) as err:
-                sweep(sweeper, Target(), options(**LIVE))
+                sweep(sweeper, Target(), options(allow_blind_health=True, **LIVE))
         assert "role runbook_sweeper cannot create the ledger schema litellm_runbook" in str(err.value)
         assert "GRANT USAGE ON SCHEMA litellm_runbook TO runbook_sweeper" in str(err.value)
         assert state(conn) == before
@@ -343,3 +387,248 @@ def test_run_record_and_cli_runs_of_sweep_and_undo(conn: psycopg.Connection, dsn
     assert undone.path.name.endswith("_04_undo_cli-undo.ipynb")
     assert undone.record is not None and undone.record["outcome"]["undo"]["restored"] == 4
     assert statuses(conn) == {k: "queued" for k in ids}
+
+
+# -- a resumed run id must be the same run ---------------------------------------------
+
+
+def runs_row(conn: psycopg.Connection, run_id: str) -> tuple[object, ...] | None:
+    return conn.execute(
+        "SELECT kind, undoes_run_id, parameters, operator, finished_at IS NOT NULL, stop_reason, rows_changed"
+        " FROM litellm_runbook.runs WHERE run_id = %s",
+        [run_id],
+    ).fetchone()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "was", "now"),
+    [
+        ({"stale_after_days": 7}, {"stale_after_days": 30}, "stale_after_days=7.0", "stale_after_days=30.0"),
+        ({"stale_after_days": 7}, {"cutoff": "2026-01-01T00:00:00Z"}, "cutoff=None, stale_after_days=7.0", "cutoff='2026-01-01T00:00:00Z', stale_after_days=None"),
+    ],
+)  # fmt: skip
+def test_resuming_a_sweep_run_id_with_another_cutoff_is_refused_before_any_write(
+    conn: psycopg.Connection, first: dict[str, object], second: dict[str, object], was: str, now: str
+) -> None:
+    insert(conn, status="queued", age_days=400)
+    sweep(conn, Target(), options(**first, **LIVE), run_id="same-id")
+    insert(conn, status="queued", age_days=500)
+    before, ledger_before = state(conn), runs_row(conn, "same-id")
+    with pytest.raises(ParameterError) as err:
+        sweep(conn, Target(), options(**second, **LIVE), run_id="same-id")  # type: ignore[arg-type]
+    assert str(err.value) == (
+        "parameter run_id='same-id' is not allowed: a new id: it names a sweep run on public.LiteLLM_ManagedObjectTable "
+        f"in the ledger with {was}, and this run has {now}; a run id is resumed only with the same kind, target, cutoff, "
+        "undone run, database role and OS user"
+    )
+    assert state(conn) == before and runs_row(conn, "same-id") == ledger_before
+    assert conn.execute("SELECT count(*) FROM litellm_runbook.batches WHERE run_id = 'same-id'").fetchone() == (1,)
+
+
+def test_an_undo_run_id_reused_for_another_run_is_refused_and_records_stay_apart(conn: psycopg.Connection) -> None:
+    a = insert(conn, status="queued", age_days=30)
+    sweep(conn, Target(), options(**LIVE), run_id="run-a")
+    b = insert(conn, status="in_progress", age_days=30)
+    sweep(conn, Target(), options(**LIVE), run_id="run-b")
+    done = undo(conn, Target(), options(**LIVE), of_run_id="run-a", run_id="undo-u")
+    assert done.restored == 1
+    before, ledger_before = state(conn), runs_row(conn, "undo-u")
+    with pytest.raises(ParameterError, match=r"^parameter run_id='undo-u' is not allowed: a new id: it names a undo run on "
+                       r"public\.LiteLLM_ManagedObjectTable in the ledger with undoes_run_id='run-a', and this run has "
+                       r"undoes_run_id='run-b';"):  # fmt: skip
+        undo(conn, Target(), options(**LIVE), of_run_id="run-b", run_id="undo-u")
+    assert state(conn) == before and runs_row(conn, "undo-u") == ledger_before
+    assert statuses(conn) == {a: "queued", b: "stale_expired"}
+    # A sweep's run id is not an undo's either.
+    with pytest.raises(ParameterError, match=r"with kind='sweep', stale_after_days=7\.0, undoes_run_id=None, "
+                       r"and this run has kind='undo', stale_after_days=None, undoes_run_id='run-a';"):  # fmt: skip
+        undo(conn, Target(), options(**LIVE), of_run_id="run-a", run_id="run-b")
+    assert state(conn) == before
+
+
+def test_resuming_as_another_database_role_is_refused(conn: psycopg.Connection) -> None:
+    insert(conn, status="queued", age_days=30)
+    sweep(conn, Target(), options(workers=1, **LIVE), run_id="by-role")
+    insert(conn, status="queued", age_days=40)
+    conn.execute("DROP ROLE IF EXISTS rb_other")
+    conn.execute("CREATE ROLE rb_other SUPERUSER NOLOGIN")
+    before = state(conn)
+    try:
+        conn.execute("SET ROLE rb_other")
+        with pytest.raises(ParameterError, match=r"with current_user='postgres', and this run has current_user='rb_other';"):
+            sweep(conn, Target(), options(workers=1, **LIVE), run_id="by-role")
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute("DROP OWNED BY rb_other")
+        conn.execute("DROP ROLE rb_other")
+    assert state(conn) == before
+
+
+def test_the_ledger_records_the_database_roles_beside_the_os_user(conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    insert(conn, status="queued", age_days=30)
+    monkeypatch.setenv("USER", "someone-else")
+    monkeypatch.setenv("LOGNAME", "someone-else")
+    monkeypatch.setenv("JUPYTERHUB_USER", "alice")
+    ledger.ensure(conn)  # owned by postgres, as in the set-up the README describes
+    conn.execute("DROP ROLE IF EXISTS rb_acting")
+    conn.execute("CREATE ROLE rb_acting SUPERUSER NOLOGIN")
+    try:
+        conn.execute("SET ROLE rb_acting")
+        sweep(conn, Target(), options(workers=1, **LIVE), run_id="who")
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute("DROP OWNED BY rb_acting")  # the session's candidate snapshot
+        conn.execute("DROP ROLE rb_acting")
+    who = conn.execute("SELECT operator, identity FROM litellm_runbook.runs WHERE run_id = 'who'").fetchone()
+    assert who is not None
+    os_user = pwd.getpwuid(os.geteuid()).pw_name
+    assert who[0] == {
+        "os_user": os_user, "jupyterhub_user": "alice", "host": socket.gethostname(),
+        "session_user": "postgres", "current_user": "rb_acting",
+    }  # fmt: skip
+    assert (who[1]["session_user"], who[1]["current_user"], who[1]["os_user"]) == ("postgres", "rb_acting", os_user)
+
+
+# -- the fingerprint binds the cutoff ---------------------------------------------------
+
+
+def test_the_fingerprint_binds_the_cutoff_not_only_the_ids(conn: psycopg.Connection) -> None:
+    old = [insert(conn, status="queued", age_days=40), insert(conn, status="queued", age_days=35)]
+    recent = insert(conn, status="queued", age_days=10)  # a candidate at 1 day, not at 30
+    approved = preview(conn, Target(), options(stale_after_days=30, batch_size=2))
+    assert [r.id for r in approved.rows] == old and approved.candidates == 2
+    assert re.fullmatch(r"[0-9a-f]{16}", approved.fingerprint)
+    before = state(conn)
+    with pytest.raises(PreviewMismatchError) as err:
+        sweep(conn, Target(), options(stale_after_days=1, batch_size=2, expect_fingerprint=approved.fingerprint, **LIVE))
+    assert f"not the approved {approved.fingerprint}: the fingerprint binds the target, the rule, the cutoff" in str(err.value)
+    assert state(conn) == before
+    # With the preview's own cutoff the same fingerprint is accepted, and only the previewed rows change.
+    cutoff = approved.cutoff_utc.isoformat() + "Z"
+    done = sweep(conn, Target(), options(cutoff=cutoff, batch_size=2, expect_fingerprint=approved.fingerprint, **LIVE))
+    assert done.first_batch_fingerprint == approved.fingerprint and done.changed == 2
+    assert statuses(conn) == {old[0]: "stale_expired", old[1]: "stale_expired", recent: "queued"}
+
+
+def test_the_fingerprint_changes_with_each_thing_it_binds() -> None:
+    target = Target().describe()
+    cutoff = datetime(2026, 1, 1)
+    base = fingerprint(target, cutoff, ["a", "b"])
+    others = [
+        fingerprint({**target, "table": "public.other"}, cutoff, ["a", "b"]),
+        fingerprint({**target, "purpose": "batch"}, cutoff, ["a", "b"]),
+        fingerprint({**target, "terminal_statuses": ["completed"]}, cutoff, ["a", "b"]),
+        fingerprint(target, datetime(2026, 1, 1, 0, 0, 1), ["a", "b"]),
+        fingerprint(target, cutoff, ["b", "a"]),
+        fingerprint(target, cutoff, ["a"]),
+    ]
+    assert len({base, *others}) == 7 and all(re.fullmatch(r"[0-9a-f]{16}", f) for f in [base, *others])
+
+
+# -- metrics are watchers: their failure never breaks or hides the run ------------------
+
+
+def test_a_metrics_file_that_cannot_be_written_is_a_warning_and_the_run_is_closed(
+    conn: psycopg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(3)]
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = sweep(conn, Target(), options(batch_size=2, metrics_dir=str(not_a_dir), **LIVE), run_id="no-metrics")
+    assert (result.stop_reason, result.changed, result.metrics_file) == ("done", 3, None)
+    assert len(result.warnings) == 1 and result.warnings[0].startswith(f"metrics file not written to metrics_dir='{not_a_dir}': ")
+    assert capsys.readouterr().out.count("warning: metrics file not written") == 1
+    assert set(statuses(conn).values()) == {"stale_expired"}
+    row = conn.execute(
+        "SELECT finished_at IS NOT NULL, stop_reason, rows_changed, jsonb_array_length(outcome->'warnings')"
+        " FROM litellm_runbook.runs WHERE run_id = 'no-metrics'"
+    ).fetchone()
+    assert row == (True, "done", 3, 1)
+
+    undone = undo(conn, Target(), options(metrics_dir=str(not_a_dir), **LIVE), of_run_id="no-metrics", run_id="undo-nm")
+    assert (undone.stop_reason, undone.restored, len(undone.warnings)) == ("done", 3, 1)
+    assert statuses(conn) == {k: "queued" for k in ids}
+    row = conn.execute("SELECT finished_at IS NOT NULL, stop_reason, rows_changed FROM litellm_runbook.runs WHERE run_id = 'undo-nm'").fetchone()
+    assert row == (True, "done", 3)
+
+
+def test_a_failing_batch_with_failing_metrics_raises_its_own_error_and_closes_the_run(conn: psycopg.Connection, tmp_path: Path) -> None:
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(4)]  # ids[0] oldest
+    conn.execute(
+        "CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.id = '{ids[2]}' THEN RAISE EXCEPTION 'row % refused by a trigger', NEW.id; END IF; RETURN NEW; END $$"
+    )
+    conn.execute('CREATE TRIGGER refuse_row BEFORE UPDATE ON "LiteLLM_ManagedObjectTable" FOR EACH ROW EXECUTE FUNCTION refuse_row()')
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(psycopg.errors.RaiseException, match=f"row {ids[2]} refused by a trigger"):
+        sweep(conn, Target(), options(batch_size=2, workers=1, metrics_dir=str(not_a_dir), **LIVE), run_id="fails")
+    assert statuses(conn) == {**{k: "stale_expired" for k in ids[:2]}, **{k: "queued" for k in ids[2:]}}
+    row = conn.execute(
+        "SELECT finished_at IS NOT NULL, stop_reason, rows_changed, outcome->>'stop_detail', jsonb_array_length(outcome->'warnings')"
+        " FROM litellm_runbook.runs WHERE run_id = 'fails'"
+    ).fetchone()
+    assert row is not None and row[:3] == (True, "failed", 2) and row[4] == 1
+    assert str(row[3]).startswith(f"RaiseException: row {ids[2]} refused by a trigger")
+
+
+# -- a ledger made by an older version ---------------------------------------------------
+
+OLD_LEDGER = """
+CREATE SCHEMA litellm_runbook;
+CREATE TABLE litellm_runbook.runs (run_id text PRIMARY KEY, kind text NOT NULL, target text NOT NULL, undoes_run_id text,
+  started_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz, operator jsonb, parameters jsonb,
+  stop_reason text, rows_changed bigint, outcome jsonb);
+CREATE TABLE litellm_runbook.batches (run_id text NOT NULL REFERENCES litellm_runbook.runs (run_id), batch integer NOT NULL,
+  rows_changed integer NOT NULL, committed_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (run_id, batch));
+CREATE TABLE litellm_runbook.changes (run_id text NOT NULL, batch integer NOT NULL, object_id text NOT NULL,
+  previous_status text, new_status text NOT NULL, PRIMARY KEY (run_id, batch, object_id));
+"""
+
+
+def test_an_older_ledger_is_upgraded_once_in_commit_order_and_undo_uses_that_order(conn: psycopg.Connection) -> None:
+    x = insert(conn, status="stale_expired", age_days=30)
+    conn.execute(OLD_LEDGER)
+    # As the older version left them: run "old-b" marked x after run "old-a" (x went back to in_progress in between).
+    # "old-b" sorts after "old-a" by name but is inserted first, so only commit time tells their order.
+    for run_id, committed, previous in (("old-b", "2026-01-02", "in_progress"), ("old-a", "2026-01-01", "queued")):
+        conn.execute("INSERT INTO litellm_runbook.runs (run_id, kind, target, stop_reason, rows_changed, finished_at)"
+                     " VALUES (%s, 'sweep', 'public.LiteLLM_ManagedObjectTable', 'done', 1, now())", [run_id])  # fmt: skip
+        conn.execute("INSERT INTO litellm_runbook.batches VALUES (%s, 1, 1, %s)", [run_id, committed])
+        conn.execute("INSERT INTO litellm_runbook.changes VALUES (%s, 1, %s, %s, 'stale_expired')", [run_id, x, previous])
+    ledger.ensure(conn)
+    ledger.ensure(conn)  # idempotent
+    assert conn.execute("SELECT run_id, seq FROM litellm_runbook.changes ORDER BY seq").fetchall() == [("old-a", 1), ("old-b", 2)]
+    assert conn.execute(
+        "SELECT attidentity FROM pg_attribute WHERE attrelid = 'litellm_runbook.changes'::regclass AND attname = 'seq'"
+    ).fetchone() == ("a",)
+    dry = undo(conn, Target(), options(), of_run_id="old-a")
+    assert (dry.restorable, dry.later_run) == (0, 1)
+    done = undo(conn, Target(), options(**LIVE), of_run_id="old-b", run_id="undo-old-b")
+    assert done.restored == 1 and statuses(conn) == {x: "in_progress"}
+    assert conn.execute("SELECT seq FROM litellm_runbook.changes WHERE run_id = 'undo-old-b'").fetchone() == (3,)
+    with pytest.raises(ParameterError, match="recorded by an older version of the runbook, without the identity"):
+        sweep(conn, Target(), options(**LIVE), run_id="old-a")
+
+
+def test_a_role_that_may_not_upgrade_an_older_ledger_is_told_who_must(conn: psycopg.Connection, dsn: str) -> None:
+    insert(conn, status="queued", age_days=10)
+    conn.execute(OLD_LEDGER)
+    conn.execute("DROP ROLE IF EXISTS rb_sweeps")
+    conn.execute("CREATE ROLE rb_sweeps LOGIN IN ROLE pg_read_all_stats")
+    conn.execute('GRANT SELECT, UPDATE ON "LiteLLM_ManagedObjectTable" TO rb_sweeps')
+    conn.execute(ledger.grants_for("rb_sweeps"))
+    before = state(conn)
+    try:
+        with psycopg.connect(conninfo.make_conninfo(dsn, user="rb_sweeps"), autocommit=True) as sweeper:
+            with pytest.raises(LedgerUnavailableError) as err:
+                sweep(sweeper, Target(), options(allow_blind_health=True, **LIVE))
+        assert str(err.value) == (
+            "the ledger in schema litellm_runbook was created by an older version of the runbook and role rb_sweeps may not "
+            "upgrade it (must be owner of table changes); a sweep never runs without its ledger. Ask the ledger's owner to run: "
+            "python -m runbook ledger init"
+        )
+        assert state(conn) == before
+    finally:
+        conn.execute("DROP OWNED BY rb_sweeps")
+        conn.execute("DROP ROLE rb_sweeps")
