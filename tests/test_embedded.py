@@ -2,12 +2,14 @@
 
 Only the operator (and root) can connect; a home that is not the operator's own private
 folder is refused, and a symlink planted in it is never followed; the server starts from
-binaries installed in a folder the server user cannot enter. Every test here runs real
-PostgreSQL binaries, and the ones that need a second OS user create one (root only).
+binaries installed in a folder the server user cannot enter; a test session whose server
+does not start leaves nothing under /var/tmp. The servers are real, nothing is mocked; the
+tests that need a second OS user create one, and so run as root only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -91,8 +93,6 @@ def _python_for(user: pwd.struct_passwd) -> str:
 
 
 def _probe(python: str, user: pwd.struct_passwd | None, socket_path: str, port: int) -> dict[str, str]:
-    import json
-
     kwargs = _runs_as(user) if user is not None else {}
     done = subprocess.run([python, "-I", "-S", "-c", PROBE, socket_path, str(port)], capture_output=True, text=True, timeout=60, **kwargs)  # type: ignore[call-overload]
     assert done.returncode == 0, done.stderr
