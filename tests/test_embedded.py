@@ -68,10 +68,8 @@ def _runs_as(user: pwd.struct_passwd) -> dict[str, object]:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "cwd": "/", "env": {"PATH": "/usr/bin:/bin"}}
 
 
-@pytest.fixture(scope="module")
-def stranger() -> Iterator[pwd.struct_passwd]:
-    """A throwaway OS user with no relation to the operator or the server user; deleted after."""
-    name = f"rbprobe{secrets.token_hex(4)}"
+def _throwaway_user(prefix: str) -> Iterator[pwd.struct_passwd]:
+    name = f"{prefix}{secrets.token_hex(4)}"
     subprocess.run(
         ["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
         check=True, capture_output=True,
@@ -80,6 +78,18 @@ def stranger() -> Iterator[pwd.struct_passwd]:
         yield pwd.getpwnam(name)
     finally:
         subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def stranger() -> Iterator[pwd.struct_passwd]:
+    """A throwaway OS user with no relation to the operator or the server user; deleted after."""
+    yield from _throwaway_user("rbprobe")
+
+
+@pytest.fixture(scope="module")
+def operator() -> Iterator[pwd.struct_passwd]:
+    """A throwaway OS user who is not root: an on-call engineer on a shared JupyterHub host."""
+    yield from _throwaway_user("rboncall")
 
 
 def _python_for(user: pwd.struct_passwd) -> str:
@@ -121,6 +131,40 @@ def test_a_second_local_user_cannot_connect_by_tcp_or_socket(admin_dsn: str, str
                 capture_output=True, text=True, timeout=60, **_runs_as(stranger),  # type: ignore[call-overload]
             )  # fmt: skip
             assert done.returncode != 0 and ("Permission denied" in done.stderr or "Connection refused" in done.stderr), done.stderr
+
+
+def _as_operator(python: str, operator: pwd.struct_passwd, code: str) -> str:
+    """Run ``code`` as ``operator`` with this checkout's runbook importable; its stdout."""
+    site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "psycopg").is_dir())
+    prelude = f"import sys; sys.path[:0] = [{str(ROOT)!r}, {site!r}]\n"
+    done = subprocess.run([python, "-I", "-c", prelude + code], capture_output=True, text=True, timeout=120, **_runs_as(operator))  # type: ignore[call-overload]
+    assert done.returncode == 0, done.stderr[-3000:]
+    return str(done.stdout)
+
+
+@as_root
+def test_a_non_root_operators_server_is_closed_to_other_users(
+    operator: pwd.struct_passwd, stranger: pwd.struct_passwd
+) -> None:
+    python = _python_for(operator)
+    readable = subprocess.run([python, "-I", "-S", "-c", f"open({str(ROOT / 'runbook' / 'embedded.py')!r}).close()"], capture_output=True, **_runs_as(operator))  # type: ignore[call-overload]
+    if readable.returncode != 0:
+        pytest.skip("this checkout is in a folder other users cannot read (the root-run test covers it)")
+    home = Path("/var/tmp") / f"litellm-runbook-test-oncall-{secrets.token_hex(4)}"
+    server = f"from pathlib import Path; from runbook.embedded import EmbeddedServer; s = EmbeddedServer(Path({str(home)!r}))\n"
+    try:
+        _as_operator(python, operator, server + "s.start(); print(s.port())")
+        port = int(home.joinpath("port").read_text())
+        assert _snapshot(home)[:3] == (operator.pw_uid, operator.pw_gid, 0o700)
+        assert _snapshot(home / "socket")[:3] == (operator.pw_uid, operator.pw_gid, 0o700)
+        socket_path = str(home / "socket" / f".s.PGSQL.{port}")
+        assert json.loads(_as_operator(python, operator, f"import subprocess; print(subprocess.run([sys.executable, '-I', '-S', '-c', {PROBE!r}, {socket_path!r}, '{port}'], capture_output=True, text=True).stdout)"))["socket"] == "authenticated"
+        tried = _probe(_python_for(stranger), stranger, socket_path, port)
+        assert tried == {"socket": "PermissionError", "tcp": "ConnectionRefusedError"}, tried
+    finally:
+        if home.exists():
+            _as_operator(python, operator, server + "s.destroy()")
+    assert not home.exists()
 
 
 # -- the home folder ----------------------------------------------------------------------
