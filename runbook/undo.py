@@ -15,9 +15,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
+
 from . import ledger, statements
-from .errors import UnknownRunError
-from .liverun import BatchResult, close_run, live_run, publish_metrics, set_batch_settings, utc_now
+from .errors import ConnectionLostError, UnknownRunError
+from .liverun import BatchResult, close_run, live_run, publish_metrics, reconcile, set_batch_settings, utc_now
 from .params import Options
 from .record import new_run_id
 from .session import Conn, check_target, read_only
@@ -65,7 +67,9 @@ def undo(
     row is closed with the stop reason whatever happens (a metrics file that cannot be
     written is a warning). Raises UnknownRunError when the ledger has no such sweep run,
     and, before any write, ReadOnlyError, LedgerUnavailableError, SweepInProgressError,
-    ParameterError (a ``run_id`` that names another run).
+    ParameterError (a ``run_id`` that names another run). A lost connection raises
+    ConnectionLostError once the restored batches were checked against the ledger on a
+    new connection, which also closes the runs row.
     """
     started = time.monotonic()
     check_target(conn, target)
@@ -134,6 +138,14 @@ def undo(
         except BaseException as exc:
             result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             result.stop_detail = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
+                lost = result.batches[-1].number + 1 if result.batches else run.first_batch
+                stands = _reconcile(conn, target, result, run.first_batch)
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ConnectionLostError(
+                    f"the connection to the database was lost during batch {lost} of undo run {rid} ({first_line}): that "
+                    f"batch rolled back; {stands} Run again with undo_run_id={rid} to finish."
+                ) from exc
             raise
         finally:
             result.seconds = round(time.monotonic() - started, 4)
@@ -143,5 +155,26 @@ def undo(
                 rows_remaining=None, batch_seconds=[b.seconds for b in result.batches], outcome=result.stop_reason,
                 run_seconds=result.seconds, finished=True,
             )  # fmt: skip
-            close_run(conn, rid, result.stop_reason, result.to_dict())
+            close_run(conn, rid, result.stop_reason, result.to_dict())  # a no-op on a lost connection
     return result
+
+
+def _reconcile(conn: Conn, target: Target, result: UndoResult, first_batch: int) -> str:
+    """After a lost connection: keep in ``result`` only the batches the ledger holds and close
+    the runs row on a new connection (``liverun.reconcile``); return what stands, as a sentence."""
+
+    def settle(kept: list[BatchResult], lost: list[int]) -> dict[str, Any]:
+        result.batches = kept
+        result.restored = sum(b.changed for b in kept)
+        if lost:
+            result.stop_detail += f"; batch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger"
+        return result.to_dict()
+
+    done = reconcile(conn, target, str(result.run_id), first_batch, result.batches, result.stop_reason, settle)
+    if done is None:
+        return f"{len(result.batches)} other batch(es) were acknowledged; the server could not be reached again to check them."
+    kept, lost = done
+    text = f"the {len(kept)} other batch(es) committed so far stand with their ledger ({result.restored:,} rows restored)."
+    if lost:
+        text += f" Batch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger (asynchronous commit)."
+    return text

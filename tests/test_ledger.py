@@ -21,6 +21,7 @@ from psycopg import conninfo
 
 from runbook import Target, ledger, options, preview, sweep
 from runbook.errors import (
+    ConnectionLostError,
     LedgerUnavailableError,
     ParameterError,
     PreviewMismatchError,
@@ -31,7 +32,7 @@ from runbook.errors import (
 from runbook.execute import execute
 from runbook.locking import target_lock
 from runbook.preview import fingerprint
-from runbook.undo import undo
+from runbook.undo import UndoResult, undo
 from tests.rows import insert, sessions_left, state, statuses
 
 LIVE = {"dry_run": False}
@@ -375,7 +376,8 @@ def test_run_record_and_cli_runs_of_sweep_and_undo(conn: psycopg.Connection, dsn
     assert record is not None
     assert record["run_id"] == "cli-sweep" and record["outcome"]["status"] == "succeeded"
     assert record["parameters"]["batch_size"] == 3 and record["parameters"]["dry_run"] is False
-    assert record["operator"]["os_user"] and record["operator"]["host"]
+    assert record["operator"]["os_user"] == pwd.getpwuid(os.geteuid()).pw_name and record["operator"]["host"]
+    assert (record["operator"]["session_user"], record["operator"]["current_user"]) == ("postgres", "postgres")
     assert record["runbook_version"] and record["database"]["server_version"].startswith("16")
     assert record["database"]["system_identifier"] and record["database"]["database"] == conninfo.conninfo_to_dict(dsn)["dbname"]
     assert record["outcome"]["sweep"]["stop_reason"] == "done"
@@ -386,6 +388,8 @@ def test_run_record_and_cli_runs_of_sweep_and_undo(conn: psycopg.Connection, dsn
     assert undone.ok, undone.error
     assert undone.path.name.endswith("_04_undo_cli-undo.ipynb")
     assert undone.record is not None and undone.record["outcome"]["undo"]["restored"] == 4
+    counts = {k: undone.record["outcome"]["undo"][k] for k in ("rows_in_ledger", "restorable", "changed_since", "later_run", "already_undone")}
+    assert counts == {"rows_in_ledger": 4, "restorable": 4, "changed_since": 0, "later_run": 0, "already_undone": 0}
     assert statuses(conn) == {k: "queued" for k in ids}
 
 
@@ -632,3 +636,50 @@ def test_a_role_that_may_not_upgrade_an_older_ledger_is_told_who_must(conn: psyc
     finally:
         conn.execute("DROP OWNED BY rb_sweeps")
         conn.execute("DROP ROLE rb_sweeps")
+
+
+def test_the_undo_text_names_every_reason_a_row_was_left_alone() -> None:
+    from runbook.notebook import undo_summary
+
+    dry = UndoResult("sweep-1", None, True, 10, 6, changed_since=2, later_run=1, already_undone=1)
+    assert undo_summary(dry) == (
+        "DRY RUN, nothing written: run sweep-1 changed 10 rows; 6 can be restored (its change is their latest in the "
+        "ledger and still in place); left alone: 2 changed since, 1 changed by a later run, 1 already undone."
+    )
+    live = UndoResult("sweep-1", "undo-1", False, 10, 6, restored=5, changed_since=3, later_run=1, already_undone=1,
+                      stop_reason="done", warnings=["metrics file not written"])  # fmt: skip
+    assert undo_summary(live) == (
+        "Undo undo-1 of run sweep-1: 5 rows restored in 0 batches; left alone: 3 changed since, 1 changed by a later run, "
+        "1 already undone. Stopped: done. Warning: metrics file not written."
+    )
+
+
+def test_an_undo_that_loses_its_connection_reports_what_the_ledger_holds_and_is_closed(conn: psycopg.Connection, dsn: str) -> None:
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(4)]
+    sweep(conn, Target(), options(workers=1, **LIVE), run_id="to-lose")
+    newest_first = [r[0] for r in conn.execute("SELECT object_id FROM litellm_runbook.changes WHERE run_id = 'to-lose' ORDER BY seq DESC")]
+    # Restoring the third object ends the undo's own session mid-statement (as a server crash would).
+    conn.execute(
+        "CREATE FUNCTION end_session() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.id = '{newest_first[2]}' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NEW; END $$"
+    )
+    conn.execute('CREATE TRIGGER end_session BEFORE UPDATE ON "LiteLLM_ManagedObjectTable" FOR EACH ROW EXECUTE FUNCTION end_session()')
+    with psycopg.connect(dsn, autocommit=True) as undoer:
+        with pytest.raises(ConnectionLostError) as err:
+            undo(undoer, Target(), options(batch_size=1, **LIVE), of_run_id="to-lose", run_id="undo-lost")
+    assert str(err.value).startswith("the connection to the database was lost during batch 3 of undo run undo-lost (")
+    assert str(err.value).endswith(
+        "that batch rolled back; the 2 other batch(es) committed so far stand with their ledger (2 rows restored). "
+        "Run again with undo_run_id=undo-lost to finish."
+    )
+    assert statuses(conn) == {**{k: "queued" for k in newest_first[:2]}, **{k: "stale_expired" for k in newest_first[2:]}}
+    assert set(newest_first) == set(ids)
+    row = conn.execute(
+        "SELECT finished_at IS NOT NULL, stop_reason, rows_changed, (outcome->>'restored')::int FROM litellm_runbook.runs"
+        " WHERE run_id = 'undo-lost'"
+    ).fetchone()
+    assert row == (True, "failed", 2, 2)
+    conn.execute('DROP TRIGGER end_session ON "LiteLLM_ManagedObjectTable"')
+    again = undo(conn, Target(), options(**LIVE), of_run_id="to-lose", run_id="undo-lost")
+    assert (again.restored, again.already_undone, again.batches[0].number) == (2, 2, 3)
+    assert set(statuses(conn).values()) == {"queued"}
