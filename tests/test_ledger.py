@@ -683,3 +683,22 @@ def test_an_undo_that_loses_its_connection_reports_what_the_ledger_holds_and_is_
     again = undo(conn, Target(), options(**LIVE), of_run_id="to-lose", run_id="undo-lost")
     assert (again.restored, again.already_undone, again.batches[0].number) == (2, 2, 3)
     assert set(statuses(conn).values()) == {"queued"}
+
+
+def test_the_preview_prints_the_cutoff_and_fingerprint_ready_to_pass_back(
+    conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runbook.notebook import show_preview
+
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(3)]  # ids[0] oldest
+    report = preview(conn, Target(), options(batch_size=2))
+    show_preview(report)
+    printed = re.search(r"To sweep exactly these rows: -p cutoff (\S+) -p batch_size (\d+) -p expect_fingerprint ([0-9a-f]{16})", capsys.readouterr().out)
+    assert printed is not None and printed.group(3) == report.fingerprint and printed.group(2) == "2"
+    assert report.cutoff_utc.microsecond == 0
+    insert(conn, status="queued", age_days=20 - 2.5)  # newer than the batch: not in it, still a candidate
+    done = sweep(
+        conn, Target(), options(cutoff=printed.group(1), batch_size=int(printed.group(2)), expect_fingerprint=printed.group(3),
+                                max_batches=1, workers=1, **LIVE),
+    )  # fmt: skip
+    assert done.changed == 2 and {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(ids[:2])
