@@ -83,11 +83,6 @@ def undo(
                 f"run_id={of_run_id!r} swept {info['target']}, not {target.schema}.{target.table}: "
                 "undo it on the schema it swept (DATABASE_URL's ?schema= option)"
             )
-        if info["target"] != params["target_name"]:
-            raise UnknownRunError(
-                f"run_id={of_run_id!r} swept {info['target']}, not {params['target_name']}: "
-                "undo it on the schema it swept (DATABASE_URL's ?schema= option)"
-            )
         if opts.dry_run:
             total, restorable, since, undone, later = _counts(conn, target, False, params)
     if opts.dry_run:

@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import conninfo
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from runbook.connect import Database, connect, redact, resolve
 from runbook.errors import DatabaseConfigError
@@ -125,7 +125,8 @@ def test_functions_planted_in_public_are_never_called(conn: psycopg.Connection, 
 def url(dsn: str, **query: str) -> str:
     """``dsn`` as the postgresql:// URL LiteLLM's DATABASE_URL is, with Prisma's options."""
     info = conninfo.conninfo_to_dict(dsn)
-    return f"postgresql:///{info['dbname']}?" + urlencode({k: str(info[k]) for k in ("host", "port", "user")} | query)
+    host = quote(str(info["host"]), safe="")  # a socket folder, percent-encoded as libpq reads it
+    return f"postgresql://{info['user']}@{host}:{info['port']}/{info['dbname']}" + (f"?{urlencode(query)}" if query else "")
 
 
 POOLER = (

@@ -7,7 +7,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import nbformat
 import psycopg
@@ -73,7 +73,8 @@ def in_schema(dsn: str, schema: str) -> psycopg.Connection:
 def url(dsn: str, **query: str) -> str:
     """``dsn`` as the postgresql:// URL LiteLLM's DATABASE_URL is, with Prisma's options."""
     info = conninfo.conninfo_to_dict(dsn)
-    return f"postgresql:///{info['dbname']}?" + urlencode({k: str(info[k]) for k in ("host", "port", "user")} | query)
+    host = quote(str(info["host"]), safe="")  # a socket folder, percent-encoded as libpq reads it
+    return f"postgresql://{info['user']}@{host}:{info['port']}/{info['dbname']}" + (f"?{urlencode(query)}" if query else "")
 
 
 def first_output_line(path: Path) -> str:
