@@ -37,7 +37,7 @@ from .statements import LEDGER_SCHEMA as SCHEMA
 
 __all__ = [
     "SCHEMA", "ensure", "ddl", "upgrade_ddl", "start_run", "finish_run", "run_info", "recent_runs", "grants_for",
-    "IDENTITY_KEYS",
+    "IDENTITY_KEYS", "missing_columns",
 ]  # fmt: skip
 
 # What a resumed run id must match (start_run): a run is one kind of work on one target.
@@ -106,8 +106,8 @@ def upgrade_ddl() -> dict[str, list[sql.Composed]]:
     }
 
 
-def _missing_columns(conn: Conn) -> list[str]:
-    """The columns of ``upgrade_ddl()`` this ledger lacks."""
+def missing_columns(conn: Conn) -> list[str]:
+    """The columns of ``upgrade_ddl()`` this ledger lacks (``ensure()`` adds them). Reads only."""
     rows = conn.execute(
         "SELECT w.name FROM (VALUES ('runs.identity', %(runs)s, 'identity'), ('runs.record_sha256', %(runs)s, 'record_sha256'),"
         " ('changes.seq', %(changes)s, 'seq'))"
@@ -154,12 +154,12 @@ def ensure(conn: Conn) -> None:
                 f"role {role} cannot create the ledger schema {SCHEMA} ({exc.diag.message_primary}); "
                 f"a sweep never runs without its ledger. Ask an owner to run: {grants_for(role)}"
             ) from None
-    if _missing_columns(conn):
+    if missing_columns(conn):
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"{SCHEMA}.ddl"])
                 upgrades = upgrade_ddl()
-                for name in _missing_columns(conn):  # again, under the lock: another run may have upgraded it
+                for name in missing_columns(conn):  # again, under the lock: another run may have upgraded it
                     for statement in upgrades[name]:
                         conn.execute(statement)
         except psycopg.errors.InsufficientPrivilege as exc:

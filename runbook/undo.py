@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from . import ledger, statements
-from .errors import ConnectionLostError, UnknownRunError
+from .errors import ConnectionLostError, LedgerUnavailableError, UnknownRunError
 from .liverun import BatchResult, close_run, live_run, publish_metrics, reconcile, set_batch_settings, utc_now
 from .params import Options
 from .record import new_run_id
@@ -66,6 +66,7 @@ def undo(
     Writes (live only) the restored rows' status and the undo run's ledger rows; the runs
     row is closed with the stop reason whatever happens (a metrics file that cannot be
     written is a warning). Raises UnknownRunError when the ledger has no such sweep run,
+    LedgerUnavailableError (also in a dry run) when an older version's ledger was not upgraded,
     and, before any write, ReadOnlyError, LedgerUnavailableError, SweepInProgressError,
     ParameterError (a ``run_id`` that names another run). A lost connection raises
     ConnectionLostError once the restored batches were checked against the ledger on a
@@ -78,6 +79,12 @@ def undo(
         info = ledger.run_info(conn, of_run_id)
         if info is None or info["kind"] != "sweep":
             raise UnknownRunError(f"run_id={of_run_id!r} is not a sweep run in the ledger ({ledger.SCHEMA}.runs)")
+        if "changes.seq" in ledger.missing_columns(conn):
+            raise LedgerUnavailableError(
+                f"the ledger in schema {ledger.SCHEMA} was created by an older version of the runbook: it lacks the order "
+                "of changes (changes.seq) undo needs to tell which change of a row is the latest. Ask the ledger's owner "
+                "to run: python -m runbook ledger init"
+            )
         if info["target"] != f"{target.schema}.{target.table}":
             raise UnknownRunError(
                 f"run_id={of_run_id!r} swept {info['target']}, not {target.schema}.{target.table}: "

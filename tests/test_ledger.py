@@ -600,6 +600,9 @@ def test_an_older_ledger_is_upgraded_once_in_commit_order_and_undo_uses_that_ord
                      " VALUES (%s, 'sweep', 'public.LiteLLM_ManagedObjectTable', 'done', 1, now())", [run_id])  # fmt: skip
         conn.execute("INSERT INTO litellm_runbook.batches VALUES (%s, 1, 1, %s)", [run_id, committed])
         conn.execute("INSERT INTO litellm_runbook.changes VALUES (%s, 1, %s, %s, 'stale_expired')", [run_id, x, previous])
+    with pytest.raises(LedgerUnavailableError, match=r"it lacks the order of changes \(changes\.seq\) undo needs .* "
+                       r"Ask the ledger's owner to run: python -m runbook ledger init$"):  # fmt: skip
+        undo(conn, Target(), options(), of_run_id="old-a")  # a dry run, as a reader would
     ledger.ensure(conn)
     ledger.ensure(conn)  # idempotent
     assert conn.execute("SELECT run_id, seq FROM litellm_runbook.changes ORDER BY seq").fetchall() == [("old-a", 1), ("old-b", 2)]
