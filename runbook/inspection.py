@@ -17,7 +17,7 @@ from . import statements
 from .connect import redact
 from .params import Options
 from .session import Conn, check_target, db_now_utc, read_only, resolve_cutoff
-from .target import Target
+from .target import KNOWN_STATUSES, Target
 
 __all__ = ["Count", "InspectReport", "inspect", "index_name", "index_statement", "index_suggestion"]
 
@@ -57,6 +57,7 @@ class InspectReport:
     estimated_wal_bytes: int = 0
     max_wal_size_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    unknown_statuses: list[Count] = field(default_factory=list)  # not in KNOWN_STATUSES nor the rule's
 
     def to_dict(self) -> dict[str, Any]:
         def conv(value: Any) -> Any:
@@ -157,6 +158,17 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
     # ~18 KB when checkpoints run during the sweep (full-page images).
     estimated_wal = candidates * 10 * 1024
     warnings: list[str] = []
+    by_status = _group(rows, 1)
+    known = {*KNOWN_STATUSES, *target.terminal_statuses, target.new_status, "NULL"}
+    unknown = [c for c in by_status if c.label not in known]
+    if unknown:
+        # The rule is a deny-list: a status LiteLLM starts writing tomorrow is a candidate today.
+        listed = ", ".join(f"'{c.label}' ({c.rows:,} rows, {c.candidates:,} candidates)" for c in unknown)
+        warnings.append(
+            f"{len(unknown)} status(es) this runbook has not seen before: {listed}. The rule leaves out only the "
+            f"terminal statuses {list(target.terminal_statuses)}, so a stale '{target.purpose}' row with any other "
+            "status is swept: find out what LiteLLM means by these before a live sweep."
+        )
     if null_stale:
         warnings.append(
             f"{null_stale:,} '{target.purpose}' rows older than the cutoff have a NULL status: the production "
@@ -192,7 +204,7 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         oldest_candidate=oldest,
         batches_needed=math.ceil(candidates / opts.batch_size),
         total_rows=sum(int(r[5]) for r in rows),
-        by_status=_group(rows, 1),
+        by_status=by_status,
         by_purpose=_group(rows, 0),
         by_age=_group(rows, 2, AGE_BUCKETS),
         null_status_stale=null_stale,
@@ -203,4 +215,5 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         estimated_wal_bytes=estimated_wal,
         max_wal_size_bytes=max_wal,
         warnings=warnings,
+        unknown_statuses=unknown,
     )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta, timezone
 
 import psycopg
 import pytest
 
 from runbook import Target, options, preview, sweep
 from runbook.errors import ReadOnlyError, SweepInProgressError
-from tests.rows import insert, production_candidates, sessions_left, standard_mix, state, statuses
+from tests.rows import PRODUCTION_SQL, db_now, insert, production_candidates, sessions_left, standard_mix, state, statuses
 
 LIVE = {"dry_run": False}
 
@@ -60,14 +61,34 @@ def test_batches_shrink_to_the_wal_budget_and_still_change_every_candidate_once(
     assert ledger == (len(expected), len(expected))
 
 
-def test_default_predicate_selects_exactly_the_production_rows(conn: psycopg.Connection) -> None:
+def test_default_predicate_selects_exactly_the_production_rows(conn: psycopg.Connection, dsn: str) -> None:
     rows = standard_mix(conn)
-    expected = production_candidates(conn, 7)
-    assert expected == {rows[k] for k in ("queued_old", "in_progress_old", "incomplete_old", "requires_action_old")}
-    seen = preview(conn, Target(), options(batch_size=1000))
-    assert {r.id for r in seen.rows} == expected and seen.candidates == len(expected)
-    sweep(conn, Target(), options(batch_size=1000, **LIVE))
+    rows["queued_7d_3h"] = insert(conn, status="queued", age_days=7 + 3 / 24)  # within 9 hours of the cutoff
+    # The fixture server runs in UTC: compare in a session that does not, so a cutoff that
+    # shifted with the session TimeZone (production's timestamptz trap) would show.
+    with psycopg.connect(dsn, autocommit=True, options="-c TimeZone=America/Anchorage") as alaska:
+        assert alaska.execute("SHOW TimeZone").fetchone() == ("America/Anchorage",)
+        expected = production_candidates(alaska, 7)  # LiteLLM's statement as it means it: in UTC
+        wanted = {rows[k] for k in ("queued_old", "in_progress_old", "incomplete_old", "requires_action_old", "queued_7d_3h")}
+        assert expected == wanted
+        # The trap is armed: production's statement in this session's TimeZone misses the row
+        # 3 hours past the cutoff (its created_at is read as Alaska time, 9 hours later).
+        try:
+            with alaska.transaction():
+                now = db_now(alaska)
+                changed = alaska.execute(PRODUCTION_SQL, [(now - timedelta(days=7)).replace(tzinfo=timezone.utc), 10**9]).rowcount
+                raise _Undo
+        except _Undo:
+            pass
+        assert changed == len(wanted) - 1
+        seen = preview(alaska, Target(), options(batch_size=1000))
+        assert {r.id for r in seen.rows} == expected and seen.candidates == len(expected)
+        sweep(alaska, Target(), options(batch_size=1000, **LIVE))
     assert {k for k, v in statuses(conn).items() if v == "stale_expired"} - {rows["stale_expired_old"]} == expected
+
+
+class _Undo(Exception):
+    pass
 
 
 def test_only_status_of_candidates_changes(conn: psycopg.Connection) -> None:
@@ -154,7 +175,7 @@ def test_row_locked_by_a_poller_is_skipped_and_its_completion_wins(conn: psycopg
     assert statuses(conn) == {ids[0]: "completed", **{k: "stale_expired" for k in ids[1:]}}
 
 
-def test_two_sweeps_at_once_never_change_a_row_twice(conn: psycopg.Connection, dsn: str) -> None:
+def test_sweeps_started_at_once_never_change_a_row_twice(conn: psycopg.Connection, dsn: str) -> None:
     for i in range(300):
         insert(conn, status="queued", age_days=8 + i / 100)
     results: list[object] = []
@@ -174,11 +195,10 @@ def test_two_sweeps_at_once_never_change_a_row_twice(conn: psycopg.Connection, d
         t.start()
     for t in threads:
         t.join(60)
+    # Row locks alone keep this true (whether the sweep lock let one or four run):
+    # test_the_sweep_holds_its_target_lock_while_it_writes shows the lock.
     assert len(results) + len(refused) == 4 and len(results) >= 1
     assert sum(r.changed for r in results) == 300  # type: ignore[attr-defined]
-    for message in refused:
-        assert "another sweep or undo of public.LiteLLM_ManagedObjectTable is running: pid " in message
-        assert "litellm-runbook" in message or "no application name" in message
     assert set(statuses(conn).values()) == {"stale_expired"}
     # the ledger holds each row exactly once
     counted = conn.execute("SELECT count(*), count(DISTINCT object_id) FROM litellm_runbook.changes").fetchone()
@@ -242,3 +262,94 @@ def test_two_workers_write_whole_rounds_oldest_first_within_max_batches(conn: ps
     ledger = conn.execute("SELECT batch, array_agg(object_id ORDER BY object_id) FROM litellm_runbook.changes WHERE run_id = 'rounds' GROUP BY batch ORDER BY batch")
     assert [(b, set(objs)) for b, objs in ledger] == [(1, set(ids[0:2])), (2, set(ids[2:4])), (3, set(ids[4:6]))]
     assert sessions_left(conn, "application_name LIKE '%%/worker-%%'") == 0, "the helper connection is closed when the sweep returns"
+
+
+def test_the_sweep_holds_its_target_lock_while_it_writes(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook.locking import lock_key
+
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(6)]
+    key = lock_key(Target())
+    refusals: list[str] = []
+    free: list[bool] = []
+
+    def another_sweep_meanwhile(result: object, batch: object) -> None:
+        with psycopg.connect(dsn, autocommit=True) as other:
+            free.append(bool(other.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]))  # type: ignore[index]
+            other.execute("SELECT pg_advisory_unlock_all()")
+            try:
+                sweep(other, Target(), options(**LIVE))
+            except SweepInProgressError as exc:
+                refusals.append(str(exc))
+
+    with psycopg.connect(dsn, autocommit=True, application_name="first-sweep") as first:
+        pid = first.info.backend_pid
+        result = sweep(first, Target(), options(batch_size=2, workers=1, **LIVE), run_id="holder", on_batch=another_sweep_meanwhile)
+    assert result.stop_reason == "done" and result.changed == 6
+    assert free == [False, False, False]
+    assert len(refusals) == 3 and all(
+        m.startswith(f"another sweep or undo of public.LiteLLM_ManagedObjectTable is running: pid {pid} (first-sweep, user postgres, from local, connected since ")
+        and m.endswith("Nothing was written; wait for it to finish or stop it.") for m in refusals
+    )
+    assert statuses(conn) == {k: "stale_expired" for k in ids}
+    assert conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone() == (True,)  # released at the end
+    conn.execute("SELECT pg_advisory_unlock_all()")
+
+
+def test_lock_holder_is_looked_up_in_this_database_only(conn: psycopg.Connection, admin_dsn: str) -> None:
+    from runbook.locking import holder, lock_key
+
+    key = lock_key(Target())
+    ids = [insert(conn, status="queued", age_days=10)]
+    with psycopg.connect(admin_dsn, autocommit=True) as elsewhere:  # the same key, in database postgres
+        elsewhere.execute("SELECT pg_advisory_lock(%s)", [key])
+        assert holder(conn, key) == "a session that has just finished"
+        assert sweep(conn, Target(), options(**LIVE)).changed == 1  # advisory locks are per database
+    assert statuses(conn) == {ids[0]: "stale_expired"}
+
+
+def test_lock_holder_seen_by_a_role_without_pg_read_all_stats(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook.locking import holder, lock_key, target_lock
+    from tests.roles import create_roles, drop_roles
+
+    roles = create_roles(conn, dsn)
+    try:
+        conn.execute("REVOKE pg_read_all_stats, pg_monitor FROM rb_sweeper")  # (older grants gave pg_monitor)
+        insert(conn, status="queued", age_days=10)
+        before = state(conn)
+        with psycopg.connect(dsn, autocommit=True, application_name="dba-sweep") as other, target_lock(other, Target()):
+            named = f"pid {other.info.backend_pid} (dba-sweep, user postgres, from unknown (not visible to this role), connected since unknown)"
+            with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+                assert holder(c, lock_key(Target())) == named
+                with pytest.raises(SweepInProgressError) as err:
+                    sweep(c, Target(), options(allow_blind_health=True, **LIVE))
+        assert str(err.value) == (
+            f"another sweep or undo of public.LiteLLM_ManagedObjectTable is running: {named}. "
+            "Nothing was written; wait for it to finish or stop it."
+        )
+        assert state(conn) == before
+    finally:
+        drop_roles(conn)
+
+
+def test_inspect_names_every_status_it_has_not_seen_before(conn: psycopg.Connection) -> None:
+    from runbook import inspect
+    from runbook.inspection import Count
+
+    standard_mix(conn)  # every status LiteLLM is known to write, and NULL
+    quiet = inspect(conn, Target(), options())
+    assert quiet.unknown_statuses == [] and not any("not seen before" in w for w in quiet.warnings)
+    old_new = insert(conn, status="archived", age_days=10)  # a status a newer LiteLLM might write
+    insert(conn, status="archived", age_days=1)
+    insert(conn, status="paused", age_days=9, purpose="batch")
+    report = inspect(conn, Target(), options())
+    assert report.unknown_statuses == [Count("archived", 2, 1), Count("paused", 1, 0)]
+    assert (
+        "2 status(es) this runbook has not seen before: 'archived' (2 rows, 1 candidates), 'paused' (1 rows, 0 candidates). "
+        "The rule leaves out only the terminal statuses ['completed', 'complete', 'failed', 'expired', 'cancelled', "
+        "'stale_expired'], so a stale 'response' row with any other status is swept: find out what LiteLLM means by "
+        "these before a live sweep."
+    ) in report.warnings
+    assert report.to_dict()["unknown_statuses"] == [
+        {"label": "archived", "rows": 2, "candidates": 1}, {"label": "paused", "rows": 1, "candidates": 0}
+    ]
+    assert old_new in {r.id for r in preview(conn, Target(), options(batch_size=100)).rows}
