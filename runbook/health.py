@@ -21,15 +21,21 @@ the first batch; a live sweep then refuses unless ``allow_blind_health=True``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import BlindHealthError
 from .session import Conn
 from .statements import health_signals, health_visibility, table
 from .target import Target
 
-__all__ = ["HealthLimits", "Health", "check_health", "blind_signals", "refuse_blind"]
+if TYPE_CHECKING:
+    from .liverun import Stopper
+    from .params import Options
+
+__all__ = ["HealthLimits", "Health", "check_health", "blind_signals", "refuse_blind", "wait_until_healthy"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +107,30 @@ def refuse_blind(role: str, blind: list[str], *, live: bool, allow: bool) -> str
     if allow:
         return line + "; allow_blind_health=True: going on without those pauses."
     return line + "; a live run will refuse unless allow_blind_health=True."
+
+
+class Paused(Protocol):
+    """What ``wait_until_healthy`` records into: a SweepResult, an UndoResult."""
+
+    pauses: list[dict[str, Any]]
+    batches: list[Any]
+
+
+def wait_until_healthy(
+    conn: Conn, target: Target, opts: Options, stopper: Stopper, result: Paused, batch: int, since: datetime | None
+) -> str | None:
+    """Pause while the database is unhealthy, re-checking every ``health_pause_s``; append
+    the pause to ``result.pauses``. Returns a stop reason when one came up meanwhile."""
+    limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
+    paused_at = time.monotonic()
+    reasons: set[str] = set()
+    stop: str | None = None
+    while not stop and (problems := check_health(conn, target, since).problems(limits)):
+        if not reasons:
+            print(f"pausing before batch {batch}: {'; '.join(problems)}", flush=True)
+        reasons.update(problems)
+        time.sleep(opts.health_pause_s)
+        stop = stopper.reason(len(result.batches))
+    if reasons:
+        result.pauses.append({"before_batch": batch, "reasons": sorted(reasons), "seconds": round(time.monotonic() - paused_at, 3)})
+    return stop

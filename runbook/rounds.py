@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 
@@ -40,6 +40,14 @@ RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psyc
 T = TypeVar("T")
 Keys = list[tuple[Any, Any]]  # snapshot entries: (created_at, id)
 Outcome = tuple[BatchResult, Keys] | None  # a committed batch and the keys it took; None: gave up
+
+
+class Retried(Protocol):
+    """What ``with_retries`` records into: a SweepResult, an UndoResult."""
+
+    retries: list[str]
+    stop_reason: str
+    stop_detail: str
 
 
 class Aborted(Exception):
@@ -73,7 +81,7 @@ class BatchFailed(Exception):
 
 
 def with_retries(
-    work: Callable[[int], T], opts: Options, result: SweepResult, what: str, abort: threading.Event | None = None,
+    work: Callable[[int], T], opts: Options, result: Retried, what: str, abort: threading.Event | None = None,
     max_timeouts: int | None = None,
 ) -> T | None:  # fmt: skip
     """``work(attempt)``; after a lock timeout, the runbook's own statement_timeout or a

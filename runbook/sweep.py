@@ -39,7 +39,7 @@ import psycopg
 
 from . import statements
 from .errors import ConnectionLostError, PreviewMismatchError, TooManyCandidatesError
-from .health import HealthLimits, blind_signals, check_health, refuse_blind
+from .health import HealthLimits, blind_signals, refuse_blind, wait_until_healthy
 from .liverun import (
     BatchResult,
     Stopper,
@@ -295,25 +295,6 @@ def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any])
     return count
 
 
-def _wait_until_healthy(
-    conn: Conn, target: Target, opts: Options, stopper: Stopper, result: SweepResult, batch: int, since: datetime
-) -> str | None:
-    """Pause while the database is unhealthy; record the pause. Returns a stop reason, if any."""
-    limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
-    paused_at = time.monotonic()
-    reasons: set[str] = set()
-    stop: str | None = None
-    while not stop and (problems := check_health(conn, target, since).problems(limits)):
-        if not reasons:
-            print(f"pausing before batch {batch}: {'; '.join(problems)}", flush=True)
-        reasons.update(problems)
-        time.sleep(opts.health_pause_s)
-        stop = stopper.reason(len(result.batches))
-    if reasons:
-        result.pauses.append({"before_batch": batch, "reasons": sorted(reasons), "seconds": round(time.monotonic() - paused_at, 3)})
-    return stop
-
-
 def _next_keys(conn: Conn, after: tuple[Any, str], size: int) -> list[tuple[Any, Any]]:
     """The next ``size`` snapshot entries (time, key) after ``after``; none: pass done.
     Reads the session's temp table, so only on the connection that made the snapshot."""
@@ -354,7 +335,7 @@ def _run_passes(
         after = _START
         planned = opts.batch_size
         while True:
-            reason = stopper.reason(len(result.batches)) or _wait_until_healthy(
+            reason = stopper.reason(len(result.batches)) or wait_until_healthy(
                 conn, target, opts, stopper, result, next_batch, began
             )
             if reason:

@@ -19,9 +19,11 @@ import psycopg
 
 from . import ledger, statements
 from .errors import ConnectionLostError, LedgerUnavailableError, UnknownRunError
-from .liverun import BatchResult, close_run, live_run, publish_metrics, reconcile, set_batch_settings, utc_now
+from .health import HealthLimits, blind_signals, refuse_blind, wait_until_healthy
+from .liverun import BatchResult, check_writable, close_run, live_run, publish_metrics, reconcile, set_batch_settings, utc_now
 from .params import Options
 from .record import new_run_id
+from .rounds import Cancelled, with_retries
 from .session import Conn, check_target, read_only
 from .target import Target
 
@@ -45,6 +47,9 @@ class UndoResult:
     seconds: float = 0.0
     metrics_file: str | None = None
     warnings: list[str] = field(default_factory=list)
+    retries: list[str] = field(default_factory=list)  # batches retried after a lock or statement timeout
+    pauses: list[dict[str, Any]] = field(default_factory=list)  # waits for the database to be healthy
+    health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +107,11 @@ def undo(
     result = UndoResult(of_run_id, rid, False, 0, 0)
     parameters = parameters or {"of_run_id": of_run_id, **opts.to_dict()}
     table_name = f"{target.schema}.{target.table}"
+    check_writable(conn, target)  # as the sweep: may it write at all, then what it cannot see
+    role, blind = blind_signals(conn, HealthLimits(pause_during_vacuum=opts.pause_during_vacuum))
+    if blind:
+        result.health_blind = [refuse_blind(role, blind, live=True, allow=opts.allow_blind_health)]
+        print(result.health_blind[0], flush=True)
     with live_run(conn, target, opts, kind="undo", run_id=rid, parameters=parameters, undoes_run_id=of_run_id) as run:
         try:
             # Under the target's lock: no other run of the runbook changes these objects meanwhile.
@@ -114,21 +124,35 @@ def undo(
             next_batch = run.first_batch
             after = 2**63 - 1
             examined = 0
-            while not (reason := run.stopper.reason(len(result.batches))):
+            began = conn.execute(statements.run_start()).fetchone()[0]  # type: ignore[index]
+            while not (reason := run.stopper.reason(len(result.batches))
+                       or wait_until_healthy(conn, target, opts, run.stopper, result, next_batch, began)):  # fmt: skip
                 t0 = time.monotonic()
-                with conn.transaction():
-                    set_batch_settings(conn, opts)
-                    todo = conn.execute(statements.undo_next(), {**params, "after_seq": after, "batch_size": opts.batch_size}).fetchall()
-                    if not todo:
-                        reason = "done"
-                        break
-                    row = conn.execute(
-                        statements.undo_update(target),
-                        {
-                            "ids": [r[0] for r in todo], "previous": [r[1] for r in todo], "expected": [r[2] for r in todo],
-                            "run_id": rid, "batch": next_batch,
-                        },
-                    ).fetchone()  # fmt: skip
+
+                def attempt(n: int) -> tuple[list[Any], Any]:  # a retry takes half the rows each time
+                    with conn.transaction():
+                        set_batch_settings(conn, opts)
+                        todo = conn.execute(
+                            statements.undo_next(), {**params, "after_seq": after, "batch_size": max(1, opts.batch_size >> n)}
+                        ).fetchall()
+                        if not todo:
+                            return todo, None
+                        return todo, conn.execute(
+                            statements.undo_update(target),
+                            {
+                                "ids": [r[0] for r in todo], "previous": [r[1] for r in todo], "expected": [r[2] for r in todo],
+                                "run_id": rid, "batch": next_batch,
+                            },
+                        ).fetchone()  # fmt: skip
+
+                done = with_retries(attempt, opts, result, f"batch {next_batch}")
+                if done is None:
+                    reason = "gave_up"  # the reason is in stop_detail
+                    break
+                todo, row = done
+                if not todo:
+                    reason = "done"
+                    break
                 restored = int(row[0]) if row else 0
                 result.batches.append(BatchResult(next_batch, len(todo), restored, round(time.monotonic() - t0, 4), utc_now()))
                 result.restored += restored
@@ -138,6 +162,9 @@ def undo(
                 next_batch += 1
             result.stop_reason = reason
         except BaseException as exc:
+            if isinstance(exc, Cancelled):  # pg_cancel_backend() by a DBA: stop, recorded, not retried
+                result.stop_reason, result.stop_detail = "cancelled", str(exc)
+                return result  # (the runs row is closed below)
             result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             result.stop_detail = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):

@@ -529,3 +529,64 @@ def test_a_snapshot_that_times_out_is_run_again_once_not_more(conn: psycopg.Conn
     assert result.retries == [note.format(1), note.format(2)]
     assert result.stop_reason == "gave_up" and result.stop_detail == note.format(2)
     assert state(conn) == before
+
+
+def _hold_share_lock(dsn: str, seconds: float, ready: threading.Event) -> None:
+    """Reads go on, writes wait: what a long report or a DDL in flight does to the table."""
+    with psycopg.connect(dsn) as holder:
+        holder.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")
+        ready.set()
+        time.sleep(seconds)
+        holder.rollback()
+
+
+def test_undo_retries_a_lock_timeout_and_gives_up_like_the_sweep(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook.undo import undo
+
+    ids = many(conn, 6)
+    sweep(conn, Target(), options(**LIVE), run_id="swept")
+    ready = threading.Event()
+    holder = threading.Thread(target=_hold_share_lock, args=(dsn, 0.6, ready))
+    holder.start()
+    ready.wait(5)
+    result = undo(conn, Target(), options(lock_timeout_s=0.2, max_retries=4, **LIVE), of_run_id="swept", run_id="undo-retried")
+    holder.join()
+    assert result.stop_reason == "done" and result.restored == 6
+    assert result.retries and all(r.startswith("batch 1 try ") and "LockNotAvailable" in r for r in result.retries)
+    assert statuses(conn) == {k: "queued" for k in ids}
+
+    sweep(conn, Target(), options(**LIVE), run_id="swept-again")
+    ready = threading.Event()
+    holder = threading.Thread(target=_hold_share_lock, args=(dsn, 4, ready))
+    holder.start()
+    ready.wait(5)
+    result = undo(conn, Target(), options(lock_timeout_s=0.2, max_retries=1, **LIVE), of_run_id="swept-again", run_id="undo-gave-up")
+    holder.join()
+    note = "batch 1 try {}: LockNotAvailable: canceling statement due to lock timeout"
+    assert result.retries == [note.format(1), note.format(2)]
+    assert result.stop_reason == "gave_up" and result.stop_detail == note.format(2) and result.restored == 0
+    assert statuses(conn) == {k: "stale_expired" for k in ids}
+    assert conn.execute("SELECT stop_reason FROM litellm_runbook.runs WHERE run_id = 'undo-gave-up'").fetchone() == ("gave_up",)
+
+
+def test_sessions_waiting_on_the_table_pause_an_undo(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook.undo import undo
+
+    ids = many(conn, 4)
+    sweep(conn, Target(), options(**LIVE), run_id="swept")
+    done_row = insert(conn, status="completed", age_days=30)
+    holder = psycopg.connect(dsn)
+    holder.execute(f"UPDATE {TABLE} SET updated_at = updated_at WHERE id = %s", [done_row])
+    waiter = threading.Thread(
+        target=lambda: psycopg.connect(dsn, autocommit=True).execute(f"UPDATE {TABLE} SET updated_at = updated_at WHERE id = %s", [done_row])
+    )
+    waiter.start()
+    time.sleep(0.3)
+    threading.Timer(1.0, holder.commit).start()
+    result = undo(conn, Target(), options(batch_size=2, health_pause_s=0.2, **LIVE), of_run_id="swept")
+    waiter.join(10)
+    holder.close()
+    assert result.stop_reason == "done" and result.restored == 4
+    assert result.pauses and result.pauses[0]["before_batch"] == 1 and result.pauses[0]["seconds"] >= 0.4
+    assert result.pauses[0]["reasons"] == ["1 session(s) waiting on locks on the table > 0"]
+    assert statuses(conn) == {**{k: "queued" for k in ids}, done_row: "completed"}

@@ -186,8 +186,18 @@ def test_sweeper_blind_to_health_is_refused_unless_allowed_and_then_says_so(
     assert conn.execute("SELECT outcome->'health_blind' FROM litellm_runbook.runs WHERE run_id = 'blind-ok'").fetchone() == ([said],)
     assert statuses(conn) == {k: "stale_expired" for k in ids}
 
+    from runbook.undo import undo
+
+    with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:  # undo checks the same, before its first batch
+        with pytest.raises(BlindHealthError) as undo_err:
+            undo(c, Target(), options(dry_run=False), of_run_id="blind-ok")
+        assert str(undo_err.value) == str(err.value)
+        assert statuses(conn) == {k: "stale_expired" for k in ids}
+        undone = undo(c, Target(), options(dry_run=False, allow_blind_health=True), of_run_id="blind-ok")
+    assert undone.stop_reason == "done" and undone.restored == 3 and undone.health_blind == [said]
+    assert statuses(conn) == {k: "queued" for k in ids}
+
     # The notebook: refused, then allowed, and the record says which signals were blind.
-    conn.execute(f"UPDATE {TABLE} SET status = 'queued'")
     env = {**os.environ, "DATABASE_URL": roles["rb_sweeper"]}
     refused = execute("sweep", {"dry_run": False}, tmp_path, env=env)
     assert not refused.ok and refused.error == "BlindHealthError: " + str(err.value)
