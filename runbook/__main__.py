@@ -171,12 +171,13 @@ def cmd_grants(args: argparse.Namespace) -> int:
     from .grants import grants_sql, owner_setup_sql
     from .target import Target
 
+    target = Target(schema=args.schema)  # a bad name stops here, before anything is printed
     print(f"-- 1. as the database owner: the ledger schema, owned by {args.ledger_owner}")
     for stmt in owner_setup_sql(args.database, args.ledger_owner):
         print(stmt.as_string(None) + ";")
     print(f"-- 2. as {args.ledger_owner}: python -m runbook ledger init")
     print("-- 3. as the owner of the LiteLLM table and of the ledger (or a superuser):")
-    for stmt in grants_sql(Target(), args.database, args.reader, args.sweeper):
+    for stmt in grants_sql(target, args.database, args.reader, args.sweeper):
         print(stmt.as_string(None) + ";")
     return 0
 
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     grants.add_argument("--reader", default="litellm_runbook_reader")
     grants.add_argument("--sweeper", default="litellm_runbook_sweeper")
     grants.add_argument("--ledger-owner", default="litellm_runbook_owner")
+    grants.add_argument("--schema", default="public", help="the schema of LiteLLM's tables (DATABASE_URL's ?schema=)")
     grants.set_defaults(func=cmd_grants)
     led = sub.add_parser("ledger", help="create the ledger schema and tables (as the ledger owner)")
     led.add_argument("action", choices=["init"])

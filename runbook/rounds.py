@@ -61,7 +61,7 @@ class Cancelled(Exception):
     def __init__(self, what: str, error: psycopg.errors.QueryCanceled) -> None:
         self.what, self.error = what, error
         super().__init__(
-            f"{what} was canceled by request ({error.diag.message_primary}: pg_cancel_backend() on the sweep's "
+            f"{what} was canceled by request ({error.diag.message_primary}: pg_cancel_backend() on the run's "
             "backend, from another session such as a DBA's, or a client's cancel); it rolled back and was not retried"
         )
 

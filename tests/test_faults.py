@@ -450,7 +450,7 @@ def _ledger_exists(conn: psycopg.Connection) -> bool:
 
 
 CANCELLED = (
-    "{what} was canceled by request (canceling statement due to user request: pg_cancel_backend() on the sweep's "
+    "{what} was canceled by request (canceling statement due to user request: pg_cancel_backend() on the run's "
     "backend, from another session such as a DBA's, or a client's cancel); it rolled back and was not retried"
 )
 
@@ -590,3 +590,24 @@ def test_sessions_waiting_on_the_table_pause_an_undo(conn: psycopg.Connection, d
     assert result.pauses and result.pauses[0]["before_batch"] == 1 and result.pauses[0]["seconds"] >= 0.4
     assert result.pauses[0]["reasons"] == ["1 session(s) waiting on locks on the table > 0"]
     assert statuses(conn) == {**{k: "queued" for k in ids}, done_row: "completed"}
+
+
+def test_a_dba_cancel_stops_an_undo_at_once(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook.undo import undo
+
+    ids = many(conn, 4)
+    sweep(conn, Target(), options(**LIVE), run_id="swept")
+    holder = psycopg.connect(dsn)
+    holder.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")
+    cancelled: list[int] = []
+    with psycopg.connect(dsn, autocommit=True) as worker:
+        dba = threading.Thread(target=_cancel_when_waiting, args=(dsn, f"pid = {worker.info.backend_pid}", cancelled))
+        dba.start()
+        result = undo(worker, Target(), options(lock_timeout_s=30, **LIVE), of_run_id="swept", run_id="undo-cancelled")
+        dba.join()
+    holder.rollback()
+    holder.close()
+    assert cancelled and result.stop_reason == "cancelled" and result.stop_detail == CANCELLED.format(what="batch 1")
+    assert result.retries == [] and result.restored == 0
+    assert statuses(conn) == {k: "stale_expired" for k in ids}
+    assert conn.execute("SELECT stop_reason FROM litellm_runbook.runs WHERE run_id = 'undo-cancelled'").fetchone() == ("cancelled",)
