@@ -13,7 +13,8 @@ from __future__ import annotations
 import html
 import os
 import sys
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,12 +22,11 @@ from typing import Any
 from . import __version__, render
 from .charts import show_inspect_charts, show_sweep_chart
 from .connect import Database, connect, resolve
-from .errors import ParameterError
 from .index import IndexResult, create_index
 from .inspection import InspectReport, inspect
 from .ledger import recent_runs
 from .liverun import BatchResult, utc_now
-from .params import Options, options, refuse_secrets
+from .params import Options, check_parameters
 from .preview import ROW_HEADERS, PreviewReport, preview
 from .progress import progress_reporter
 from .record import RECORD_KEY, check_run_id, code_revision, database_identity, operator
@@ -35,13 +35,14 @@ from .sweep import SweepResult, sweep
 from .target import Target
 from .undo import UndoResult, undo
 
-__all__ = ["Run", "start", "interactive"]
-
-KINDS = ("inspect", "preview", "sweep", "undo", "index")
-
+__all__ = ["Run", "start", "interactive", "NOTEBOOK_NAMES"]
 
 def interactive() -> bool:
-    """True in a JupyterLab kernel; False under papermill, nbval or plain Python."""
+    """True in a JupyterLab kernel; False under papermill, nbval or plain Python.
+
+    JupyterLab sets JPY_SESSION_NAME in its kernels' environment, and a command started
+    from one (``!python -m runbook run ...``) inherits it: the runner removes it from the
+    kernels it starts, so a command-line run is never taken for an interactive one."""
     return bool(os.environ.get("JPY_SESSION_NAME"))
 
 
@@ -126,8 +127,13 @@ class Run:
         opts = self.opts
         if interactive() and not opts.dry_run:
             opts = replace(opts, dry_run=True)
-            note = "In JupyterLab the live sweep runs from the panel's Execute button (after Preview and confirm): dry run here."
-            _display(render.notice(note, "info"), note)
+            note = (
+                "dry_run=False was asked, but in JupyterLab the live sweep runs from the panel's Execute button "
+                "(after Preview and confirm): this cell does a DRY RUN instead."
+            )
+            self.outcome["forced_dry_run"] = note
+            _display(render.notice(note, "warning"), note)
+            print(note, file=sys.stderr, flush=True)
         with self._step("sweep"):
             result = sweep(
                 self.conn, self.target, opts, run_id=self.run_id, parameters=self.params,
@@ -199,19 +205,46 @@ class Run:
         return record
 
 
-def start(kind: str, run_id: str = "", of_run_id: str = "", **params: Any) -> Run:
+# Names the notebooks themselves assign (outside their parameters cell); anything else
+# a kernel holds when start() runs came from the parameters cell or was injected.
+NOTEBOOK_NAMES = frozenset({"rb", "run", "report", "batch", "result", "record"})
+
+
+def _given(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables of a notebook's namespace that are parameters, declared or not:
+    everything but IPython's own names, private names, modules and NOTEBOOK_NAMES."""
+    hidden: set[str] = set()
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None and namespace is shell.user_ns:
+            hidden = set(shell.user_ns_hidden)
+    except ImportError:
+        pass
+    return {
+        name: value
+        for name, value in namespace.items()
+        if not name.startswith("_") and name not in hidden and name not in NOTEBOOK_NAMES
+        and not isinstance(value, types.ModuleType)
+    }  # fmt: skip
+
+
+def start(kind: str, namespace: Mapping[str, Any] | None = None, /, **params: Any) -> Run:
     """Validate parameters, connect, and show where. Nothing is read before validation.
 
-    ``run_id`` names this run; for ``undo``, ``of_run_id`` is the sweep run to undo.
-    Raises ParameterError (bad or secret-bearing parameter), DatabaseConfigError.
+    A notebook calls ``start(kind, globals())``: its parameters are the variables its
+    ``parameters`` cell (and papermill's injected cell) defined; any variable that is not a
+    declared parameter of that notebook (``runbook.params.PARAMETERS``), a mistyped
+    ``-p max_batch 1`` say, stops the run here, before any query. Keyword ``params`` are
+    the same parameters given directly. ``run_id`` names this run; for ``undo``,
+    ``run_id`` is the sweep run to undo and ``undo_run_id`` names the undo.
+    Raises ParameterError (unknown, bad or secret-bearing parameter), DatabaseConfigError.
     """
-    if kind not in KINDS:
-        raise ParameterError("kind", kind, f"one of {list(KINDS)}")
-    refuse_secrets({"run_id": run_id, "of_run_id": of_run_id, **params})
-    opts = options(**params)
-    rid = check_run_id(run_id)
-    if kind == "undo" and of_run_id:
-        check_run_id(of_run_id)
+    given = {**(_given(namespace) if namespace is not None else {}), **params}
+    opts, ids = check_parameters(kind, given)
+    own, of_run_id = ("undo_run_id", ids["run_id"]) if kind == "undo" else ("run_id", "")
+    rid = check_run_id(ids[own])
     database = resolve()
     conn = connect(database, purpose=f"{kind}/{rid}")
     run = Run(
@@ -222,7 +255,7 @@ def start(kind: str, run_id: str = "", of_run_id: str = "", **params: Any) -> Ru
         database=database,
         conn=conn,
         started_at=utc_now("seconds"),
-        params={"run_id": rid, **({"of_run_id": of_run_id} if of_run_id else {}), **params},
+        params={**given, own: rid},
         of_run_id=of_run_id,
     )
     run.identity = database_identity(conn)
@@ -233,7 +266,7 @@ def start(kind: str, run_id: str = "", of_run_id: str = "", **params: Any) -> Ru
     ]
     level = "info"
     if kind == "undo":
-        lines[1] = f"undo of run {of_run_id} on {run.target.schema}.{run.target.table}, batch size {opts.batch_size:,}"
+        lines[1] = f"undo of run {of_run_id or '(none given)'} on {run.target.schema}.{run.target.table}, batch size {opts.batch_size:,}"
     if kind in ("sweep", "undo", "index"):
         lines.append("DRY RUN: nothing will be written" if opts.dry_run else "LIVE: rows will be updated")
         level = "info" if opts.dry_run else "warning"

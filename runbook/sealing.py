@@ -33,7 +33,7 @@ from .connect import Database, connect
 from .record import RECORD_KEY, read_record
 from .session import Conn
 
-__all__ = ["seal", "verify", "Verified"]
+__all__ = ["seal", "seal_record_file", "verify", "Verified"]
 
 _RUNS = sql.Identifier(ledger.SCHEMA, "runs")
 _BATCHES = sql.Identifier(ledger.SCHEMA, "batches")
@@ -153,6 +153,29 @@ def seal(path: Path, *, kind: str, run_id: str, error: str | None, ended: str, d
             conn.close()
 
 
+def seal_record_file(run_dir: Path, *, kind: str, run_id: str, record: dict[str, Any], conn: Conn | None) -> Path:
+    """Write a run's record as a sealed JSON file in ``run_dir``: for runs no notebook file
+    holds, a sweep executed from the JupyterLab panel. Writes
+    ``<UTC time>_panel_<kind>_<run_id>.json`` (read-only), its ``.sha256``, and the
+    checksum in the run's ledger row when ``conn`` is given."""
+    import json
+    from datetime import datetime, timezone
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = run_dir / f"{stamp}_panel_{kind}_{run_id}.json"
+    path.write_text(json.dumps({RECORD_KEY: record}, indent=1, default=str) + "\n")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (run_dir / (path.name + ".sha256")).write_text(f"{digest}  {path.name}\n")
+    path.chmod(0o444)
+    if conn is not None:
+        try:
+            _store_checksum(conn, run_id, digest, path.name)
+        except psycopg.Error:
+            pass  # the .sha256 file stands
+    return path
+
+
 @dataclass(frozen=True)
 class Verified:
     """What ``verify`` found: the file's checksum, and the ledger's for its run (None: none)."""
@@ -172,12 +195,19 @@ class Verified:
         return self.beside_sha256 == self.sha256 and (not self.in_ledger or self.ledger_sha256 == self.sha256)
 
 
+def _read_json_record(path: Path) -> dict[str, Any] | None:
+    import json
+
+    found = json.loads(path.read_text()).get(RECORD_KEY)
+    return dict(found) if isinstance(found, dict) else None
+
+
 def verify(path: Path, database: Database) -> Verified:
     """Compare an executed notebook with the checksum its run's ledger row keeps. Reads only."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     beside_file = path.parent / (path.name + ".sha256")
     beside = beside_file.read_text().split()[0] if beside_file.exists() else None
-    record = read_record(path)
+    record = _read_json_record(path) if path.suffix == ".json" else read_record(path)
     run_id = str(record["run_id"]) if record else None
     stored: str | None = None
     in_ledger = False
