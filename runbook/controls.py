@@ -37,6 +37,7 @@ from .params import Options, options
 from .preview import PreviewReport, preview
 from .progress import ProgressBar, plural
 from .record import new_run_id
+from .sealing import run_dir, seal_record_file
 from .session import Conn
 from .sweep import SweepResult, sweep
 
@@ -331,14 +332,34 @@ class SweepPanel:
         except Exception as exc:
             entry.update(stop_reason="failed", error=f"{type(exc).__name__}: {exc}")
             self.run.outcome.update({"status": "failed", "step": "controls", "error": f"{type(exc).__name__}: {exc}"})
+            self._seal(rid, parameters, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
             self._say(f"Sweep refused or failed: {type(exc).__name__}: {exc}")
         else:
             entry.update(stop_reason=result.stop_reason, changed=result.changed)
+            status = "failed" if result.stop_reason in ("gave_up", "failed") else "succeeded"
+            entry["record_file"] = self._seal(rid, parameters, {"status": status, "sweep": result.to_dict()})
             self._record(shown, result, bar)
         finally:
             with self._lock:
                 self.running = False
             self._refresh()
+
+    def _seal(self, rid: str, parameters: dict[str, Any], outcome: dict[str, Any]) -> str:
+        """This Execute's own sealed record in the run folder (the notebook open in
+        JupyterLab is not a file the runbook keeps); its checksum goes into its ledger row."""
+        record = {
+            **self.run.record(), "run_id": rid, "notebook_run_id": self.run.run_id, "source": "controls",
+            "parameters": parameters, "outcome": outcome,
+        }  # fmt: skip
+        try:
+            conn: Conn | None = self._connect(f"seal-{rid}")
+        except Exception:  # noqa: BLE001 - the file is sealed even when the database is gone
+            conn = None
+        try:
+            return str(seal_record_file(run_dir(), kind="sweep", run_id=rid, record=record, conn=conn))
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _record(self, shown: _Shown, result: SweepResult, bar: ProgressBar) -> None:
         self.last_result = result

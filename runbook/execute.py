@@ -25,6 +25,7 @@ from .connect import Database, resolve
 from .errors import ParameterError, RunbookError
 from .params import check_parameters, check_path, declared
 from .record import check_run_id, read_record
+from . import sealing
 from .sealing import seal
 
 __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir"]
@@ -75,7 +76,7 @@ def _interrupts_to_kernel() -> Iterator[None]:
 
 
 def default_run_dir() -> Path:
-    return Path(os.environ.get("RUNBOOK_RUN_DIR", NOTEBOOK_DIR.parent / "runs"))
+    return sealing.run_dir()
 
 
 @dataclass(frozen=True)

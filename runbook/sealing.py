@@ -33,9 +33,16 @@ from .connect import Database, connect
 from .record import RECORD_KEY, read_record
 from .session import Conn
 
-__all__ = ["seal", "seal_record_file", "verify", "Verified"]
+__all__ = ["run_dir", "seal", "seal_record_file", "verify", "Verified"]
 
 _RUNS = sql.Identifier(ledger.SCHEMA, "runs")
+
+
+def run_dir() -> Path:
+    """Where executed notebooks and records go: ``$RUNBOOK_RUN_DIR`` or ``runs/`` of the checkout."""
+    import os
+
+    return Path(os.environ.get("RUNBOOK_RUN_DIR", Path(__file__).resolve().parent.parent / "runs"))
 _BATCHES = sql.Identifier(ledger.SCHEMA, "batches")
 
 

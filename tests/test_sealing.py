@@ -160,3 +160,40 @@ def test_read_only_runs_are_sealed_too(kind: str, dsn: str, tmp_path: Path) -> N
     done = execute(kind, {}, tmp_path, env={**os.environ, "DATABASE_URL": dsn})
     assert done.ok and oct(done.path.stat().st_mode)[-3:] == "444"
     assert (tmp_path / (done.path.name + ".sha256")).read_text().split()[0] == done.sha256
+
+
+def test_each_execute_of_the_panel_leaves_its_own_sealed_record_in_the_run_folder(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import runbook.notebook as rb
+    from runbook.controls import SweepPanel
+
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(4)]
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.setenv("RUNBOOK_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    run = rb.start("sweep", run_id="t-panel-seal")
+    try:
+        panel = SweepPanel(run)
+        panel.batch_size.value = 2
+        panel.preview_button.click()
+        panel.confirm.value = "4"
+        panel.execute_button.click()
+        result = panel.wait(30)
+    finally:
+        run.conn.close()
+    assert result is not None and result.changed == 4
+    [entry] = run.outcome["panel_runs"]
+    (sealed,) = tmp_path.glob(f"*_panel_sweep_{entry['run_id']}.json")
+    assert str(sealed) == entry["record_file"] and oct(sealed.stat().st_mode)[-3:] == "444"
+    digest = hashlib.sha256(sealed.read_bytes()).hexdigest()
+    assert (tmp_path / (sealed.name + ".sha256")).read_text() == f"{digest}  {sealed.name}\n"
+    record = json.loads(sealed.read_text())["litellm_runbook"]
+    assert record["run_id"] == entry["run_id"] and record["notebook_run_id"] == "t-panel-seal"
+    assert record["outcome"]["sweep"]["changed"] == 4 and record["parameters"]["batch_size"] == 2
+    stored = conn.execute("SELECT record_sha256 FROM litellm_runbook.runs WHERE run_id = %s", [entry["run_id"]]).fetchone()
+    assert stored == (digest,)
+    assert verify(sealed, Database(dsn, "DATABASE_URL")).ok
+    assert sorted(ids) == sorted(r[0] for r in conn.execute("SELECT object_id FROM litellm_runbook.changes WHERE run_id = %s", [entry["run_id"]]))
