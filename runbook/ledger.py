@@ -50,6 +50,9 @@ def _t(name: str) -> sql.Identifier:
 
 def ddl() -> list[sql.Composed]:
     """The statements that create the ledger (idempotent)."""
+    # changes.seq: an identity without CACHE on purpose. A change's number is drawn after its
+    # row was locked, so two changes of one row are numbered in the order they happened;
+    # numbers cached per session would break that across sessions.
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
         sql.SQL(
