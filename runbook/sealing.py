@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,10 @@ from psycopg import sql
 
 from . import ledger
 from .connect import Database, connect
+from .locking import lock_key
 from .record import RECORD_KEY, read_record
 from .session import Conn
+from .target import Target
 
 __all__ = ["run_dir", "seal", "seal_record_file", "verify", "Verified"]
 
@@ -106,14 +110,43 @@ def _append_record(path: Path, record: dict[str, Any]) -> None:
     nbformat.write(nb, str(path))
 
 
+@contextmanager
+def _target_lock(conn: Conn, run_id: str, wait_s: float = 30.0) -> Iterator[bool]:
+    """Hold the sweep lock of run ``run_id``'s target while the block writes its ledger row:
+    a least-privilege sweeper may update a ``runs`` row only then (row security), and no
+    other sweep or undo of that target runs meanwhile. Yields False when the run has no
+    ledger row or the lock stayed taken for ``wait_s``."""
+    row = conn.execute(sql.SQL("SELECT target FROM {} WHERE run_id = %s").format(_RUNS), [run_id]).fetchone()
+    if row is None:
+        yield False
+        return
+    schema, _, table = str(row[0]).partition(".")
+    key = lock_key(Target(schema=schema, table=table))
+    deadline = time.monotonic() + wait_s
+    while conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", [key]).fetchone() != (True,):
+        if time.monotonic() > deadline:
+            yield False
+            return
+        time.sleep(0.2)
+    try:
+        yield True
+    finally:
+        conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [key])
+
+
 def _store_checksum(conn: Conn, run_id: str, digest: str, name: str) -> bool:
-    """Put the sealed file's checksum in the run's ledger row; False when it has none."""
-    with conn.transaction():
-        cur = conn.execute(
-            sql.SQL("UPDATE {} SET record_sha256 = %s, record_file = %s WHERE run_id = %s").format(_RUNS),
-            [digest, name, run_id],
-        )
-    return cur.rowcount == 1
+    """Put the sealed file's checksum in the run's ledger row; False when it could not."""
+    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [f"{ledger.SCHEMA}.runs"]).fetchone() != (True,):
+        return False
+    with _target_lock(conn, run_id) as held:
+        if not held:
+            return False
+        with conn.transaction():
+            cur = conn.execute(
+                sql.SQL("UPDATE {} SET record_sha256 = %s, record_file = %s WHERE run_id = %s").format(_RUNS),
+                [digest, name, run_id],
+            )
+        return cur.rowcount == 1
 
 
 def seal(path: Path, *, kind: str, run_id: str, error: str | None, ended: str, database: Database | None) -> str:
@@ -138,7 +171,9 @@ def seal(path: Path, *, kind: str, run_id: str, error: str | None, ended: str, d
                 _end_sessions(conn, run_id)
                 summary = _ledger_summary(conn, run_id)
                 if summary is not None and not summary["finished"]:
-                    ledger.finish_run(conn, run_id, ended, {"status": ended, "error": error, "closed_by": "runner"})
+                    with _target_lock(conn, run_id) as held:
+                        if held:
+                            ledger.finish_run(conn, run_id, ended, {"status": ended, "error": error, "closed_by": "runner"})
                     summary = _ledger_summary(conn, run_id)
             _append_record(path, {
                 "record_version": 1, "run_id": run_id, "notebook": kind, "written_by": "runner",

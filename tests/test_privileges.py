@@ -45,6 +45,9 @@ def test_each_notebook_with_exactly_its_grants(conn: psycopg.Connection, roles: 
     assert swept.ok, swept.error  # type: ignore[attr-defined]
     assert statuses(conn) == {**{k: "stale_expired" for k in ids}, fresh: "queued"}
     assert conn.execute("SELECT count(*) FROM litellm_runbook.changes WHERE run_id = 'least-priv'").fetchone() == (5,)
+    # The sealed notebook's checksum reached the ledger, under row security too.
+    sealed = conn.execute("SELECT record_sha256 FROM litellm_runbook.runs WHERE run_id = 'least-priv'").fetchone()
+    assert sealed == (swept.sha256,)  # type: ignore[attr-defined]
 
     undo_dry = run("undo", "rb_reader", run_id="least-priv")
     assert undo_dry.ok, undo_dry.error  # type: ignore[attr-defined]
