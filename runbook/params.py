@@ -253,7 +253,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("max_rows", int, 1_000_000, lambda n, v: check_int(n, v, 1, 10**9),
               "refuse to start when there are more candidates than this", _SWEEP),
     Parameter("expect_fingerprint", str, "", lambda n, v: check_fingerprint(n, v),
-              "an approved preview's fingerprint; refuse if the first batch differs", _SWEEP),
+              "an approved preview's fingerprint, with its cutoff; refuse if the first batch differs", _SWEEP),
     Parameter("stop_file", str, "", check_path,
               "path (relative: to where you ran the command); the run stops at the next batch boundary once it exists", _WRITE),
     Parameter("metrics_dir", str, "", check_path,
@@ -336,6 +336,13 @@ def options(**params: object) -> Options:
         values[name] = spec.check(name, value)
     # LiteLLM clamps MANAGED_OBJECT_STALENESS_CUTOFF_DAYS to at least 1; the rule above
     # refuses instead of silently changing what the operator asked for.
+    if values.get("expect_fingerprint") and values.get("cutoff") is None:
+        # The fingerprint binds the preview's cutoff; one computed now from stale_after_days
+        # never equals it, so the sweep could only refuse later, after connecting.
+        raise ParameterError(
+            "expect_fingerprint", values["expect_fingerprint"],
+            "given together with the preview's fixed cutoff (-p cutoff <the cutoff the preview printed>)",
+        )  # fmt: skip
     return Options(**values)  # type: ignore[arg-type]
 
 

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -503,8 +503,12 @@ def test_the_fingerprint_binds_the_cutoff_not_only_the_ids(conn: psycopg.Connect
     assert [r.id for r in approved.rows] == old and approved.candidates == 2
     assert re.fullmatch(r"[0-9a-f]{16}", approved.fingerprint)
     before = state(conn)
+    # The sequence (-p stale_after_days 1 -p expect_fingerprint F) is refused as a parameter.
+    with pytest.raises(ParameterError, match="expect_fingerprint"):
+        options(stale_after_days=1, batch_size=2, expect_fingerprint=approved.fingerprint, **LIVE)
+    one_day = (approved.cutoff_utc + timedelta(days=29)).isoformat() + "Z"  # the same rows 1-30 days old are in
     with pytest.raises(PreviewMismatchError) as err:
-        sweep(conn, Target(), options(stale_after_days=1, batch_size=2, expect_fingerprint=approved.fingerprint, **LIVE))
+        sweep(conn, Target(), options(cutoff=one_day, batch_size=2, expect_fingerprint=approved.fingerprint, **LIVE))
     assert f"not the approved {approved.fingerprint}: the fingerprint binds the target, the rule, the cutoff" in str(err.value)
     assert state(conn) == before
     # With the preview's own cutoff the same fingerprint is accepted, and only the previewed rows change.

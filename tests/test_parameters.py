@@ -310,3 +310,11 @@ def test_a_malformed_database_url_is_refused_without_showing_any_of_it(url: str,
     with pytest.raises(DatabaseConfigError) as err:
         resolve()
     assert "ter2" not in str(err.value) and "hun" not in str(err.value)
+
+
+def test_a_fingerprint_without_the_previews_cutoff_is_refused_before_connecting(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError) as err:
+        execute("sweep", {"expect_fingerprint": "0123456789abcdef", "dry_run": False}, tmp_path / "runs")
+    assert err.value.name == "expect_fingerprint" and "the preview's fixed cutoff" in str(err.value)
+    assert not (tmp_path / "runs").exists()
+    assert options(expect_fingerprint="0123456789abcdef", cutoff="2020-01-01T00:00:00Z").expect_fingerprint == "0123456789abcdef"
