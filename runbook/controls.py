@@ -39,7 +39,7 @@ from .progress import ProgressBar, plural
 from .record import new_run_id
 from .sealing import run_dir, seal_record_file
 from .session import Conn
-from .sweep import SweepResult, sweep
+from .sweep import FAILED_STOP_REASONS, SweepResult, sweep
 
 if TYPE_CHECKING:
     from .notebook import Run
@@ -336,7 +336,7 @@ class SweepPanel:
             self._say(f"Sweep refused or failed: {type(exc).__name__}: {exc}")
         else:
             entry.update(stop_reason=result.stop_reason, changed=result.changed)
-            status = "failed" if result.stop_reason in ("gave_up", "failed") else "succeeded"
+            status = "failed" if result.stop_reason in FAILED_STOP_REASONS else "succeeded"
             entry["record_file"] = self._seal(rid, parameters, {"status": status, "sweep": result.to_dict()})
             self._record(shown, result, bar)
         finally:
@@ -370,7 +370,7 @@ class SweepPanel:
                 self.run.outcome.pop(key, None)
         self.run.outcome["preview"] = shown.report.to_dict()
         self.run.outcome["sweep"] = result.to_dict()
-        if result.stop_reason in ("gave_up", "failed"):
+        if result.stop_reason in FAILED_STOP_REASONS:
             self.run.outcome["status"] = "failed"
         if result.batches:
             self.chart.value = sweep_svg(result).encode()

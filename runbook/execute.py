@@ -151,4 +151,10 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
         os.environ.clear()
         os.environ.update(saved_env)
     digest = seal(out, kind=name, run_id=run_id, error=error, ended=ended, database=database)
-    return Executed(out, digest, error is None, read_record(out), error)
+    record = read_record(out) if out.exists() else None
+    if error is None and record is not None and record.get("outcome", {}).get("status") == "failed":
+        # The notebook ran to its end, but the run did not do what it was asked (gave up,
+        # cancelled by a DBA): the record says why, the exit status must say so too.
+        step = record["outcome"].get("sweep") or record["outcome"].get("undo") or {}
+        error = f"run {run_id} stopped: {step.get('stop_reason', 'failed')} ({step.get('stop_detail', '')})".replace(" ()", "")
+    return Executed(out, digest, error is None, record, error)

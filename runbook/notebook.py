@@ -31,7 +31,7 @@ from .preview import ROW_HEADERS, PreviewReport, preview
 from .progress import progress_reporter
 from .record import RECORD_KEY, check_run_id, code_revision, database_identity, operator
 from .session import Conn
-from .sweep import SweepResult, sweep
+from .sweep import FAILED_STOP_REASONS, SweepResult, sweep
 from .target import Target
 from .undo import UndoResult, undo
 
@@ -142,7 +142,7 @@ class Run:
         show_sweep(result)
         show_sweep_chart(result)
         self.outcome["sweep"] = result.to_dict()
-        if result.stop_reason in ("gave_up", "failed"):
+        if result.stop_reason in FAILED_STOP_REASONS:
             self.outcome["status"] = "failed"
         return result
 
@@ -164,6 +164,8 @@ class Run:
             result = undo(self.conn, self.target, self.opts, of_run_id=self.of_run_id, run_id=self.run_id, parameters=self.params)
         show_undo(result)
         self.outcome["undo"] = result.to_dict()
+        if result.stop_reason in FAILED_STOP_REASONS:
+            self.outcome["status"] = "failed"
         return result
 
     def finish(self) -> dict[str, Any]:

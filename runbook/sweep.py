@@ -59,12 +59,16 @@ from .statements import LEDGER_SCHEMA as LEDGER
 from .target import Target
 from .workers import Workers
 
-__all__ = ["BatchResult", "SweepResult", "sweep", "STOP_REASONS", "next_batch_size"]
+__all__ = ["BatchResult", "SweepResult", "sweep", "STOP_REASONS", "FAILED_STOP_REASONS", "next_batch_size"]
 
 STOP_REASONS = (
     "done", "dry_run", "max_batches", "max_seconds", "stop_file", "interrupted", "stop_requested",
     "remaining_locked", "gave_up", "cancelled",
 )  # fmt: skip
+# A run that stopped for one of these did not do what it was asked: its record says
+# "failed" and `python -m runbook run` exits non-zero, so automation notices. A DBA's
+# cancel is one: somebody else ended the run, the operator must look.
+FAILED_STOP_REASONS = ("gave_up", "failed", "cancelled")
 _MAX_PASSES = 5
 _START: tuple[Any, str] = (datetime.min, "")  # a keyset before every snapshot entry
 _METRICS_EVERY_S = 1.0  # rewrite the metrics file at most this often while running

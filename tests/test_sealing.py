@@ -197,3 +197,35 @@ def test_each_execute_of_the_panel_leaves_its_own_sealed_record_in_the_run_folde
     assert stored == (digest,)
     assert verify(sealed, Database(dsn, "DATABASE_URL")).ok
     assert sorted(ids) == sorted(r[0] for r in conn.execute("SELECT object_id FROM litellm_runbook.changes WHERE run_id = %s", [entry["run_id"]]))
+
+
+def test_a_run_that_gave_up_exits_non_zero_with_its_reason(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
+    import threading
+
+    insert(conn, status="queued", age_days=10)
+    ready, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(dsn) as holder:
+            holder.execute('LOCK TABLE "LiteLLM_ManagedObjectTable" IN ACCESS EXCLUSIVE MODE')
+            ready.set()
+            release.wait(60)
+            holder.rollback()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        ready.wait(10)
+        done = subprocess.run(
+            [sys.executable, "-m", "runbook", "run", "sweep", "-p", "dry_run", "False", "-p", "lock_timeout_s", "0.2",
+             "-p", "max_retries", "0", "-p", "run_id", "t-gave-up", "--run-dir", str(tmp_path)],
+            env={**os.environ, "DATABASE_URL": dsn}, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        release.set()
+        holder.join()
+    assert done.returncode == 1, done.stderr
+    assert "run failed: run t-gave-up stopped: gave_up" in done.stderr and "LockNotAvailable" in done.stderr
+    (notebook,) = tmp_path.glob("*_03_sweep_t-gave-up.ipynb")
+    record = read_record(notebook)
+    assert record is not None and record["outcome"]["status"] == "failed"
