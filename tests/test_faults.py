@@ -88,9 +88,11 @@ def test_server_restart_mid_sweep_names_the_batch_and_a_rerun_finishes(
         assert assert_consistent(fresh, before, cands) == cands
 
 
-def _hold_table_lock(dsn: str, seconds: float, ready: threading.Event) -> None:
+def _hold_table_lock(dsn: str, seconds: float, ready: threading.Event, mode: str = "ACCESS EXCLUSIVE") -> None:
+    """Lock the table for ``seconds``. SHARE: reads go on, writes wait, as a long report or a
+    DDL in flight would make them."""
     with psycopg.connect(dsn) as holder:
-        holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+        holder.execute(f"LOCK TABLE {TABLE} IN {mode} MODE")
         ready.set()
         time.sleep(seconds)
         holder.rollback()
@@ -531,22 +533,13 @@ def test_a_snapshot_that_times_out_is_run_again_once_not_more(conn: psycopg.Conn
     assert state(conn) == before
 
 
-def _hold_share_lock(dsn: str, seconds: float, ready: threading.Event) -> None:
-    """Reads go on, writes wait: what a long report or a DDL in flight does to the table."""
-    with psycopg.connect(dsn) as holder:
-        holder.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")
-        ready.set()
-        time.sleep(seconds)
-        holder.rollback()
-
-
 def test_undo_retries_a_lock_timeout_and_gives_up_like_the_sweep(conn: psycopg.Connection, dsn: str) -> None:
     from runbook.undo import undo
 
     ids = many(conn, 6)
     sweep(conn, Target(), options(**LIVE), run_id="swept")
     ready = threading.Event()
-    holder = threading.Thread(target=_hold_share_lock, args=(dsn, 0.6, ready))
+    holder = threading.Thread(target=_hold_table_lock, args=(dsn, 0.6, ready, "SHARE"))
     holder.start()
     ready.wait(5)
     result = undo(conn, Target(), options(lock_timeout_s=0.2, max_retries=4, **LIVE), of_run_id="swept", run_id="undo-retried")
@@ -557,7 +550,7 @@ def test_undo_retries_a_lock_timeout_and_gives_up_like_the_sweep(conn: psycopg.C
 
     sweep(conn, Target(), options(**LIVE), run_id="swept-again")
     ready = threading.Event()
-    holder = threading.Thread(target=_hold_share_lock, args=(dsn, 4, ready))
+    holder = threading.Thread(target=_hold_table_lock, args=(dsn, 4, ready, "SHARE"))
     holder.start()
     ready.wait(5)
     result = undo(conn, Target(), options(lock_timeout_s=0.2, max_retries=1, **LIVE), of_run_id="swept-again", run_id="undo-gave-up")
