@@ -11,6 +11,7 @@ says what happened.
 from __future__ import annotations
 
 import html
+import re
 import os
 import sys
 import types
@@ -211,14 +212,18 @@ class Run:
         }
 
 
-# Names the notebooks themselves assign (outside their parameters cell); anything else
-# a kernel holds when start() runs came from the parameters cell or was injected.
-NOTEBOOK_NAMES = frozenset({"rb", "run", "report", "batch", "result", "record"})
+# Names the notebooks themselves assign after start() (JupyterLab may run start() again
+# later): skipped only while they hold what the notebook put there, so `-p batch 500`
+# is still an unknown parameter.
+NOTEBOOK_NAMES = frozenset({"run", "report", "batch", "result", "record"})
+# IPython's own history names: _, __, ___, _i, _ii, _iii, _i<n>, _<n>, _ih, _oh, _dh.
+_IPYTHON_NAME = re.compile(r"_{1,3}|_i{1,3}|_i?\d+|_ih|_oh|_dh")
 
 
 def _given(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The variables of a notebook's namespace that are parameters, declared or not:
-    everything but IPython's own names, private names, modules and NOTEBOOK_NAMES."""
+    everything but IPython's own names, modules (``rb``), dunder names, and the
+    notebook's own results (NOTEBOOK_NAMES holding a runbook object)."""
     hidden: set[str] = set()
     try:
         from IPython import get_ipython
@@ -228,11 +233,14 @@ def _given(namespace: Mapping[str, Any]) -> dict[str, Any]:
             hidden = set(shell.user_ns_hidden)
     except ImportError:
         pass
+    ours = (Run, InspectReport, PreviewReport, SweepResult, UndoResult, IndexResult, dict, type(None))
     return {
         name: value
         for name, value in namespace.items()
-        if not name.startswith("_") and name not in hidden and name not in NOTEBOOK_NAMES
+        if name not in hidden and not _IPYTHON_NAME.fullmatch(name)
+        and not (name.startswith("__") and name.endswith("__"))
         and not isinstance(value, types.ModuleType)
+        and not (name in NOTEBOOK_NAMES and isinstance(value, ours))
     }  # fmt: skip
 
 

@@ -112,14 +112,19 @@ def test_runner_refuses_a_mistyped_name_before_anything_is_written(conn: psycopg
     assert not runs.exists()
 
 
-def test_plain_papermill_with_a_mistyped_name_fails_before_the_first_query(dsn: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("max_batch", "did you mean max_batches?"), ("batch", "did you mean batch_size?"), ("_batch_size", "did you mean batch_size?"),
+     ("record", "its parameters:")],
+)  # fmt: skip
+def test_plain_papermill_with_a_mistyped_name_fails_before_the_first_query(name: str, hint: str, dsn: str, tmp_path: Path) -> None:
     # A database that does not exist: if start() connected before checking names, the
     # error would be "cannot connect", not the parameter.
     nowhere = conninfo.make_conninfo(dsn, dbname="no_such_database")
     out = tmp_path / "out.ipynb"
-    done = _papermill("03_sweep.ipynb", out, ["-p", "dry_run", "False", "-p", "max_batch", "1"], _env(nowhere))
+    done = _papermill("03_sweep.ipynb", out, ["-p", "dry_run", "False", "-p", name, "1"], _env(nowhere))
     assert done.returncode != 0
-    assert "parameter max_batch='<not shown>' is not allowed: not a parameter of the sweep notebook; did you mean max_batches?" in done.stderr
+    assert f"parameter {name}='<not shown>' is not allowed: not a parameter of the sweep notebook; {hint}" in done.stderr
     assert "cannot connect" not in done.stderr
     assert out.exists(), "papermill leaves the failed notebook behind"
 

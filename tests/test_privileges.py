@@ -208,3 +208,10 @@ def test_sweeper_blind_to_health_is_refused_unless_allowed_and_then_says_so(
     assert allowed.ok, allowed.error
     assert allowed.record is not None and allowed.record["outcome"]["sweep"]["health_blind"] == [said]
     assert set(statuses(conn).values()) == {"stale_expired"}
+    # The undo notebook takes the same health parameters: a blind role can undo too.
+    swept_id = allowed.record["run_id"]
+    refused_undo = execute("undo", {"run_id": swept_id, "dry_run": False}, tmp_path, env=env)
+    assert not refused_undo.ok and refused_undo.error == "BlindHealthError: " + str(err.value)
+    undone_nb = execute("undo", {"run_id": swept_id, "dry_run": False, "allow_blind_health": True}, tmp_path, env=env)
+    assert undone_nb.ok, undone_nb.error
+    assert set(statuses(conn).values()) == {"queued"}
