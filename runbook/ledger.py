@@ -146,7 +146,7 @@ def ensure(conn: Conn) -> None:
         try:
             with conn.transaction():
                 # Two first sweeps at once would race to create the schema.
-                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"{SCHEMA}.ddl"])
+                conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(%s, 0::bigint))", [f"{SCHEMA}.ddl"])
                 schema_exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [SCHEMA]).fetchone()
                 # CREATE SCHEMA checks the CREATE privilege even when the schema exists,
                 # and a ledger owner given the schema by the database owner lacks it.
@@ -160,7 +160,7 @@ def ensure(conn: Conn) -> None:
     if missing_columns(conn):
         try:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"{SCHEMA}.ddl"])
+                conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(%s, 0::bigint))", [f"{SCHEMA}.ddl"])
                 upgrades = upgrade_ddl()
                 for name in missing_columns(conn):  # again, under the lock: another run may have upgraded it
                     for statement in upgrades[name]:
@@ -233,8 +233,12 @@ def start_run(
 
 
 def finish_run(conn: Conn, run_id: str, stop_reason: str, outcome: dict[str, Any]) -> None:
-    """Record how the run ended; rows_changed is summed from the committed batches."""
+    """Record how the run ended; rows_changed is summed from the committed batches.
+
+    Committed durably whatever the role's or database's ``synchronous_commit``: its WAL
+    flush also flushes the run's asynchronously committed batches before anyone reads it."""
     with conn.transaction():
+        conn.execute("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)")
         conn.execute(
             sql.SQL(
                 "UPDATE {runs} SET finished_at = clock_timestamp(), stop_reason = %s, outcome = %s,"

@@ -25,6 +25,7 @@ from psycopg import conninfo
 
 from . import ledger, statements
 from .errors import ReadOnlyError, SweepInProgressError
+from .connect import refuse_transaction_pooler
 from .locking import target_lock
 from .metrics import write_metrics
 from .params import Options
@@ -179,6 +180,9 @@ def live_run(
     ParameterError (``run_id`` names a run of another identity, ``ledger.start_run``).
     """
     started = time.monotonic()
+    # First: through a transaction pooler nothing below may run (its search_path is only
+    # pinned per read-only transaction, and the ledger's creation would not be refused).
+    refuse_transaction_pooler(conn, f"a live sweep or undo of {target.schema}.{target.table}")
     check_writable(conn, target)
     ledger.ensure(conn)
     with target_lock(conn, target), interrupt_guard() as interrupted:

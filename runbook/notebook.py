@@ -17,12 +17,13 @@ import sys
 import types
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, render
 from .charts import show_inspect_charts, show_sweep_chart
 from .connect import Database, connect, resolve
+from .errors import ParameterError
 from .index import IndexResult, create_index
 from .inspection import InspectReport, inspect
 from .ledger import recent_runs
@@ -123,19 +124,19 @@ class Run:
         """Run the sweep (a dry run unless dry_run=False), reporting progress per batch.
 
         In JupyterLab a live sweep runs only from the control panel's Execute button, after
-        a preview and a confirmation; this cell then does a dry run and says so.
+        a preview and a confirmation: this cell refuses dry_run=False (ParameterError).
         """
         opts = self.opts
-        if interactive() and not opts.dry_run:
-            opts = replace(opts, dry_run=True)
-            note = (
-                "dry_run=False was asked, but in JupyterLab the live sweep runs from the panel's Execute button "
-                "(after Preview and confirm): this cell does a DRY RUN instead."
-            )
-            self.outcome["forced_dry_run"] = note
-            _display(render.notice(note, "warning"), note)
-            print(note, file=sys.stderr, flush=True)
         with self._step("sweep"):
+            if interactive() and not opts.dry_run:
+                # Refused, not turned into a dry run: a command started from a JupyterLab
+                # cell or terminal (plain papermill inherits JPY_SESSION_NAME) must fail
+                # loudly rather than exit 0 having written nothing.
+                raise ParameterError(
+                    "dry_run", False,
+                    "True in a JupyterLab cell: the live sweep runs from the panel's Execute button (after Preview and "
+                    "confirm), or headless with python -m runbook run sweep -p dry_run False",
+                )  # fmt: skip
             result = sweep(
                 self.conn, self.target, opts, run_id=self.run_id, parameters=self.params,
                 on_batch=progress_reporter(interactive()),

@@ -152,7 +152,8 @@ def test_pgbouncer_url_refuses_live_sweep_and_undo_but_reads(conn: psycopg.Conne
     refused = execute("sweep", {"dry_run": False, "run_id": "pooled"}, tmp_path, env=pooled)
     assert not refused.ok and refused.error == POOLER
     assert state(conn) == before
-    assert conn.execute("SELECT count(*) FROM litellm_runbook.runs").fetchone() == (0,)
+    # Refused before anything: not even the ledger was created through the pooler.
+    assert conn.execute("SELECT to_regnamespace('litellm_runbook')").fetchone() == (None,)
 
     direct = {**os.environ, "DATABASE_URL": url(dsn)}
     assert execute("sweep", {"dry_run": False, "run_id": "direct"}, tmp_path, env=direct).ok

@@ -273,22 +273,22 @@ def test_a_command_line_run_from_a_jupyterlab_terminal_is_not_turned_into_a_dry_
     assert statuses(conn) == {i: "stale_expired" for i in ids}
 
 
-def test_a_dry_run_forced_in_jupyterlab_says_so_in_output_and_record(
-    conn: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_live_sweep_asked_of_a_jupyterlab_cell_is_refused_not_turned_into_a_dry_run(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
 ) -> None:
     insert(conn, status="queued", age_days=10)
     before = state(conn)
-    monkeypatch.setenv("DATABASE_URL", dsn)
-    monkeypatch.setenv("JPY_SESSION_NAME", "/home/oncall/03_sweep.ipynb")
-    run = rb.start("sweep", run_id="t-forced", dry_run=False)
-    try:
-        result = run.sweep()
-        record = run.finish()
-    finally:
-        run.conn.close()
-    assert result.dry_run is True and state(conn) == before
-    assert "this cell does a DRY RUN instead" in record["outcome"]["forced_dry_run"]
-    assert "this cell does a DRY RUN instead" in capsys.readouterr().err
+    # Plain papermill run from a JupyterLab cell or terminal inherits JPY_SESSION_NAME.
+    out = tmp_path / "out.ipynb"
+    env = _env(dsn, JPY_SESSION_NAME="/home/oncall/scratch.ipynb")
+    done = _papermill("03_sweep.ipynb", out, ["-p", "dry_run", "False", "-p", "run_id", "t-lab-cell"], env)
+    assert done.returncode != 0
+    assert "parameter dry_run=False is not allowed: True in a JupyterLab cell: the live sweep runs from the panel" in done.stderr
+    assert state(conn) == before
+    from runbook.record import read_record
+
+    record = read_record(out)
+    assert record is not None and record["outcome"]["status"] == "failed" and record["outcome"]["step"] == "sweep"
 
 
 def test_every_option_is_declared_once_with_its_default() -> None:
