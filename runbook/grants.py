@@ -98,8 +98,8 @@ def grants_sql(target: Target, database: str, reader: str, sweeper: str) -> list
         sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(sql.Identifier(target.status_column), table, s),
         sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(db, s),
         sql.SQL("GRANT INSERT, UPDATE ON {} TO {}").format(sql.Identifier(SCHEMA, "runs"), s),
-        sql.SQL("GRANT INSERT ON {}, {} TO {}").format(
-            sql.Identifier(SCHEMA, "batches"), sql.Identifier(SCHEMA, "changes"), s
+        sql.SQL("GRANT INSERT ON {}, {}, {} TO {}").format(
+            sql.Identifier(SCHEMA, "batches"), sql.Identifier(SCHEMA, "changes"), sql.Identifier(SCHEMA, "records"), s
         ),
         sql.SQL("GRANT pg_read_all_stats TO {}").format(s),
     ]

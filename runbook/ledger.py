@@ -59,8 +59,7 @@ def ddl() -> list[sql.Composed]:
             "CREATE TABLE IF NOT EXISTS {} ("
             "run_id text PRIMARY KEY, kind text NOT NULL, target text NOT NULL, undoes_run_id text,"
             " started_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz,"
-            " operator jsonb, parameters jsonb, stop_reason text, rows_changed bigint, outcome jsonb, identity jsonb,"
-            " record_sha256 text, record_file text)"
+            " operator jsonb, parameters jsonb, stop_reason text, rows_changed bigint, outcome jsonb, identity jsonb)"
         ).format(_t("runs")),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
@@ -73,7 +72,18 @@ def ddl() -> list[sql.Composed]:
             " previous_status text, new_status text NOT NULL, seq bigint GENERATED ALWAYS AS IDENTITY,"
             " PRIMARY KEY (run_id, batch, object_id))"
         ).format(_t("changes")),
+        _records_ddl(),
     ]
+
+
+def _records_ddl() -> sql.Composed:
+    # records: one row per sealed file (runbook.sealing), insert-only to the sweeper; the
+    # first row for a file name is its seal, so a later row cannot replace it.
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " record_file text NOT NULL, run_id text NOT NULL REFERENCES {} (run_id), sha256 text NOT NULL,"
+        " sealed_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    ).format(_t("records"), _t("runs"))
 
 
 def upgrade_ddl() -> dict[str, list[sql.Composed]]:
@@ -86,12 +96,7 @@ def upgrade_ddl() -> dict[str, list[sql.Composed]]:
     changes = _t("changes")
     return {
         "runs.identity": [sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS identity jsonb").format(_t("runs"))],
-        # The sealed notebook's checksum and file name (runbook.sealing).
-        "runs.record_sha256": [
-            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS record_sha256 text, ADD COLUMN IF NOT EXISTS record_file text").format(
-                _t("runs")
-            )
-        ],
+        "records.sha256": [_records_ddl()],
         "changes.seq": [
             sql.SQL("ALTER TABLE {} ADD COLUMN seq bigint").format(changes),
             sql.SQL(
@@ -112,11 +117,11 @@ def upgrade_ddl() -> dict[str, list[sql.Composed]]:
 def missing_columns(conn: Conn) -> list[str]:
     """The columns of ``upgrade_ddl()`` this ledger lacks (``ensure()`` adds them). Reads only."""
     rows = conn.execute(
-        "SELECT w.name FROM (VALUES ('runs.identity', %(runs)s, 'identity'), ('runs.record_sha256', %(runs)s, 'record_sha256'),"
+        "SELECT w.name FROM (VALUES ('runs.identity', %(runs)s, 'identity'), ('records.sha256', %(records)s, 'sha256'),"
         " ('changes.seq', %(changes)s, 'seq'))"
         " AS w(name, rel, col) WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(w.rel)"
         " AND a.attname = w.col AND NOT a.attisdropped) ORDER BY w.name",
-        {"runs": f"{SCHEMA}.runs", "changes": f"{SCHEMA}.changes"},
+        {"runs": f"{SCHEMA}.runs", "changes": f"{SCHEMA}.changes", "records": f"{SCHEMA}.records"},
     ).fetchall()
     return [str(r[0]) for r in rows]
 

@@ -13,8 +13,9 @@ A kernel writes its own record (``Run.finish``), also when a step fails. When it
    runner wrote it.
 
 Then, for every run: the notebook is made read-only, ``<name>.sha256`` is written beside
-it and, when the run has a ledger row, the checksum is stored there (``runs.record_sha256``),
-so that a file edited later no longer matches the database (``verify``).
+it and, when the run has a ledger row, the checksum is added to the ledger's insert-only
+``records`` (file name, run, sha256): a file edited later no longer matches the first
+checksum recorded for its name (``verify``), and a later row cannot replace that one.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .target import Target
 __all__ = ["run_dir", "seal", "seal_record_file", "verify", "Verified"]
 
 _RUNS = sql.Identifier(ledger.SCHEMA, "runs")
+_RECORDS = sql.Identifier(ledger.SCHEMA, "records")
 
 
 def run_dir() -> Path:
@@ -135,18 +137,18 @@ def _target_lock(conn: Conn, run_id: str, wait_s: float = 30.0) -> Iterator[bool
 
 
 def _store_checksum(conn: Conn, run_id: str, digest: str, name: str) -> bool:
-    """Put the sealed file's checksum in the run's ledger row; False when it could not."""
-    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [f"{ledger.SCHEMA}.runs"]).fetchone() != (True,):
+    """Add the sealed file's checksum to the ledger's insert-only ``records`` (when the run
+    has a ledger row); False when it could not. The first row for a file name is its seal."""
+    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [f"{ledger.SCHEMA}.records"]).fetchone() != (True,):
         return False
-    with _target_lock(conn, run_id) as held:
-        if not held:
-            return False
-        with conn.transaction():
-            cur = conn.execute(
-                sql.SQL("UPDATE {} SET record_sha256 = %s, record_file = %s WHERE run_id = %s").format(_RUNS),
-                [digest, name, run_id],
-            )
-        return cur.rowcount == 1
+    with conn.transaction():
+        cur = conn.execute(
+            sql.SQL("INSERT INTO {records} (record_file, run_id, sha256) SELECT %s, run_id, %s FROM {runs} WHERE run_id = %s").format(
+                records=_RECORDS, runs=_RUNS
+            ),
+            [name, digest, run_id],
+        )
+    return cur.rowcount == 1
 
 
 def seal(path: Path, *, kind: str, run_id: str, error: str | None, ended: str, database: Database | None) -> str:
@@ -225,10 +227,10 @@ class Verified:
     path: Path
     run_id: str | None
     sha256: str
-    ledger_sha256: str | None
+    ledger_sha256: str | None  # the first checksum the ledger's records hold for this file name
     beside_sha256: str | None
 
-    in_ledger: bool  # the run has a ledger row (a live sweep or undo)
+    in_ledger: bool  # the ledger holds a seal for this file name (a live sweep or undo)
 
     @property
     def ok(self) -> bool:
@@ -253,10 +255,12 @@ def verify(path: Path, database: Database) -> Verified:
     run_id = str(record["run_id"]) if record else None
     stored: str | None = None
     in_ledger = False
-    if run_id is not None:
-        with connect(database, purpose="verify") as conn:
-            if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [f"{ledger.SCHEMA}.runs"]).fetchone() == (True,):
-                row = conn.execute(sql.SQL("SELECT record_sha256 FROM {} WHERE run_id = %s").format(_RUNS), [run_id]).fetchone()
-                in_ledger = row is not None
-                stored = str(row[0]) if row and row[0] else None
+    with connect(database, purpose="verify") as conn:
+        if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [f"{ledger.SCHEMA}.records"]).fetchone() == (True,):
+            # By the file's name, not the run id inside it: an edited file could name any run.
+            row = conn.execute(
+                sql.SQL("SELECT sha256 FROM {} WHERE record_file = %s ORDER BY seq LIMIT 1").format(_RECORDS), [path.name]
+            ).fetchone()
+            in_ledger = row is not None
+            stored = str(row[0]) if row else None
     return Verified(path, run_id, digest, stored, beside, in_ledger)

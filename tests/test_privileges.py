@@ -46,7 +46,7 @@ def test_each_notebook_with_exactly_its_grants(conn: psycopg.Connection, roles: 
     assert statuses(conn) == {**{k: "stale_expired" for k in ids}, fresh: "queued"}
     assert conn.execute("SELECT count(*) FROM litellm_runbook.changes WHERE run_id = 'least-priv'").fetchone() == (5,)
     # The sealed notebook's checksum reached the ledger, under row security too.
-    sealed = conn.execute("SELECT record_sha256 FROM litellm_runbook.runs WHERE run_id = 'least-priv'").fetchone()
+    sealed = conn.execute("SELECT sha256 FROM litellm_runbook.records WHERE run_id = 'least-priv'").fetchone()
     assert sealed == (swept.sha256,)  # type: ignore[attr-defined]
 
     undo_dry = run("undo", "rb_reader", run_id="least-priv")
@@ -140,7 +140,7 @@ def test_sweeper_cannot_rewrite_other_runs_ledger_rows(conn: psycopg.Connection,
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match='new row violates row-level security policy for table "runs"'):
             c.execute("INSERT INTO litellm_runbook.runs (run_id, kind, target) VALUES ('forged', 'sweep', 'public.LiteLLM_ManagedObjectTable')")
     sweeper = roles["rb_sweeper"]
-    for table in ("batches", "changes"):
+    for table in ("batches", "changes", "records"):
         assert _denied(sweeper, f"UPDATE litellm_runbook.{table} SET run_id = 'forged'") == f"permission denied for table {table}"
         assert _denied(sweeper, f"DELETE FROM litellm_runbook.{table}") == f"permission denied for table {table}"
     assert _denied(sweeper, "DELETE FROM litellm_runbook.runs") == "permission denied for table runs"

@@ -72,7 +72,8 @@ def _sealed(runs: Path, run_id: str) -> tuple[Path, dict]:
 
 def _ledger(conn: psycopg.Connection, run_id: str) -> tuple:
     row = conn.execute(
-        "SELECT r.stop_reason, r.finished_at IS NOT NULL, r.rows_changed, r.record_sha256,"
+        "SELECT r.stop_reason, r.finished_at IS NOT NULL, r.rows_changed,"
+        " (SELECT x.sha256 FROM litellm_runbook.records x WHERE x.run_id = r.run_id ORDER BY x.seq LIMIT 1),"
         " (SELECT count(*) FROM litellm_runbook.batches b WHERE b.run_id = r.run_id),"
         " (SELECT count(*) FROM litellm_runbook.changes c WHERE c.run_id = r.run_id)"
         " FROM litellm_runbook.runs r WHERE r.run_id = %s",
@@ -146,6 +147,16 @@ def test_a_sealed_record_edited_later_no_longer_matches_the_ledger(conn: psycopg
     (tmp_path / (done.path.name + ".sha256")).write_text(hashlib.sha256(done.path.read_bytes()).hexdigest() + f"  {done.path.name}\n")
     checked = verify(done.path, database)
     assert not checked.ok and checked.beside_sha256 == checked.sha256 != checked.ledger_sha256 == done.sha256
+    # A later checksum row for the same file (the sweeper may add rows) does not replace the seal.
+    conn.execute(
+        "INSERT INTO litellm_runbook.records (record_file, run_id, sha256) VALUES (%s, 't-verify', %s)",
+        [done.path.name, checked.sha256],
+    )
+    assert not verify(done.path, database).ok
+    # Nor does pointing the record at a run the ledger does not know: the file's name is the key.
+    done.path.write_text(done.path.read_text().replace('"t-verify"', '"t-nowhere"'))
+    (tmp_path / (done.path.name + ".sha256")).write_text(hashlib.sha256(done.path.read_bytes()).hexdigest() + f"  {done.path.name}\n")
+    assert not verify(done.path, database).ok
     cli = subprocess.run(
         [sys.executable, "-m", "runbook", "verify", str(done.path)], env={**os.environ, "DATABASE_URL": dsn},
         capture_output=True, text=True, timeout=60,
@@ -193,7 +204,7 @@ def test_each_execute_of_the_panel_leaves_its_own_sealed_record_in_the_run_folde
     record = json.loads(sealed.read_text())["litellm_runbook"]
     assert record["run_id"] == entry["run_id"] and record["notebook_run_id"] == "t-panel-seal"
     assert record["outcome"]["sweep"]["changed"] == 4 and record["parameters"]["batch_size"] == 2
-    stored = conn.execute("SELECT record_sha256 FROM litellm_runbook.runs WHERE run_id = %s", [entry["run_id"]]).fetchone()
+    stored = conn.execute("SELECT sha256 FROM litellm_runbook.records WHERE run_id = %s", [entry["run_id"]]).fetchone()
     assert stored == (digest,)
     assert verify(sealed, Database(dsn, "DATABASE_URL")).ok
     assert sorted(ids) == sorted(r[0] for r in conn.execute("SELECT object_id FROM litellm_runbook.changes WHERE run_id = %s", [entry["run_id"]]))
