@@ -324,7 +324,9 @@ class SweepPanel:
         with self._lock:
             self.run.outcome.setdefault("panel_runs", []).append(entry)
         try:
-            with self._connect(f"sweep-{rid}") as conn:
+            # The panel run's own id in the application name, where the lock holder's message
+            # and the runner look for it: litellm-runbook/sweep/<rid>/panel.
+            with connect(self.run.database, purpose=f"sweep/{rid}/panel") as conn:
                 result = sweep(
                     conn, self.run.target, opts, run_id=rid, parameters=parameters, on_batch=bar,
                     should_stop=self._stop.is_set,

@@ -150,7 +150,12 @@ def check_cutoff_recent(cutoff: datetime, server_now: datetime) -> datetime:
 
 
 MAX_WORKERS = 4  # connections writing at once; more only adds contention on a small server
-_RUN_ID_RULE = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit; '' makes one"
+# 36 at most: the run id travels in the session's application_name ("litellm-runbook/
+# preview/<run id>"), which PostgreSQL cuts at 63 bytes, and it must arrive whole there (the
+# lock holder's message, the runner ending a dead kernel's sessions).
+MAX_RUN_ID = 36
+_RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,35}"
+_RUN_ID_RULE = "1-36 letters, digits, '_', '-' or '.', starting with a letter or digit; '' makes one"
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,7 @@ def _run_id(name: str, value: object) -> str:
 
     if value in (None, ""):
         return ""
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+    if not isinstance(value, str) or not re.fullmatch(_RUN_ID_PATTERN, value):
         raise ParameterError(name, _shown(value), _RUN_ID_RULE)
     return value
 

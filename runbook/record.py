@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ParameterError
+from .params import _RUN_ID_PATTERN, _RUN_ID_RULE
 from .session import Conn
 
 __all__ = ["RECORD_KEY", "new_run_id", "check_run_id", "operator", "database_identity", "code_revision", "read_record"]
 
 RECORD_KEY = "litellm_runbook"
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_RUN_ID = re.compile(_RUN_ID_PATTERN + r"\Z")
 
 
 def new_run_id() -> str:
@@ -36,7 +37,7 @@ def check_run_id(value: object) -> str:
     if value in (None, ""):
         return new_run_id()
     if not isinstance(value, str) or not _RUN_ID.match(value):
-        raise ParameterError("run_id", value, "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        raise ParameterError("run_id", value, _RUN_ID_RULE)
     return value
 
 

@@ -323,3 +323,17 @@ def test_a_fingerprint_without_the_previews_cutoff_is_refused_before_connecting(
     assert err.value.name == "expect_fingerprint" and "the preview's fixed cutoff" in str(err.value)
     assert not (tmp_path / "runs").exists()
     assert options(expect_fingerprint="0123456789abcdef", cutoff="2020-01-01T00:00:00Z").expect_fingerprint == "0123456789abcdef"
+
+
+def test_a_run_id_always_arrives_whole_in_the_sessions_application_name(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    longest = "r" * 35 + "9"
+    for kind in ("inspect", "preview", "sweep", "index"):  # 'preview' is the longest kind
+        run = rb.start(kind, run_id=longest)
+        try:
+            row = run.conn.execute("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+        finally:
+            run.conn.close()
+        assert row is not None and row[0].split("/")[2] == longest
+    with pytest.raises(ParameterError, match="1-36 letters"):
+        rb.start("inspect", run_id=longest + "x")
