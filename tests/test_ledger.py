@@ -102,8 +102,13 @@ def test_approved_preview_is_executed_exactly_or_not_at_all(conn: psycopg.Connec
     insert(conn, status="queued", age_days=40)  # a new oldest row appears after the approval
     before = state(conn)
     with pytest.raises(PreviewMismatchError, match=f"not the approved {approved.fingerprint}"):
-        sweep(conn, Target(), options(batch_size=2, cutoff=cutoff, expect_fingerprint=approved.fingerprint, **LIVE))
+        sweep(conn, Target(), options(batch_size=2, cutoff=cutoff, expect_fingerprint=approved.fingerprint, **LIVE), run_id="mismatch")
     assert state(conn) == before
+    refused = conn.execute(
+        "SELECT stop_reason, finished_at IS NOT NULL, outcome->>'stop_detail' FROM litellm_runbook.runs WHERE run_id = 'mismatch'"
+    ).fetchone()
+    assert refused is not None and refused[:2] == ("failed", True) and "PreviewMismatchError" in refused[2]
+    assert conn.execute("SELECT count(*) FROM litellm_runbook.batches WHERE run_id = 'mismatch'").fetchone() == (0,)
     conn.execute('DELETE FROM "LiteLLM_ManagedObjectTable" WHERE id <> ALL(%s)', [ids])
     result = sweep(conn, Target(), options(batch_size=2, max_batches=1, cutoff=cutoff, expect_fingerprint=approved.fingerprint, **LIVE))
     assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == {r.id for r in approved.rows}
