@@ -10,8 +10,10 @@ Ctrl-C is passed to the kernel, as JupyterLab's interrupt button would.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,6 +102,7 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     # for a format check no notebook schema uses. Absent, jsonschema skips that check.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
     import papermill
+    from jupyter_client.manager import AsyncKernelManager
 
     if name not in NOTEBOOKS:
         raise ParameterError("notebook", name, f"one of {sorted(NOTEBOOKS)}")
@@ -126,6 +129,9 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     kernel_env.pop("JPY_SESSION_NAME", None)
     os.environ.clear()
     os.environ.update(kernel_env)
+    # The kernel's sockets: Unix sockets in a folder only this user can enter, not ZMQ over
+    # TCP on 127.0.0.1, where any local user could subscribe to its outputs.
+    sockets = tempfile.mkdtemp(prefix="runbook-kernel-")
     try:
         with _interrupts_to_kernel():
             papermill.execute_notebook(
@@ -135,6 +141,7 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
                 kernel_name="python3",
                 progress_bar=False,
                 cwd=str(NOTEBOOK_DIR),
+                km=AsyncKernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "kernel")),
             )
     except papermill.PapermillExecutionError as exc:
         error, ended = f"{exc.ename}: {exc.evalue}", "failed"
@@ -144,6 +151,7 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
         error = f"{type(exc).__name__}: {exc}".strip()
         ended = "killed" if "DeadKernel" in type(exc).__name__ else "failed"
     finally:
+        shutil.rmtree(sockets, ignore_errors=True)
         try:
             database = resolve(kernel_env)  # the database the kernel used, for the ledger's side of the seal
         except RunbookError:

@@ -4,6 +4,7 @@ with SIGKILL mid-sweep, the operator's Ctrl-C on the runner, a file edited after
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,34 @@ def _children(pid: int, needle: bytes) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return found
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+def _tcp_listening(pid: int) -> set[str]:
+    """Inodes of the TCP sockets process ``pid`` listens on."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                listening.add(fields[9])
+    return listening & _socket_inodes(pid)
+
+
+def _unix_sockets(pid: int) -> set[str]:
+    unix = {line.split()[6] for line in Path("/proc/net/unix").read_text().splitlines()[1:] if len(line.split()) > 6}
+    return unix & _socket_inodes(pid)
 
 
 def _batches(conn: psycopg.Connection, run_id: str) -> int:
@@ -91,6 +120,14 @@ def test_a_kernel_killed_mid_sweep_leaves_a_sealed_record_that_matches_the_ledge
     try:
         _wait_for_batches(conn, "t-killed", 3, runner)
         (kernel,) = _children(runner.pid, b"ipykernel")
+        # The kernel's channels are Unix sockets in a folder only this user can enter, not TCP
+        # on 127.0.0.1, where any local user could subscribe to its outputs. (ipykernel's
+        # pipe for forked children stays TCP: it only takes messages carrying a random id.)
+        args = (Path(f"/proc/{kernel}/cmdline").read_bytes().split(b"\0"))
+        connection = json.loads(Path(args[args.index(b"-f") + 1].decode()).read_text())
+        assert connection["transport"] == "ipc"
+        assert oct(Path(connection["ip"]).parent.stat().st_mode)[-3:] == "700"
+        assert len(_tcp_listening(kernel)) <= 1 and len(_unix_sockets(kernel)) >= 5
         os.kill(kernel, signal.SIGKILL)
         out, err = runner.communicate(timeout=120)
     finally:
