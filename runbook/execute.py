@@ -35,6 +35,20 @@ __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir"
 from .notebook_source import NOTEBOOK_DIR, NOTEBOOKS, OWN_ID
 
 
+def _ipc_kernel_manager(sockets: str) -> type:
+    """A kernel manager class whose kernels listen on Unix sockets below ``sockets``.
+    A class, not an instance: nbclient then owns the kernel and shuts it down itself."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(sockets, "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def _kernels() -> list[int]:
     """This process's child kernel processes (Linux /proc)."""
     found = []
@@ -102,7 +116,6 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     # for a format check no notebook schema uses. Absent, jsonschema skips that check.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
     import papermill
-    from jupyter_client.manager import AsyncKernelManager
 
     if name not in NOTEBOOKS:
         raise ParameterError("notebook", name, f"one of {sorted(NOTEBOOKS)}")
@@ -141,7 +154,7 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
                 kernel_name="python3",
                 progress_bar=False,
                 cwd=str(NOTEBOOK_DIR),
-                km=AsyncKernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "kernel")),
+                kernel_manager_class=_ipc_kernel_manager(sockets),
             )
     except papermill.PapermillExecutionError as exc:
         error, ended = f"{exc.ename}: {exc.evalue}", "failed"

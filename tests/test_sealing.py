@@ -207,6 +207,7 @@ def test_read_only_runs_are_sealed_too(kind: str, dsn: str, tmp_path: Path) -> N
 
     done = execute(kind, {}, tmp_path, env={**os.environ, "DATABASE_URL": dsn})
     assert done.ok and oct(done.path.stat().st_mode)[-3:] == "444"
+    assert _children(os.getpid(), b"ipykernel") == [], "the kernel is shut down when the run ends"
     assert (tmp_path / (done.path.name + ".sha256")).read_text().split()[0] == done.sha256
 
 
