@@ -1,6 +1,7 @@
 """The committed notebooks' parameters cells, generated from the one parameter list.
 
-Each notebook's cell tagged ``parameters`` is exactly ``params.parameters_cell(kind)``:
+Each notebook's cell tagged ``parameters`` is exactly ``params.parameters_cell(kind)``, and
+the cell tagged ``tuning`` just above it (sweep and undo) ``params.tuning_cell(kind)``:
 ``python -m runbook notebooks --write`` rewrites the cells that differ, and a test fails
 while any differs, so a parameter cannot be documented in one place and missing in
 another. Everything else in a notebook is written by hand.
@@ -9,8 +10,9 @@ another. Everything else in a notebook is written by hand.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from .params import parameters_cell
+from .params import parameters_cell, tuning_cell
 
 __all__ = ["NOTEBOOK_DIR", "NOTEBOOKS", "OWN_ID", "stale_cells", "write_cells"]
 
@@ -20,37 +22,55 @@ NOTEBOOKS = {"inspect": "01_inspect", "preview": "02_preview", "sweep": "03_swee
 OWN_ID = {"undo": "undo_run_id"}
 
 
-def _parameters_cell(nb: object) -> object:
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]  # type: ignore[attr-defined]
-    if len(tagged) != 1:
-        raise ValueError(f"{len(tagged)} cells tagged 'parameters'; a notebook has exactly one")
-    return tagged[0]
+def _tagged(nb: Any, tag: str) -> list[Any]:
+    return [c for c in nb.cells if tag in c.metadata.get("tags", [])]
+
+
+def _sync(nb: Any, kind: str) -> bool:
+    """Make ``nb``'s parameters cell, and its tuning cell right above it, what the
+    declaration says; True when anything changed."""
+    import nbformat
+
+    (params,) = _tagged(nb, "parameters") or [None]
+    if params is None or len(_tagged(nb, "parameters")) != 1:
+        raise ValueError("a notebook has exactly one cell tagged 'parameters'")
+    changed = False
+    if params.source != parameters_cell(kind):
+        params.source, changed = parameters_cell(kind), True
+    tuning = _tagged(nb, "tuning")
+    wanted = tuning_cell(kind)
+    if wanted and not tuning:
+        cell = nbformat.v4.new_code_cell(wanted, metadata={"tags": ["tuning"]})
+        nb.cells.insert(nb.cells.index(params), cell)
+        changed = True
+    elif tuning and not wanted:
+        nb.cells.remove(tuning[0])
+        changed = True
+    elif tuning and tuning[0].source != wanted:
+        tuning[0].source, changed = wanted, True
+    return changed
 
 
 def stale_cells(directory: Path = NOTEBOOK_DIR) -> list[str]:
-    """The notebooks (file names) whose parameters cell differs from the declaration."""
+    """The notebooks (file names) whose parameters or tuning cell differs from the declaration."""
     import nbformat
 
-    stale = []
-    for kind, stem in NOTEBOOKS.items():
-        nb = nbformat.read(directory / f"{stem}.ipynb", as_version=4)
-        if _parameters_cell(nb).source != parameters_cell(kind):  # type: ignore[attr-defined]
-            stale.append(f"{stem}.ipynb")
-    return stale
+    return [
+        f"{stem}.ipynb" for kind, stem in NOTEBOOKS.items()
+        if _sync(nbformat.read(directory / f"{stem}.ipynb", as_version=4), kind)
+    ]  # fmt: skip
 
 
 def write_cells(directory: Path = NOTEBOOK_DIR) -> list[str]:
-    """Rewrite the parameters cell of every notebook that differs; return their names.
-    Writes those notebook files only."""
+    """Rewrite the parameters and tuning cells of every notebook that differs; return their
+    names. Writes those notebook files only."""
     import nbformat
 
     changed = []
     for kind, stem in NOTEBOOKS.items():
         path = directory / f"{stem}.ipynb"
         nb = nbformat.read(path, as_version=4)
-        cell = _parameters_cell(nb)
-        if cell.source != parameters_cell(kind):  # type: ignore[attr-defined]
-            cell.source = parameters_cell(kind)  # type: ignore[attr-defined]
+        if _sync(nb, kind):
             nbformat.write(nb, path)
             changed.append(path.name)
     return changed

@@ -32,6 +32,7 @@ __all__ = [
     "PARAMETERS",
     "declared",
     "parameters_cell",
+    "tuning_cell",
     "check_names",
     "check_int",
     "check_number",
@@ -211,6 +212,7 @@ class Parameter:
     help: str
     notebooks: frozenset[str]
     option: bool = True
+    tuning: bool = False  # in the notebook's tuning cell, not its parameters cell (see parameters_cell)
 
     def line(self) -> str:
         """``name: type = default  # help``: what ``papermill --help-notebook`` reads."""
@@ -262,30 +264,30 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("stop_file", str, "", check_path,
               "path (relative: to where you ran the command); the run stops at the next batch boundary once it exists", _WRITE),
     Parameter("metrics_dir", str, "", check_path,
-              "folder for a Prometheus textfile of this run (relative: to where you ran the command); empty for none", _WRITE),
+              "folder for a Prometheus textfile of this run (relative: to where you ran the command); empty for none", _WRITE, tuning=True),
     Parameter("lock_timeout_s", float, 5.0, lambda n, v: check_number(n, v, 0.01, 600, "seconds"),
-              "seconds a batch may wait for a row lock before it rolls back", _WRITE),
+              "seconds a batch may wait for a row lock before it rolls back", _WRITE, tuning=True),
     Parameter("statement_timeout_s", float, 60.0, lambda n, v: check_number(n, v, 0.1, 3600, "seconds"),
-              "seconds a batch statement may run before it rolls back", _WRITE),
+              "seconds a batch statement may run before it rolls back", _WRITE, tuning=True),
     Parameter("max_retries", int, 3, lambda n, v: check_int(n, v, 0, 10),
-              "retries of a batch after a lock or statement timeout, each with half the rows; then the run stops", _WRITE),
+              "retries of a batch after a lock or statement timeout, each with half the rows; then the run stops", _WRITE, tuning=True),
     Parameter("pause_s", float, 0.0, lambda n, v: check_number(n, v, 0, 60, "seconds"),
-              "seconds to sleep between rounds of batches", _SWEEP),
+              "seconds to sleep between rounds of batches", _SWEEP, tuning=True),
     Parameter("max_replication_lag_bytes", int, 64 * 1024 * 1024, lambda n, v: check_int(n, v, 0, 2**50),
-              "pause while the slowest standby is more than this many bytes of WAL behind (64 MiB)", _WRITE),
+              "pause while the slowest standby is more than this many bytes of WAL behind (64 MiB)", _WRITE, tuning=True),
     Parameter("max_lock_waiters", int, 0, lambda n, v: check_int(n, v, 0, 10_000),
-              "pause while more sessions than this wait on locks on the table", _WRITE),
+              "pause while more sessions than this wait on locks on the table", _WRITE, tuning=True),
     Parameter("pause_during_vacuum", bool, True, check_bool,
-              "pause while a VACUUM of the table runs (not one the sweep itself started)", _WRITE),
+              "pause while a VACUUM of the table runs (not one the sweep itself started)", _WRITE, tuning=True),
     Parameter("health_pause_s", float, 2.0, lambda n, v: check_number(n, v, 0.05, 600, "seconds"),
-              "seconds between health checks while paused", _WRITE),
+              "seconds between health checks while paused", _WRITE, tuning=True),
     Parameter("allow_blind_health", bool, False, check_bool,
               "True writes although this role cannot see a health signal (lag, vacuum); the record says so", _WRITE),
     Parameter("target_batch_ms", float, 0.0,
               lambda n, v: check_number(n, v, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
-              "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP),
+              "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP, tuning=True),
     Parameter("max_batch_wal_bytes", int, 0, lambda n, v: check_int(n, v, 0, 2**50),
-              "WAL budget of a batch in bytes; 0 is the server's wal_buffers divided by workers", _SWEEP),
+              "WAL budget of a batch in bytes; 0 is the server's wal_buffers divided by workers", _SWEEP, tuning=True),
     Parameter("run_id", str, "", _run_id,
               "names this run in its record and the ledger; generated when empty",
               _kinds("inspect", "preview", "sweep", "index"), option=False),
@@ -305,8 +307,21 @@ def declared(kind: str) -> dict[str, Parameter]:
 
 
 def parameters_cell(kind: str) -> str:
-    """The source of notebook ``kind``'s ``parameters`` cell."""
-    return "\n".join(p.line() for p in declared(kind).values())
+    """The source of notebook ``kind``'s ``parameters`` cell: what an operator sets on most
+    runs, and what ``papermill --help-notebook`` lists."""
+    return "\n".join(p.line() for p in declared(kind).values() if not p.tuning)
+
+
+TUNING_HEADER = "# Tuning: set like any parameter (-p NAME VALUE); start() checks them with the others."
+
+
+def tuning_cell(kind: str) -> str:
+    """The source of notebook ``kind``'s ``tuning`` cell, just above its parameters cell:
+    timeouts, retries, health thresholds, batch budgets and metrics, with their defaults.
+    Papermill injects its parameters after the parameters cell, so ``-p`` overrides these
+    too (papermill only logs them as unknown). '' when the notebook has none."""
+    lines = [p.line() for p in declared(kind).values() if p.tuning]
+    return "\n".join([TUNING_HEADER, *lines]) if lines else ""
 
 
 def check_names(kind: str, names: Iterable[str]) -> None:
