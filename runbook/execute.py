@@ -30,7 +30,7 @@ from .record import check_run_id, read_record
 from . import sealing
 from .sealing import seal
 
-__all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir"]
+__all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir", "kernel_pids"]
 
 from .notebook_source import NOTEBOOK_DIR, NOTEBOOKS, OWN_ID
 
@@ -49,13 +49,14 @@ def _ipc_kernel_manager(sockets: str) -> type:
     return IPCKernelManager
 
 
-def _kernels() -> list[int]:
-    """This process's child kernel processes (Linux /proc)."""
+def kernel_pids(parent: int | None = None) -> list[int]:
+    """The ipykernel processes whose parent is ``parent`` (default: this process), from /proc."""
+    parent = os.getpid() if parent is None else parent
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == os.getpid() and b"ipykernel" in (stat.parent / "cmdline").read_bytes():
+            if int(fields[1]) == parent and b"ipykernel" in (stat.parent / "cmdline").read_bytes():
                 found.append(int(stat.parent.name))
         except (OSError, IndexError, ValueError):
             continue
@@ -76,7 +77,7 @@ def _interrupts_to_kernel() -> Iterator[None]:
 
     def forward(signum: int, frame: FrameType | None) -> None:
         count[0] += 1
-        kernels = _kernels()
+        kernels = kernel_pids()
         if count[0] > 2 or not kernels:
             raise KeyboardInterrupt
         for pid in kernels:
@@ -91,8 +92,7 @@ def _interrupts_to_kernel() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def default_run_dir() -> Path:
-    return sealing.run_dir()
+default_run_dir = sealing.run_dir
 
 
 @dataclass(frozen=True)

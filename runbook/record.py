@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import secrets
 import socket
 import subprocess
@@ -17,14 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ParameterError
-from .params import _RUN_ID_PATTERN, _RUN_ID_RULE
+from .params import _run_id
 from .session import Conn
 
 __all__ = ["RECORD_KEY", "new_run_id", "check_run_id", "operator", "database_identity", "code_revision", "read_record"]
 
 RECORD_KEY = "litellm_runbook"
-_RUN_ID = re.compile(_RUN_ID_PATTERN + r"\Z")
 
 
 def new_run_id() -> str:
@@ -34,11 +31,7 @@ def new_run_id() -> str:
 
 def check_run_id(value: object) -> str:
     """The given run id, or a new one when empty; ParameterError when malformed."""
-    if value in (None, ""):
-        return new_run_id()
-    if not isinstance(value, str) or not _RUN_ID.match(value):
-        raise ParameterError("run_id", value, _RUN_ID_RULE)
-    return value
+    return _run_id("run_id", value) or new_run_id()
 
 
 def operator(conn: Conn | None = None) -> dict[str, str | None]:

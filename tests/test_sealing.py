@@ -10,29 +10,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from runbook.connect import Database
-from runbook.execute import NOTEBOOK_DIR
+from runbook.execute import NOTEBOOK_DIR, kernel_pids
 from runbook.record import read_record
 from runbook.sealing import verify
 from tests.rows import insert
 
 ROOT = NOTEBOOK_DIR.parent
-
-
-def _children(pid: int, needle: bytes) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and needle in (stat.parent / "cmdline").read_bytes():
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -70,23 +61,28 @@ def _batches(conn: psycopg.Connection, run_id: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _start_slow_sweep(conn: psycopg.Connection, dsn: str, runs: Path, run_id: str) -> subprocess.Popen[str]:
+@contextmanager
+def _slow_sweep(conn: psycopg.Connection, dsn: str, runs: Path, run_id: str, batches: int) -> Iterator[subprocess.Popen[str]]:
+    """A live sweep of 300 rows, 2 a batch, run by `python -m runbook run` in its own process
+    group; yields once ``batches`` batches committed; whatever is left running is killed after."""
     for i in range(300):
         insert(conn, status="queued", age_days=10 + i / 100)
-    return subprocess.Popen(
+    runner = subprocess.Popen(
         [sys.executable, "-m", "runbook", "run", "sweep", "-p", "dry_run", "False", "-p", "batch_size", "2",
          "-p", "workers", "1", "-p", "pause_s", "0.05", "-p", "run_id", run_id, "--run-dir", str(runs)],
         env={**os.environ, "DATABASE_URL": dsn}, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,
     )  # fmt: skip
-
-
-def _wait_for_batches(conn: psycopg.Connection, run_id: str, n: int, runner: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 90
-    while _batches(conn, run_id) < n:
-        assert runner.poll() is None, runner.communicate()
-        assert time.monotonic() < deadline, "the sweep never committed its first batches"
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 90
+        while _batches(conn, run_id) < batches:
+            assert runner.poll() is None, runner.communicate()
+            assert time.monotonic() < deadline, "the sweep never committed its first batches"
+            time.sleep(0.1)
+        yield runner
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
 
 
 def _sealed(runs: Path, run_id: str) -> tuple[Path, dict]:
@@ -116,10 +112,8 @@ def test_a_kernel_killed_mid_sweep_leaves_a_sealed_record_that_matches_the_ledge
     conn: psycopg.Connection, dsn: str, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    runner = _start_slow_sweep(conn, dsn, runs, "t-killed")
-    try:
-        _wait_for_batches(conn, "t-killed", 3, runner)
-        (kernel,) = _children(runner.pid, b"ipykernel")
+    with _slow_sweep(conn, dsn, runs, "t-killed", 3) as runner:
+        (kernel,) = kernel_pids(runner.pid)
         # The kernel's channels are Unix sockets in a folder only this user can enter, not TCP
         # on 127.0.0.1, where any local user could subscribe to its outputs. (ipykernel's
         # pipe for forked children stays TCP: it only takes messages carrying a random id.)
@@ -130,9 +124,6 @@ def test_a_kernel_killed_mid_sweep_leaves_a_sealed_record_that_matches_the_ledge
         assert len(_tcp_listening(kernel)) <= 1 and len(_unix_sockets(kernel)) >= 5
         os.kill(kernel, signal.SIGKILL)
         out, err = runner.communicate(timeout=120)
-    finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGKILL)
     assert runner.returncode == 1, err
     notebook, record = _sealed(runs, "t-killed")
     assert record["written_by"] == "runner" and record["outcome"]["status"] == "killed"
@@ -152,14 +143,9 @@ def test_ctrl_c_on_the_runner_stops_the_sweep_like_the_kernels_interrupt_and_sea
     conn: psycopg.Connection, dsn: str, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    runner = _start_slow_sweep(conn, dsn, runs, "t-ctrl-c")
-    try:
-        _wait_for_batches(conn, "t-ctrl-c", 2, runner)
+    with _slow_sweep(conn, dsn, runs, "t-ctrl-c", 2) as runner:
         os.kill(runner.pid, signal.SIGINT)
         out, err = runner.communicate(timeout=120)
-    finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGKILL)
     assert "interrupt passed to the kernel" in err
     notebook, record = _sealed(runs, "t-ctrl-c")
     sweep = record["outcome"]["sweep"]
@@ -207,7 +193,7 @@ def test_read_only_runs_are_sealed_too(kind: str, dsn: str, tmp_path: Path) -> N
 
     done = execute(kind, {}, tmp_path, env={**os.environ, "DATABASE_URL": dsn})
     assert done.ok and oct(done.path.stat().st_mode)[-3:] == "444"
-    assert _children(os.getpid(), b"ipykernel") == [], "the kernel is shut down when the run ends"
+    assert kernel_pids() == [], "the kernel is shut down when the run ends"
     assert (tmp_path / (done.path.name + ".sha256")).read_text().split()[0] == done.sha256
 
 
