@@ -8,8 +8,8 @@ One command, nothing to set up beyond ``make venv``::
 
 What it does, in order:
 
-1. starts its own PostgreSQL 16 (``runbook.embedded``) in a fresh folder under /var/tmp;
-2. builds LiteLLM's schema from its migrations (``runbook.demo.reset_database``);
+1. starts its own PostgreSQL 16 (``runbook.db.embedded``) in a fresh folder under /var/tmp;
+2. builds LiteLLM's schema from its migrations (``runbook.tools.demo.reset_database``);
 3. loads ``--rows`` managed objects with COPY, in ``created_at`` order as LiteLLM inserts
    them: ``--candidates`` of them are stale ``response`` rows in non-terminal statuses,
    the rest a mix of terminal statuses, NULL statuses, recent rows and batch/fine-tune
@@ -26,7 +26,7 @@ What it does, in order:
 
 Variants: ``floor`` (one unbounded UPDATE with the production predicate), ``peer``
 (LiteLLM's production statement, verbatim, looped with LIMIT until it updates 0 rows),
-``sweepN`` (``runbook.sweep`` at batch size N; ``-wK``: with K workers, ``-fixed``: no WAL
+``sweepN`` (``runbook.ops.sweep`` at batch size N; ``-wK``: with K workers, ``-fixed``: no WAL
 budget, ``-tM``: target_batch_ms M), ``inspect`` (``runbook.inspect`` timed,
 read-only, on the base copy) and ``explain`` (not in the default list: the sweep at
 ``--explain-batch-size`` with every statement, BEGIN and COMMIT timed by kind, and EXPLAIN
@@ -65,11 +65,11 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import runbook  # noqa: E402
-from runbook import statements  # noqa: E402
-from runbook.demo import reset_database  # noqa: E402
-from runbook.embedded import EmbeddedServer  # noqa: E402
-from runbook.record import read_record  # noqa: E402
-from runbook.schema import migrations_version  # noqa: E402
+from runbook.sql import statements  # noqa: E402
+from runbook.tools.demo import reset_database  # noqa: E402
+from runbook.db.embedded import EmbeddedServer  # noqa: E402
+from runbook.audit.record import read_record  # noqa: E402
+from runbook.tools.migrations import migrations_version  # noqa: E402
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -595,11 +595,11 @@ def run_peer(conn: Conn, m: Measurement, batch_size: int) -> None:
 
 
 def call_sweep(conn: Conn, opts: runbook.Options, run_id: str) -> runbook.SweepResult:
-    """The one place the bench calls ``runbook.sweep``: adapt here when its signature changes.
+    """The one place the bench calls ``runbook.ops.sweep``: adapt here when its signature changes.
 
     Passes ``run_id`` when the sweep accepts it (the ledger), else calls without it.
     """
-    sweep: Callable[..., runbook.SweepResult] = runbook.sweep
+    sweep: Callable[..., runbook.SweepResult] = runbook.ops.sweep
     try:
         return sweep(conn, runbook.Target(), opts, run_id=run_id)
     except TypeError as exc:
@@ -781,7 +781,7 @@ class ProfilingConnection(psycopg.Connection[tuple[Any, ...]]):
     """A connection that times every statement the sweep runs, by kind, and EXPLAINs
     (ANALYZE, BUFFERS, WAL) chosen executions of the batch UPDATE in a savepoint that is
     rolled back before the real statement runs. Statements are recognised by comparing
-    them with what ``runbook.statements`` builds, so the sweep's code is used unchanged."""
+    them with what ``runbook.sql.statements`` builds, so the sweep's code is used unchanged."""
 
     explain_batches: set[int]
     timings: dict[str, list[float]]

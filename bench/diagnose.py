@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench  # noqa: E402
 import runbook  # noqa: E402
-from runbook import statements  # noqa: E402
-from runbook.embedded import EmbeddedServer  # noqa: E402
+from runbook.sql import statements  # noqa: E402
+from runbook.db.embedded import EmbeddedServer  # noqa: E402
 
 Builder = Callable[[runbook.Target], sql.Composed]
 
@@ -105,8 +105,8 @@ def run(server: EmbeddedServer, candidates: int, batch_size: int, names: Sequenc
     admin_dsn = server.dsn()
     copy = "bench_diagnose"
     target = runbook.Target()
-    from runbook import ledger
-    from runbook.record import operator
+    from runbook.db import ledger
+    from runbook.audit.record import operator
 
     with bench.connect(admin_dsn) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))

@@ -15,24 +15,26 @@ The public API (pinned here; everything else is internal):
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .connect import Database, connect, resolve
 from . import errors
+from .db.connect import Database, connect, resolve
 from .errors import *  # noqa: F403 - the exception tree is public as a whole
-from .index import IndexResult, create_index
-from .inspection import InspectReport, inspect
-from .params import Options, options
-from .preview import PreviewReport, preview
-from .sweep import BatchResult, SweepResult, sweep
-from .target import PRODUCTION_TERMINAL_STATUSES, Target
-from .undo import UndoResult, undo
+from .notebook.run import Run, start
+from .ops.index import IndexResult, create_index
+from .ops.inspection import InspectReport, inspect
+from .ops.preview import PreviewReport, preview
+from .ops.sweep import BatchResult, SweepResult, sweep
+from .ops.undo import UndoResult, undo
+from .rules.params import Options, options
+from .rules.target import PRODUCTION_TERMINAL_STATUSES, Target
+from .version import __version__
 
 __all__ = [
     "__version__",
     "Database",
     "connect",
     "resolve",
+    "start",
+    "Run",
     "Target",
     "PRODUCTION_TERMINAL_STATUSES",
     "Options",

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from runbook.demo import load_demo_rows, reset_database
-from runbook.embedded import EmbeddedServer
+from runbook.tools.demo import load_demo_rows, reset_database
+from runbook.db.embedded import EmbeddedServer
 
 TEMPLATE = "litellm_template"
 _server: EmbeddedServer | None = None

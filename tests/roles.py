@@ -5,8 +5,9 @@ from __future__ import annotations
 import psycopg
 from psycopg import conninfo, sql
 
-from runbook import Target, ledger
-from runbook.grants import grants_sql, owner_setup_sql
+from runbook import Target
+from runbook.db import ledger
+from runbook.sql.grants import grants_sql, owner_setup_sql
 
 ROLES = ("rb_owner", "rb_reader", "rb_sweeper")
 

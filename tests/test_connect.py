@@ -10,7 +10,7 @@ import pytest
 from psycopg import conninfo
 from urllib.parse import quote, urlencode
 
-from runbook.connect import Database, connect, redact, resolve
+from runbook.db.connect import Database, connect, redact, resolve
 from runbook.errors import DatabaseConfigError
 
 
@@ -67,7 +67,7 @@ def test_invalid_database_url_is_a_clear_error() -> None:
 
 
 def test_connections_pin_search_path_and_keep_the_dsns_own_options(dsn: str) -> None:
-    from runbook.workers import Workers
+    from runbook.db.workers import Workers
 
     db = Database(conninfo.make_conninfo(dsn, options="-c statement_timeout=7s"), "DATABASE_URL")
     with connect(db) as conn:
@@ -80,7 +80,7 @@ def test_connections_pin_search_path_and_keep_the_dsns_own_options(dsn: str) -> 
 
 
 def test_pgbouncer_url_pins_search_path_in_each_read_only_transaction(dsn: str) -> None:
-    from runbook.session import read_only
+    from runbook.db.transactions import read_only
 
     db = Database(dsn, "DATABASE_URL", pgbouncer=True)  # PgBouncer refuses startup options
     with connect(db) as conn:
@@ -101,7 +101,7 @@ HOSTILE = [
 
 
 def test_functions_planted_in_public_are_never_called(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
-    from runbook.execute import execute
+    from runbook.tools.runner import execute
     from tests.rows import insert, statuses
 
     for statement in HOSTILE:
@@ -139,7 +139,7 @@ POOLER = (
 
 
 def test_pgbouncer_url_refuses_live_sweep_and_undo_but_reads(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
-    from runbook.execute import execute
+    from runbook.tools.runner import execute
     from tests.rows import insert, state, statuses
 
     ids = [insert(conn, status="queued", age_days=10 + i) for i in range(2)]

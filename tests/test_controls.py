@@ -16,12 +16,12 @@ from xml.etree import ElementTree
 import psycopg
 import pytest
 
-import runbook.notebook as rb
+import runbook.notebook.run as rb
 from runbook import Target, inspect, options, sweep
-from runbook.charts import inspect_png, show_inspect_charts, show_sweep_chart, sweep_svg
-from runbook.controls import SweepPanel, sweep_panel
-from runbook.progress import ProgressBar, measure, progress_line, progress_reporter
-from runbook.sweep import BatchResult, SweepResult
+from runbook.notebook.charts import inspect_png, show_inspect_charts, show_sweep_chart, sweep_svg
+from runbook.notebook.panel import SweepPanel, sweep_panel
+from runbook.notebook.progress import ProgressBar, measure, progress_line, progress_reporter
+from runbook.ops.sweep import BatchResult, SweepResult
 from tests.rows import db_now, insert, state, statuses
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

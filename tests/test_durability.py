@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from runbook import Target, options, sweep
-from runbook.demo import reset_database
-from runbook.embedded import EmbeddedServer
+from runbook.tools.demo import reset_database
+from runbook.db.embedded import EmbeddedServer
 from runbook.errors import ConnectionLostError
 from tests.fix_db import track
 from tests.rows import insert, statuses

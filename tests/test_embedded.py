@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runbook.__main__ import main
-from runbook.embedded import PACKAGE, EmbeddedServer, install_root
+from runbook.tools.cli import main
+from runbook.db.embedded import PACKAGE, EmbeddedServer, install_root
 from runbook.errors import EmbeddedServerError
 from tests.fix_db import track
 
@@ -151,7 +151,7 @@ def test_a_non_root_operators_server_is_closed_to_other_users(
     if readable.returncode != 0:
         pytest.skip("this checkout is in a folder other users cannot read (the root-run test covers it)")
     home = Path("/var/tmp") / f"litellm-runbook-test-oncall-{secrets.token_hex(4)}"
-    server = f"from pathlib import Path; from runbook.embedded import EmbeddedServer; s = EmbeddedServer(Path({str(home)!r}))\n"
+    server = f"from pathlib import Path; from runbook.db.embedded import EmbeddedServer; s = EmbeddedServer(Path({str(home)!r}))\n"
     try:
         _as_operator(python, operator, server + "s.start(); print(s.port())")
         port = int(home.joinpath("port").read_text())

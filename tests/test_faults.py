@@ -24,10 +24,10 @@ import psycopg
 import pytest
 
 from runbook import Target, options, sweep
-from runbook.demo import load_demo_rows
-from runbook.embedded import EmbeddedServer
+from runbook.tools.demo import load_demo_rows
+from runbook.db.embedded import EmbeddedServer
 from runbook.errors import ConnectionLostError, ReadOnlyError, SweepInProgressError
-from runbook.execute import execute
+from runbook.tools.runner import execute
 from tests.fix_db import track
 from tests.roles import create_roles, drop_roles
 from tests.rows import insert, state, statuses
@@ -534,7 +534,7 @@ def test_a_snapshot_that_times_out_is_run_again_once_not_more(conn: psycopg.Conn
 
 
 def test_undo_retries_a_lock_timeout_and_gives_up_like_the_sweep(conn: psycopg.Connection, dsn: str) -> None:
-    from runbook.undo import undo
+    from runbook.ops.undo import undo
 
     ids = many(conn, 6)
     sweep(conn, Target(), options(**LIVE), run_id="swept")
@@ -563,7 +563,7 @@ def test_undo_retries_a_lock_timeout_and_gives_up_like_the_sweep(conn: psycopg.C
 
 
 def test_sessions_waiting_on_the_table_pause_an_undo(conn: psycopg.Connection, dsn: str) -> None:
-    from runbook.undo import undo
+    from runbook.ops.undo import undo
 
     ids = many(conn, 4)
     sweep(conn, Target(), options(**LIVE), run_id="swept")
@@ -586,7 +586,7 @@ def test_sessions_waiting_on_the_table_pause_an_undo(conn: psycopg.Connection, d
 
 
 def test_a_dba_cancel_stops_an_undo_at_once(conn: psycopg.Connection, dsn: str) -> None:
-    from runbook.undo import undo
+    from runbook.ops.undo import undo
 
     ids = many(conn, 4)
     sweep(conn, Target(), options(**LIVE), run_id="swept")

@@ -19,7 +19,9 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from runbook import Target, ledger, options, preview, sweep
+from runbook import Target
+from runbook import options, preview, sweep
+from runbook.db import ledger
 from runbook.errors import (
     ConnectionLostError,
     LedgerUnavailableError,
@@ -29,10 +31,10 @@ from runbook.errors import (
     TooManyCandidatesError,
     UnknownRunError,
 )
-from runbook.execute import execute
-from runbook.locking import target_lock
-from runbook.preview import fingerprint
-from runbook.undo import UndoResult, undo
+from runbook.tools.runner import execute
+from runbook.db.lock import target_lock
+from runbook.ops.preview import fingerprint
+from runbook.ops.undo import UndoResult, undo
 from tests.rows import insert, sessions_left, state, statuses
 
 LIVE = {"dry_run": False}
@@ -375,7 +377,7 @@ def test_run_record_and_cli_runs_of_sweep_and_undo(conn: psycopg.Connection, dsn
     assert done.returncode == 0, done.stderr
     path = Path(done.stdout.strip())
     assert path.parent == tmp_path and path.name.endswith("_03_sweep_cli-sweep.ipynb") and path.name[:8].isdigit()
-    from runbook.record import read_record
+    from runbook.audit.record import read_record
 
     record = read_record(path)
     assert record is not None
@@ -651,7 +653,7 @@ def test_a_role_that_may_not_upgrade_an_older_ledger_is_told_who_must(conn: psyc
 
 
 def test_the_undo_text_names_every_reason_a_row_was_left_alone() -> None:
-    from runbook.notebook import undo_summary
+    from runbook.notebook.run import undo_summary
 
     dry = UndoResult("sweep-1", None, True, 10, 6, changed_since=2, later_run=1, already_undone=1)
     assert undo_summary(dry) == (
@@ -700,7 +702,7 @@ def test_an_undo_that_loses_its_connection_reports_what_the_ledger_holds_and_is_
 def test_the_preview_prints_the_cutoff_and_fingerprint_ready_to_pass_back(
     conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runbook.notebook import show_preview
+    from runbook.notebook.run import show_preview
 
     ids = [insert(conn, status="queued", age_days=20 - i) for i in range(3)]  # ids[0] oldest
     report = preview(conn, Target(), options(batch_size=2))

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from runbook.execute import NOTEBOOK_DIR, NOTEBOOKS, execute
-from runbook.record import read_record
+from runbook.tools.runner import NOTEBOOK_DIR, NOTEBOOKS, execute
+from runbook.audit.record import read_record
 from tests.rows import insert, state, statuses
 
 ROOT = NOTEBOOK_DIR.parent

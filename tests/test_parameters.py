@@ -19,15 +19,15 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-import runbook.notebook as rb
+import runbook.notebook.run as rb
 from runbook import ParameterError, options
 from runbook.errors import DatabaseConfigError
-from runbook.execute import NOTEBOOK_DIR, execute
-from runbook.notebook_source import NOTEBOOKS, stale_cells
-from runbook.params import PARAMETERS, declared, parameters_cell, refuse_secrets, tuning_cell
-from runbook.preview import preview
-from runbook.sweep import sweep
-from runbook.target import Target
+from runbook.tools.runner import NOTEBOOK_DIR, execute
+from runbook.notebook.cells import NOTEBOOKS, stale_cells
+from runbook.rules.params import PARAMETERS, declared, parameters_cell, refuse_secrets, tuning_cell
+from runbook.ops.preview import preview
+from runbook.ops.sweep import sweep
+from runbook.rules.target import Target
 from tests.rows import db_now, insert, state, statuses
 
 ROOT = NOTEBOOK_DIR.parent
@@ -193,7 +193,7 @@ def test_nothing_displayable_carries_the_database_password(conn: psycopg.Connect
 
 
 def test_a_password_with_an_unescaped_at_sign_never_shows_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbook.connect import connect, resolve
+    from runbook.db.connect import connect, resolve
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://litellm:hun@ter2@127.0.0.1:1/litellm")
     with pytest.raises(DatabaseConfigError) as err:
@@ -216,7 +216,7 @@ def test_relative_stop_file_is_the_operators_not_the_kernels(conn: psycopg.Conne
         _env(dsn), tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    from runbook.record import read_record
+    from runbook.audit.record import read_record
 
     (executed,) = (tmp_path / "runs").glob("*_03_sweep_t-relative.ipynb")
     record = read_record(executed)
@@ -287,7 +287,7 @@ def test_a_live_sweep_asked_of_a_jupyterlab_cell_is_refused_not_turned_into_a_dr
     assert done.returncode != 0
     assert "parameter dry_run=False is not allowed: True in a JupyterLab cell: the live sweep runs from the panel" in done.stderr
     assert state(conn) == before
-    from runbook.record import read_record
+    from runbook.audit.record import read_record
 
     record = read_record(out)
     assert record is not None and record["outcome"]["status"] == "failed" and record["outcome"]["step"] == "sweep"
@@ -296,7 +296,7 @@ def test_a_live_sweep_asked_of_a_jupyterlab_cell_is_refused_not_turned_into_a_dr
 def test_every_option_is_declared_once_with_its_default() -> None:
     from dataclasses import fields
 
-    from runbook.params import Options
+    from runbook.rules.params import Options
 
     declared_options = {p.name: p.default for p in PARAMETERS if p.option}
     assert set(declared_options) == {f.name for f in fields(Options)}
@@ -311,7 +311,7 @@ def test_every_option_is_declared_once_with_its_default() -> None:
     ],
 )
 def test_a_malformed_database_url_is_refused_without_showing_any_of_it(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbook.connect import resolve
+    from runbook.db.connect import resolve
 
     monkeypatch.setenv("DATABASE_URL", url)
     with pytest.raises(DatabaseConfigError) as err:

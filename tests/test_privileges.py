@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from runbook import Target
-from runbook.execute import execute
+from runbook.tools.runner import execute
 from tests.roles import create_roles, drop_roles
 from tests.rows import insert, state, statuses
 
@@ -122,7 +122,7 @@ def test_roles_cannot_read_payloads_or_write_other_columns(conn: psycopg.Connect
 
 def test_sweeper_cannot_rewrite_other_runs_ledger_rows(conn: psycopg.Connection, roles: dict[str, str]) -> None:
     from runbook import options, sweep
-    from runbook.locking import target_lock
+    from runbook.db.lock import target_lock
 
     insert(conn, status="queued", age_days=10)
     with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
@@ -189,7 +189,7 @@ def test_sweeper_blind_to_health_is_refused_unless_allowed_and_then_says_so(
     assert conn.execute("SELECT outcome->'health_blind' FROM litellm_runbook.runs WHERE run_id = 'blind-ok'").fetchone() == ([said],)
     assert statuses(conn) == {k: "stale_expired" for k in ids}
 
-    from runbook.undo import undo
+    from runbook.ops.undo import undo
 
     with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:  # undo checks the same, before its first batch
         with pytest.raises(BlindHealthError) as undo_err:

@@ -15,12 +15,12 @@ import pytest
 from psycopg import conninfo, sql
 
 from runbook import Target, options, sweep
-from runbook.embedded import bundled_bin
+from runbook.db.embedded import bundled_bin
 from runbook.errors import SweepInProgressError, UnknownRunError
-from runbook.execute import execute
-from runbook.locking import lock_key, target_lock
-from runbook.schema import apply_migrations
-from runbook.undo import undo
+from runbook.tools.runner import execute
+from runbook.db.lock import lock_key, target_lock
+from runbook.tools.migrations import apply_migrations
+from runbook.ops.undo import undo
 from tests.fix_db import TEMPLATE
 from tests.rows import insert, state, statuses
 

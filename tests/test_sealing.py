@@ -17,10 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runbook.connect import Database
-from runbook.execute import NOTEBOOK_DIR, kernel_pids
-from runbook.record import read_record
-from runbook.sealing import verify
+from runbook.db.connect import Database
+from runbook.tools.runner import NOTEBOOK_DIR, kernel_pids
+from runbook.audit.record import read_record
+from runbook.audit.sealing import verify
 from tests.rows import insert
 
 ROOT = NOTEBOOK_DIR.parent
@@ -158,7 +158,7 @@ def test_ctrl_c_on_the_runner_stops_the_sweep_like_the_kernels_interrupt_and_sea
 
 
 def test_a_sealed_record_edited_later_no_longer_matches_the_ledger(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
-    from runbook.execute import execute
+    from runbook.tools.runner import execute
 
     insert(conn, status="queued", age_days=10)
     done = execute("sweep", {"dry_run": False, "run_id": "t-verify"}, tmp_path, env={**os.environ, "DATABASE_URL": dsn})
@@ -189,7 +189,7 @@ def test_a_sealed_record_edited_later_no_longer_matches_the_ledger(conn: psycopg
 
 @pytest.mark.parametrize("kind", ["inspect", "preview"])
 def test_read_only_runs_are_sealed_too(kind: str, dsn: str, tmp_path: Path) -> None:
-    from runbook.execute import execute
+    from runbook.tools.runner import execute
 
     done = execute(kind, {}, tmp_path, env={**os.environ, "DATABASE_URL": dsn})
     assert done.ok and oct(done.path.stat().st_mode)[-3:] == "444"
@@ -202,8 +202,8 @@ def test_each_execute_of_the_panel_leaves_its_own_sealed_record_in_the_run_folde
 ) -> None:
     import json
 
-    import runbook.notebook as rb
-    from runbook.controls import SweepPanel
+    import runbook.notebook.run as rb
+    from runbook.notebook.panel import SweepPanel
 
     ids = [insert(conn, status="queued", age_days=10 + i) for i in range(4)]
     monkeypatch.setenv("DATABASE_URL", dsn)

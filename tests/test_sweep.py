@@ -43,7 +43,7 @@ def test_one_sweep_runs_batches_until_done(conn: psycopg.Connection) -> None:
 
 
 def test_batches_shrink_to_the_wal_budget_and_still_change_every_candidate_once(conn: psycopg.Connection, dsn: str) -> None:
-    from runbook.demo import load_demo_rows
+    from runbook.tools.demo import load_demo_rows
 
     load_demo_rows(dsn, 3000)
     expected = production_candidates(conn, 7)
@@ -265,7 +265,7 @@ def test_two_workers_write_whole_rounds_oldest_first_within_max_batches(conn: ps
 
 
 def test_the_sweep_holds_its_target_lock_while_it_writes(conn: psycopg.Connection, dsn: str) -> None:
-    from runbook.locking import lock_key
+    from runbook.db.lock import lock_key
 
     ids = [insert(conn, status="queued", age_days=10 + i) for i in range(6)]
     key = lock_key(Target())
@@ -296,7 +296,7 @@ def test_the_sweep_holds_its_target_lock_while_it_writes(conn: psycopg.Connectio
 
 
 def test_lock_holder_is_looked_up_in_this_database_only(conn: psycopg.Connection, admin_dsn: str) -> None:
-    from runbook.locking import holder, lock_key
+    from runbook.db.lock import holder, lock_key
 
     key = lock_key(Target())
     ids = [insert(conn, status="queued", age_days=10)]
@@ -308,7 +308,7 @@ def test_lock_holder_is_looked_up_in_this_database_only(conn: psycopg.Connection
 
 
 def test_lock_holder_seen_by_a_role_without_pg_read_all_stats(conn: psycopg.Connection, dsn: str) -> None:
-    from runbook.locking import holder, lock_key, target_lock
+    from runbook.db.lock import holder, lock_key, target_lock
     from tests.roles import create_roles, drop_roles
 
     roles = create_roles(conn, dsn)
@@ -333,7 +333,7 @@ def test_lock_holder_seen_by_a_role_without_pg_read_all_stats(conn: psycopg.Conn
 
 def test_inspect_names_every_status_it_has_not_seen_before(conn: psycopg.Connection) -> None:
     from runbook import inspect
-    from runbook.inspection import Count
+    from runbook.ops.inspection import Count
 
     standard_mix(conn)  # every status LiteLLM is known to write, and NULL
     quiet = inspect(conn, Target(), options())

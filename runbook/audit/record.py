@@ -1,0 +1,105 @@
+"""The record of a run: who ran what, where, against which database, and the outcome.
+
+A notebook ends with one displayed output carrying ``RECORD_KEY`` in its metadata and the
+record as ``application/json``; ``read_record()`` reads it back from an executed notebook
+without parsing any text.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import socket
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..rules.params import _run_id
+from ..version import PROJECT_DIR
+from ..db.transactions import Conn
+
+__all__ = ["RECORD_KEY", "new_run_id", "check_run_id", "operator", "database_identity", "code_revision", "read_record"]
+
+RECORD_KEY = "litellm_runbook"
+
+
+def new_run_id() -> str:
+    """``YYYYmmddTHHMMSSZ-xxxxxx``: sortable by time, unique enough across pods."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def check_run_id(value: object) -> str:
+    """The given run id, or a new one when empty; ParameterError when malformed."""
+    return _run_id("run_id", value) or new_run_id()
+
+
+def operator(conn: Conn | None = None) -> dict[str, str | None]:
+    """Who runs this: the OS user (of the process's uid: ``$USER`` is whatever the caller
+    set), the JupyterHub user (from the hub's environment), the host and, given a
+    connection, the database role it authenticated as (``session_user``) and acts as
+    (``current_user``), which the server vouches for. Reads only."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    who: dict[str, str | None] = {
+        "os_user": user, "jupyterhub_user": os.environ.get("JUPYTERHUB_USER"), "host": socket.gethostname(),
+    }  # fmt: skip
+    if conn is not None:
+        row = conn.execute("SELECT session_user, current_user").fetchone()
+        assert row is not None
+        who.update(session_user=str(row[0]), current_user=str(row[1]))
+    return who
+
+
+def code_revision() -> str | None:
+    """The git revision of the runbook's checkout (with ``+dirty`` when modified), if any."""
+    repo = PROJECT_DIR
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", "notebooks", "runbook"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def database_identity(conn: Conn) -> dict[str, Any]:
+    """Server version, database name, user (``current_user``), ``session_user`` and the
+    cluster's system identifier.
+
+    ``pg_control_system()`` may be denied to unprivileged roles; then the identifier is None.
+    """
+    row = conn.execute("SELECT current_setting('server_version'), current_database(), current_user, session_user").fetchone()
+    assert row is not None
+    identity: dict[str, Any] = {
+        "server_version": row[0], "database": row[1], "user": row[2], "session_user": row[3], "system_identifier": None,
+    }  # fmt: skip
+    try:
+        with conn.transaction():
+            sys_row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+            identity["system_identifier"] = sys_row[0] if sys_row else None
+    except Exception:  # noqa: BLE001 - permission denied is expected for least-privilege roles
+        pass
+    identity["host"] = conn.info.host
+    identity["port"] = conn.info.port
+    return identity
+
+
+def read_record(notebook_path: str | Path) -> dict[str, Any] | None:
+    """The last run record in an executed notebook, or None when the run ended before one."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook_path), as_version=4)
+    found: dict[str, Any] | None = None
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if RECORD_KEY in output.get("metadata", {}) and "application/json" in output.get("data", {}):
+                found = dict(output["data"]["application/json"])
+    return found

@@ -1,0 +1,219 @@
+"""Inspect: how many stale rows there are, what they look like, what a sweep would cost.
+
+Read-only: everything runs in READ ONLY transactions and needs only SELECT on the table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from ..sql import statements
+from ..db.connect import redact
+from ..rules.params import Options
+from ..db.transactions import Conn, check_target, db_now_utc, read_only, resolve_cutoff
+from ..rules.target import KNOWN_STATUSES, Target
+
+__all__ = ["Count", "InspectReport", "inspect", "index_name", "index_statement", "index_suggestion"]
+
+AGE_BUCKETS = ("<1d", "1-7d", "7-30d", "30-90d", ">=90d")
+
+
+@dataclass(frozen=True)
+class Count:
+    """Rows in one group, and how many of them are sweep candidates."""
+
+    label: str
+    rows: int
+    candidates: int
+
+
+@dataclass
+class InspectReport:
+    """What inspect found. ``warnings`` are the traps an operator must see before a sweep."""
+
+    target: dict[str, Any]
+    database: str
+    now_utc: datetime
+    cutoff_utc: datetime
+    batch_size: int
+    candidates: int
+    oldest_candidate: datetime | None
+    batches_needed: int
+    total_rows: int
+    by_status: list[Count]
+    by_purpose: list[Count]
+    by_age: list[Count]
+    null_status_stale: int
+    incomplete_stale: int
+    plan: dict[str, Any]
+    full_scan: bool
+    index_suggestion: str
+    estimated_wal_bytes: int = 0
+    max_wal_size_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+    unknown_statuses: list[Count] = field(default_factory=list)  # not in KNOWN_STATUSES nor the rule's
+
+    def to_dict(self) -> dict[str, Any]:
+        def conv(value: Any) -> Any:
+            if isinstance(value, datetime):
+                return value.isoformat() + "Z"
+            if isinstance(value, Count):
+                return {"label": value.label, "rows": value.rows, "candidates": value.candidates}
+            if isinstance(value, list):
+                return [conv(v) for v in value]
+            if isinstance(value, dict):
+                return {k: conv(v) for k, v in value.items()}
+            return value
+
+        return {k: conv(v) for k, v in self.__dict__.items() if k != "plan"}
+
+
+def index_name(target: Target) -> str:
+    return f"{target.table}_runbook_stale_idx"[:63]
+
+
+def index_suggestion(target: Target, conn: Conn) -> str:
+    """``index_statement`` rendered for display."""
+    return index_statement(target).as_string(conn)
+
+
+def index_statement(target: Target) -> sql.Composed:
+    """The partial index that turns the candidate search into an index range scan.
+
+    Built with literals (an index predicate cannot take parameters) from validated
+    statuses; CONCURRENTLY so that it does not block LiteLLM's writes while it builds.
+    """
+    name = sql.Identifier(index_name(target))
+    return sql.SQL(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({time}, {key}) "
+        "WHERE {purpose} = {purpose_value} AND {status} NOT IN ({terminal})"
+    ).format(
+        name=name,
+        table=statements.table(target),
+        time=sql.Identifier(target.time_column),
+        key=sql.Identifier(target.key_column),
+        purpose=sql.Identifier(target.purpose_column),
+        purpose_value=sql.Literal(target.purpose),
+        status=sql.Identifier(target.status_column),
+        terminal=sql.SQL(", ").join(sql.Literal(s) for s in target.terminal_statuses),
+    )
+
+
+def _scans_table_fully(plan: Any, table: str) -> bool:
+    if isinstance(plan, dict):
+        if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") == table:
+            return True
+        return any(_scans_table_fully(v, table) for v in plan.values())
+    if isinstance(plan, list):
+        return any(_scans_table_fully(v, table) for v in plan)
+    return False
+
+
+def _group(rows: list[tuple[Any, ...]], index: int, labels: tuple[str, ...] | None = None) -> list[Count]:
+    totals: dict[str, list[int]] = {}
+    for row in rows:
+        label = "NULL" if row[index] is None else str(row[index])
+        entry = totals.setdefault(label, [0, 0])
+        entry[0] += int(row[5])
+        entry[1] += int(row[5]) if row[3] else 0
+    order = list(labels) if labels else sorted(totals, key=lambda k: -totals[k][0])
+    return [Count(k, totals[k][0], totals[k][1]) for k in order if k in totals]
+
+
+def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
+    """Count and describe the candidates; EXPLAIN one batch. Reads only.
+
+    Raises TargetNotFoundError when the table or a column is missing.
+    """
+    check_target(conn, target)
+    with read_only(conn):
+        now = db_now_utc(conn)
+        cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff, now=now)
+        params = {**target.predicate_params(), "cutoff": cutoff, "now": now, "batch_size": opts.batch_size}
+        rows = conn.execute(statements.breakdown(target), params).fetchall()
+        plan_rows = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(statements.next_batch(target)), params).fetchone()
+        suggestion = index_suggestion(target, conn)
+        wal_row = conn.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()
+        database = redact(conn.info.dsn)
+    plan_doc = plan_rows[0] if plan_rows else []
+    if isinstance(plan_doc, str):
+        plan_doc = json.loads(plan_doc)
+    plan = plan_doc[0] if plan_doc else {}
+    full_scan = _scans_table_fully(plan, target.table)
+
+    candidates = sum(int(r[5]) for r in rows if r[3])
+    oldest = min((r[6] for r in rows if r[3]), default=None)
+    of_purpose_stale = [r for r in rows if r[0] == target.purpose and r[4]]
+    null_stale = sum(int(r[5]) for r in of_purpose_stale if r[1] is None)
+    incomplete_stale = sum(int(r[5]) for r in of_purpose_stale if r[1] == "incomplete")
+
+    max_wal = int(wal_row[0]) if wal_row else 0
+    # Measured by bench/bench.py: ~10 KB of WAL per swept row on LiteLLM's six indexes, up to
+    # ~18 KB when checkpoints run during the sweep (full-page images).
+    estimated_wal = candidates * 10 * 1024
+    warnings: list[str] = []
+    by_status = _group(rows, 1)
+    known = {*KNOWN_STATUSES, *target.terminal_statuses, target.new_status, "NULL"}
+    unknown = [c for c in by_status if c.label not in known]
+    if unknown:
+        # The rule is a deny-list: a status LiteLLM starts writing tomorrow is a candidate today.
+        listed = ", ".join(f"'{c.label}' ({c.rows:,} rows, {c.candidates:,} candidates)" for c in unknown)
+        warnings.append(
+            f"{len(unknown)} status(es) this runbook has not seen before: {listed}. The rule leaves out only the "
+            f"terminal statuses {list(target.terminal_statuses)}, so a stale '{target.purpose}' row with any other "
+            "status is swept: find out what LiteLLM means by these before a live sweep."
+        )
+    if null_stale:
+        warnings.append(
+            f"{null_stale:,} '{target.purpose}' rows older than the cutoff have a NULL status: the production "
+            "predicate (status NOT IN (...)) never matches NULL, so neither LiteLLM nor this sweep will expire them."
+        )
+    if incomplete_stale and "incomplete" not in target.terminal_statuses:
+        warnings.append(
+            f"{incomplete_stale:,} candidates have status 'incomplete', which LiteLLM treats as terminal for "
+            "responses but the production sweep does not: they will be marked stale_expired."
+        )
+    if max_wal and estimated_wal > max_wal:
+        warnings.append(
+            f"Sweeping {candidates:,} rows writes about {estimated_wal / 2**30:.1f}-{estimated_wal * 1.8 / 2**30:.1f} GiB "
+            f"of WAL, more than max_wal_size ({max_wal / 2**30:.1f} GiB): checkpoints will run during the sweep, "
+            "rows right after each write more WAL (the sweep shrinks its batches to stay within a share of wal_buffers), "
+            "and standbys may lag (the sweep pauses). "
+            "Consider wal_compression = on, or spreading the work over several runs with max_batches."
+        )
+    if full_scan:
+        warnings.append(
+            f"Finding one batch scans all of {target.table} (no index on {target.status_column}, "
+            f"{target.purpose_column} or {target.time_column}); the production loop repeats that scan for "
+            "every batch. This runbook's sweep scans once. To make every search cheap, an index can be built "
+            f"without blocking writes: {suggestion}"
+        )
+    return InspectReport(
+        target=target.describe(),
+        database=database,
+        now_utc=now,
+        cutoff_utc=cutoff,
+        batch_size=opts.batch_size,
+        candidates=candidates,
+        oldest_candidate=oldest,
+        batches_needed=math.ceil(candidates / opts.batch_size),
+        total_rows=sum(int(r[5]) for r in rows),
+        by_status=by_status,
+        by_purpose=_group(rows, 0),
+        by_age=_group(rows, 2, AGE_BUCKETS),
+        null_status_stale=null_stale,
+        incomplete_stale=incomplete_stale,
+        plan=plan,
+        full_scan=full_scan,
+        index_suggestion=suggestion,
+        estimated_wal_bytes=estimated_wal,
+        max_wal_size_bytes=max_wal,
+        warnings=warnings,
+        unknown_statuses=unknown,
+    )

@@ -1,0 +1,438 @@
+"""Every operator-supplied parameter: declared once, validated before any query runs.
+
+``PARAMETERS`` is the one declaration of each notebook parameter (name, type, default,
+rule, help, which notebooks take it). From it come the notebooks' ``parameters`` cells
+(``parameters_cell``; a test fails when a notebook differs), the check of names
+(``check_names``: an unknown name is refused with the closest declared one) and of values
+(``options``). Papermill hands parameters over as whatever Python value the command
+line parsed (``-p batch_size abc`` arrives as the string ``'abc'``), so each check
+accepts exactly one kind of value and names the parameter, the value and what is allowed.
+
+Credentials never travel as parameters (papermill writes every parameter into the
+executed notebook): ``refuse_secrets`` refuses them by name and by value, recursively
+through lists and dicts, without ever echoing the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+
+from ..errors import ParameterError
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "KINDS",
+    "Parameter",
+    "PARAMETERS",
+    "declared",
+    "parameters_cell",
+    "tuning_cell",
+    "check_names",
+    "check_int",
+    "check_number",
+    "check_bool",
+    "check_status",
+    "check_cutoff",
+    "check_cutoff_recent",
+    "Options",
+    "options",
+    "refuse_secrets",
+]
+
+# Larger batches hold more row locks for longer than an incident-time sweep should;
+# 100K rows is already ~150 MB of TOASTed file_object rewritten in one transaction.
+MAX_BATCH_SIZE = 100_000
+
+
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """Return ``value`` if it is an int (not a bool) in [low, high]; else ParameterError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ParameterError(name, value, f"an integer from {low:,} to {high:,}".replace(",", "_"))
+    return value
+
+
+def check_number(name: str, value: object, low: float, high: float, unit: str) -> float:
+    """Return ``value`` as float if it is a finite int or float in [low, high]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        try:
+            # An int beyond float range (1 followed by 400 zeros) is out of range, not a crash.
+            ok = math.isfinite(float(value)) and low <= value <= high  # type: ignore[arg-type,operator]
+        except OverflowError:
+            ok = False
+    if not ok:
+        raise ParameterError(name, _shown(value), f"a number of {unit} from {low:g} to {high:g}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _shown(value: object) -> object:
+    """The value as an error message may show it: a huge number is cut, not printed whole."""
+    text = repr(value)
+    return value if len(text) <= 80 else _Abbreviated(text[:40] + "..." + f" ({len(text)} characters)")
+
+
+class _Abbreviated(str):
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ParameterError(name, value, "True or False (papermill: -p NAME True)")
+    return value
+
+
+def check_status(name: str, value: object) -> str:
+    """A status literal: 1-64 printable ASCII characters without quotes or whitespace."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 64
+        or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in value)
+    ):
+        raise ParameterError(name, value, "a status of 1-64 letters, digits, '_', '-' or '.'")
+    return value
+
+
+def check_path(name: str, value: object) -> str:
+    """A file-system path (need not exist yet), or '' for none; a relative path is made
+    absolute against the current directory (the operator's: the runner resolves paths
+    before the kernel starts in notebooks/), so the record shows where it points."""
+    if not isinstance(value, str) or len(value) > 4096 or "\x00" in value:
+        raise ParameterError(name, _shown(value), "a path (string) or '' for none")
+    return os.path.abspath(value) if value else value
+
+
+def check_fingerprint(name: str, value: object) -> str:
+    """A preview fingerprint (16 hex digits), or '' for none."""
+    if not isinstance(value, str) or not (value == "" or (len(value) == 16 and all(c in "0123456789abcdef" for c in value))):
+        raise ParameterError(name, value, "the 16 hex digits a preview printed, or '' for none")
+    return value
+
+
+def check_cutoff(name: str, value: object) -> datetime:
+    """An absolute UTC cutoff, as a naive UTC datetime (format only: whether it is at least
+    a day in the past is the server clock's call, ``check_cutoff_recent``).
+
+    Accepts an ISO 8601 string or a datetime; a value with an offset is converted to UTC,
+    a naive one is taken as UTC (the column is UTC wall-clock without time zone).
+    """
+    parsed: datetime | None = None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+    if parsed is None:
+        raise ParameterError(name, _shown(value), "an ISO 8601 UTC timestamp such as '2026-11-01T00:00:00Z'")
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    return parsed
+
+
+def check_cutoff_recent(cutoff: datetime, server_now: datetime) -> datetime:
+    """``cutoff`` if it is at least one day before ``server_now`` (the database server's
+    clock, naive UTC: the clock the rows were stamped by, not this machine's)."""
+    from datetime import timedelta
+
+    if cutoff > server_now - timedelta(days=1):
+        raise ParameterError(
+            "cutoff", cutoff.isoformat() + "Z",
+            f"a timestamp at least 1 day before the database server's clock ({server_now.isoformat(timespec='seconds')}Z)",
+        )  # fmt: skip
+    return cutoff
+
+
+MAX_WORKERS = 4  # connections writing at once; more only adds contention on a small server
+# 36 at most: the run id travels in the session's application_name ("litellm-runbook/
+# preview/<run id>"), which PostgreSQL cuts at 63 bytes, and it must arrive whole there (the
+# lock holder's message, the runner ending a dead kernel's sessions).
+MAX_RUN_ID = 36
+_RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,35}"
+_RUN_ID_RULE = "1-36 letters, digits, '_', '-' or '.', starting with a letter or digit; '' makes one"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated run parameters; build with ``options()``, never directly from user input.
+
+    Every field is a declared parameter (``PARAMETERS``) of the same name and default; a
+    test fails when the two differ."""
+
+    stale_after_days: float = 7.0
+    cutoff: datetime | None = None
+    batch_size: int = 1000
+    max_batches: int = 5000
+    max_seconds: float = 300.0
+    dry_run: bool = True
+    lock_timeout_s: float = 5.0
+    statement_timeout_s: float = 60.0
+    pause_s: float = 0.0
+    max_rows: int = 1_000_000
+    max_retries: int = 3
+    stop_file: str = ""
+    metrics_dir: str = ""
+    expect_fingerprint: str = ""
+    max_replication_lag_bytes: int = 64 * 1024 * 1024
+    max_lock_waiters: int = 0
+    pause_during_vacuum: bool = True
+    health_pause_s: float = 2.0
+    target_batch_ms: float = 0.0
+    max_batch_wal_bytes: int = 0  # 0: the server's wal_buffers / workers
+    workers: int = 2  # batches written at once, each on its own connection
+    allow_blind_health: bool = False  # sweep although a health signal cannot be read
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["cutoff"] = self.cutoff.isoformat() + "Z" if self.cutoff else None
+        return out
+
+
+KINDS = ("inspect", "preview", "sweep", "undo", "index")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One notebook parameter: the single place its name, type, default, rule and help live.
+
+    ``check(name, value)`` returns the validated value or raises ParameterError. ``option``
+    is the ``Options`` field it sets; None for the run ids, which name runs."""
+
+    name: str
+    type: type
+    default: object
+    check: Callable[[str, object], object]
+    help: str
+    notebooks: frozenset[str]
+    option: bool = True
+    tuning: bool = False  # in the notebook's tuning cell, not its parameters cell (see parameters_cell)
+
+    def line(self) -> str:
+        """``name: type = default  # help``: what ``papermill --help-notebook`` reads."""
+        default = self.default
+        if isinstance(default, float) and default.is_integer():
+            default = int(default)  # `float = 7`, as an operator would type it
+        shown = json.dumps(default) if isinstance(default, str) else repr(default)
+        return f"{self.name}: {self.type.__name__} = {shown}  # {self.help}"
+
+
+def _run_id(name: str, value: object) -> str:
+    import re
+
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not re.fullmatch(_RUN_ID_PATTERN, value):
+        raise ParameterError(name, _shown(value), _RUN_ID_RULE)
+    return value
+
+
+def _kinds(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+_SELECT = _kinds("inspect", "preview", "sweep")
+_WRITE = _kinds("sweep", "undo")
+_SWEEP = _kinds("sweep")
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("stale_after_days", float, 7.0, lambda n, v: check_number(n, v, 1, 3650, "days"),
+              "rows older than this many days are stale, at least 1 (LiteLLM default 7)", _SELECT),
+    Parameter("cutoff", str, "", lambda n, v: None if v in (None, "") else check_cutoff(n, v),
+              "fixed UTC cutoff used instead of stale_after_days, ISO 8601 like 2026-11-01T00:00:00Z", _SELECT),
+    Parameter("batch_size", int, 1000, lambda n, v: check_int(n, v, 1, MAX_BATCH_SIZE),
+              "rows per batch, at most, 1 to 100000 (LiteLLM default 1000); the sweep takes fewer while rows write much WAL",
+              _kinds("inspect", "preview", "sweep", "undo")),
+    Parameter("max_batches", int, 5000, lambda n, v: check_int(n, v, 1, 1_000_000),
+              "stop after this many batches (transactions)", _WRITE),
+    Parameter("max_seconds", float, 300.0, lambda n, v: check_number(n, v, 1, 7 * 86400, "seconds"),
+              "stop at the first batch boundary after this many seconds", _WRITE),
+    Parameter("workers", int, 2, lambda n, v: check_int(n, v, 1, MAX_WORKERS),
+              "batches written at once, each its own transaction on its own connection, 1 to 4 (1: one at a time)", _SWEEP),
+    Parameter("dry_run", bool, True, check_bool,
+              "True writes nothing and only reports; False does the work", _kinds("sweep", "undo", "index")),
+    Parameter("max_rows", int, 1_000_000, lambda n, v: check_int(n, v, 1, 10**9),
+              "refuse to start when there are more candidates than this", _SWEEP),
+    Parameter("expect_fingerprint", str, "", lambda n, v: check_fingerprint(n, v),
+              "an approved preview's fingerprint, with its cutoff; refuse if the first batch differs", _SWEEP),
+    Parameter("stop_file", str, "", check_path,
+              "path (relative: to where you ran the command); the run stops at the next batch boundary once it exists", _WRITE),
+    Parameter("metrics_dir", str, "", check_path,
+              "folder for a Prometheus textfile of this run (relative: to where you ran the command); empty for none", _WRITE, tuning=True),
+    Parameter("lock_timeout_s", float, 5.0, lambda n, v: check_number(n, v, 0.01, 600, "seconds"),
+              "seconds a batch may wait for a row lock before it rolls back", _WRITE, tuning=True),
+    Parameter("statement_timeout_s", float, 60.0, lambda n, v: check_number(n, v, 0.1, 3600, "seconds"),
+              "seconds a batch statement may run before it rolls back", _WRITE, tuning=True),
+    Parameter("max_retries", int, 3, lambda n, v: check_int(n, v, 0, 10),
+              "retries of a batch after a lock or statement timeout, each with half the rows; then the run stops", _WRITE, tuning=True),
+    Parameter("pause_s", float, 0.0, lambda n, v: check_number(n, v, 0, 60, "seconds"),
+              "seconds to sleep between rounds of batches", _SWEEP, tuning=True),
+    Parameter("max_replication_lag_bytes", int, 64 * 1024 * 1024, lambda n, v: check_int(n, v, 0, 2**50),
+              "pause while the slowest standby is more than this many bytes of WAL behind (64 MiB)", _WRITE, tuning=True),
+    Parameter("max_lock_waiters", int, 0, lambda n, v: check_int(n, v, 0, 10_000),
+              "pause while more sessions than this wait on locks on the table", _WRITE, tuning=True),
+    Parameter("pause_during_vacuum", bool, True, check_bool,
+              "pause while a VACUUM of the table runs (not one the sweep itself started)", _WRITE, tuning=True),
+    Parameter("health_pause_s", float, 2.0, lambda n, v: check_number(n, v, 0.05, 600, "seconds"),
+              "seconds between health checks while paused", _WRITE, tuning=True),
+    Parameter("allow_blind_health", bool, False, check_bool,
+              "True writes although this role cannot see a health signal (lag, vacuum); the record says so", _WRITE),
+    Parameter("target_batch_ms", float, 0.0,
+              lambda n, v: check_number(n, v, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
+              "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP, tuning=True),
+    Parameter("max_batch_wal_bytes", int, 0, lambda n, v: check_int(n, v, 0, 2**50),
+              "WAL budget of a batch in bytes; 0 is the server's wal_buffers divided by workers", _SWEEP, tuning=True),
+    Parameter("run_id", str, "", _run_id,
+              "names this run in its record and the ledger; generated when empty",
+              _kinds("inspect", "preview", "sweep", "index"), option=False),
+    Parameter("run_id", str, "", _run_id,
+              "the sweep run to undo, as its record or litellm_runbook.runs shows it; empty lists recent runs",
+              _kinds("undo"), option=False),
+    Parameter("undo_run_id", str, "", _run_id,
+              "names this undo run in its record and the ledger; generated when empty", _kinds("undo"), option=False),
+)  # fmt: skip
+
+
+def declared(kind: str) -> dict[str, Parameter]:
+    """The parameters of notebook ``kind``, in the order its parameters cell lists them."""
+    if kind not in KINDS:
+        raise ParameterError("kind", kind, f"one of {list(KINDS)}")
+    return {p.name: p for p in PARAMETERS if kind in p.notebooks}
+
+
+def parameters_cell(kind: str) -> str:
+    """The source of notebook ``kind``'s ``parameters`` cell: what an operator sets on most
+    runs, and what ``papermill --help-notebook`` lists."""
+    return "\n".join(p.line() for p in declared(kind).values() if not p.tuning)
+
+
+TUNING_HEADER = "# Tuning: set like any parameter (-p NAME VALUE); start() checks them with the others."
+
+
+def tuning_cell(kind: str) -> str:
+    """The source of notebook ``kind``'s ``tuning`` cell, just above its parameters cell:
+    timeouts, retries, health thresholds, batch budgets and metrics, with their defaults.
+    Papermill injects its parameters after the parameters cell, so ``-p`` overrides these
+    too (papermill only logs them as unknown). '' when the notebook has none."""
+    lines = [p.line() for p in declared(kind).values() if p.tuning]
+    return "\n".join([TUNING_HEADER, *lines]) if lines else ""
+
+
+def check_names(kind: str, names: Iterable[str]) -> None:
+    """ParameterError for the first name that is not a parameter of notebook ``kind``,
+    with the closest declared name. The value is never shown: a mistyped name may hold
+    anything, a password included."""
+    known = declared(kind)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ParameterError(
+                name, "<not shown>", f"not a parameter of the {kind} notebook; {hint}its parameters: {', '.join(known)}"
+            )
+
+
+def options(**params: object) -> Options:
+    """Check every given parameter and return Options; ParameterError names the first bad one
+    (an unknown name included, with the closest known one).
+
+    ``cutoff`` (ISO 8601 UTC, or None/'') replaces ``stale_after_days`` when given; whether
+    it is at least a day old is checked against the server's clock when a run reads it.
+    """
+    by_name = {p.name: p for p in PARAMETERS if p.option}
+    values: dict[str, object] = {}
+    for name, value in params.items():
+        spec = by_name.get(name)
+        if spec is None:
+            close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ParameterError(name, "<not shown>", f"not a parameter; {hint}known: {', '.join(by_name)}")
+        values[name] = spec.check(name, value)
+    # LiteLLM clamps MANAGED_OBJECT_STALENESS_CUTOFF_DAYS to at least 1; the rule above
+    # refuses instead of silently changing what the operator asked for.
+    if values.get("expect_fingerprint") and values.get("cutoff") is None:
+        # The fingerprint binds the preview's cutoff; one computed now from stale_after_days
+        # never equals it, so the sweep could only refuse later, after connecting.
+        raise ParameterError(
+            "expect_fingerprint", values["expect_fingerprint"],
+            "given together with the preview's fixed cutoff (-p cutoff <the cutoff the preview printed>)",
+        )  # fmt: skip
+    return Options(**values)  # type: ignore[arg-type]
+
+
+def check_parameters(kind: str, params: Mapping[str, object]) -> tuple[Options, dict[str, str]]:
+    """Everything an operator passed to notebook ``kind``, checked before anything runs:
+    no credential (by name or value), only declared names, valid values.
+
+    Returns the Options and the run ids as given (``run_id``; for undo also
+    ``undo_run_id``), '' where empty. Raises ParameterError; writes nothing."""
+    refuse_secrets(params)
+    check_names(kind, params)
+    spec = declared(kind)
+    ids = {name: str(spec[name].check(name, params.get(name, ""))) for name in spec if not spec[name].option}
+    return options(**{k: v for k, v in params.items() if spec[k].option}), ids
+
+
+# Parts of a parameter *name* that say it holds a credential.
+_SECRET_NAMES = (
+    "password", "passwd", "pwd", "pass_word", "secret", "token", "pgpass", "api_key", "apikey", "credential",
+    "private_key", "access_key", "auth",
+)  # fmt: skip
+# Parts of a *value* that say it carries one.
+_SECRET_MARKERS = ("password", "passwd", "pgpass", "secret", "token=", "api_key", "apikey")
+
+
+def _carries_secret(value: object, depth: int = 0) -> bool:
+    import re
+
+    if depth > 20:  # a structure this deep is not a parameter anyone meant
+        return True
+    if isinstance(value, str):
+        lowered = value.lower()
+        return (
+            any(m in lowered for m in _SECRET_MARKERS)
+            or ("://" in value and "@" in value.split("://", 1)[1])
+            or re.search(r"\bsk-[A-Za-z0-9_-]{8,}", value) is not None  # a LiteLLM virtual or master key
+        )
+    if isinstance(value, Mapping):
+        return any(_carries_secret(k, depth + 1) or _carries_secret(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_carries_secret(v, depth + 1) for v in value)
+    return False
+
+
+def refuse_secrets(params: Mapping[str, object]) -> None:
+    """ParameterError if a parameter's name or value (searched through lists, tuples, sets
+    and dicts, keys included) looks like it carries a credential.
+
+    Papermill writes every parameter into the executed notebook, so credentials must
+    come from the environment. The offending value is never echoed.
+    """
+    for name, value in params.items():
+        lowered = str(name).lower()
+        if any(marker in lowered for marker in _SECRET_NAMES) or _carries_secret(value):
+            raise ParameterError(
+                str(name), "<redacted>",
+                "no credentials in parameters; set DATABASE_URL or PGPASSWORD in the environment",
+            )  # fmt: skip
+
+
+def _check_declaration() -> None:
+    """Import-time guard: every Options field is declared once, with the same default."""
+    names = [p.name for p in PARAMETERS if p.option]
+    assert len(names) == len(set(names)), "a parameter declared twice"
+    fields_ = {f.name: f.default for f in fields(Options)}
+    assert set(names) == set(fields_), set(names) ^ set(fields_)
+    for p in PARAMETERS:
+        if p.option:
+            default = None if p.name == "cutoff" else p.default
+            assert fields_[p.name] == default, p.name
+
+
+_check_declaration()

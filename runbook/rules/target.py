@@ -1,0 +1,113 @@
+"""What to clean up: a table, its columns, and the rule that makes a row stale.
+
+The default ``Target()`` is LiteLLM's production sweep (litellm-enterprise,
+``CheckResponsesCost._expire_stale_rows``, PR #25227)::
+
+    UPDATE "LiteLLM_ManagedObjectTable" SET "status" = 'stale_expired'
+    WHERE "id" IN (SELECT "id" FROM "LiteLLM_ManagedObjectTable"
+                   WHERE "file_purpose" = 'response'
+                     AND "status" NOT IN ('completed', 'complete', 'failed',
+                                          'expired', 'cancelled', 'stale_expired')
+                     AND "created_at" < $1::timestamptz
+                   ORDER BY "created_at" ASC LIMIT $2)
+
+Its predicate selects exactly the same rows, with two deliberate differences in *how*
+(never in *which*): the cutoff is bound as ``timestamp without time zone`` in UTC, so it
+does not shift with the session TimeZone, and ties in ``created_at`` are broken by ``id``
+so that a preview and the batch after it agree row for row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ParameterError
+from .params import check_status
+
+__all__ = ["PRODUCTION_TERMINAL_STATUSES", "KNOWN_STATUSES", "Target"]
+
+PRODUCTION_TERMINAL_STATUSES: tuple[str, ...] = (
+    "completed",
+    "complete",
+    "failed",
+    "expired",
+    "cancelled",
+    "stale_expired",
+)
+
+# Every status LiteLLM is known to write into the table: OpenAI's response, batch,
+# fine-tuning job, assistant run and file states that LiteLLM copies, and its own
+# 'complete' and 'stale_expired'. The rule is a deny-list (terminal statuses), so a
+# status outside this list is a candidate once stale: inspect names each one it finds.
+KNOWN_STATUSES: tuple[str, ...] = (
+    *PRODUCTION_TERMINAL_STATUSES,
+    "queued", "in_progress", "incomplete", "requires_action",  # responses, assistant runs
+    "validating", "finalizing", "cancelling",  # batches
+    "validating_files", "running", "succeeded",  # fine-tuning jobs
+    "uploaded", "processed", "error",  # files
+)  # fmt: skip
+
+# Plain SQL names only. sql.Identifier would quote anything safely, but an operator who
+# types a quote, a semicolon or a non-ASCII letter into a table name has made a mistake
+# we should report, not a name we should look for.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+
+
+def _check_identifier(name: str, value: object) -> str:
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise ParameterError(name, value, "a SQL name of 1-63 ASCII letters, digits or '_', not starting with a digit")
+    return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """A table and the rule that makes one of its rows a sweep candidate.
+
+    A row is a candidate when ``purpose_column = purpose``, ``status_column`` is not one
+    of ``terminal_statuses`` (a NULL status is never a candidate, as in production) and
+    ``time_column < cutoff``. The sweep sets ``status_column = new_status``.
+    Raises ParameterError for a malformed name or status.
+    """
+
+    table: str = "LiteLLM_ManagedObjectTable"
+    schema: str = "public"
+    key_column: str = "id"
+    time_column: str = "created_at"
+    status_column: str = "status"
+    purpose_column: str = "file_purpose"
+    purpose: str = "response"
+    terminal_statuses: tuple[str, ...] = field(default=PRODUCTION_TERMINAL_STATUSES)
+    new_status: str = "stale_expired"
+
+    def __post_init__(self) -> None:
+        for name in ("table", "schema", "key_column", "time_column", "status_column", "purpose_column"):
+            _check_identifier(name, getattr(self, name))
+        check_status("purpose", self.purpose)
+        check_status("new_status", self.new_status)
+        statuses = self.terminal_statuses
+        if isinstance(statuses, str) or not isinstance(statuses, (tuple, list)) or not statuses:
+            raise ParameterError("terminal_statuses", statuses, "a non-empty list of statuses")
+        for status in statuses:
+            check_status("terminal_statuses", status)
+        object.__setattr__(self, "terminal_statuses", tuple(statuses))
+        if self.new_status not in self.terminal_statuses:
+            # Otherwise every swept row would still be a candidate and the sweep would
+            # rewrite the same rows forever.
+            raise ParameterError(
+                "new_status", self.new_status, f"one of terminal_statuses {list(self.terminal_statuses)}"
+            )
+
+    def predicate_params(self) -> dict[str, Any]:
+        """The bound values the predicate's placeholders expect (except the cutoff)."""
+        return {"purpose": self.purpose, "terminal": list(self.terminal_statuses)}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "table": f"{self.schema}.{self.table}",
+            "purpose": self.purpose,
+            "terminal_statuses": list(self.terminal_statuses),
+            "new_status": self.new_status,
+        }

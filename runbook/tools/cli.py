@@ -1,0 +1,239 @@
+"""``python -m runbook``: the embedded database, the demo, JupyterLab, and headless runs.
+
+    python -m runbook demo [--rows N]        embedded DB + demo data + the three notebooks
+    python -m runbook lab [--port N]         JupyterLab on the demo database
+    python -m runbook run NAME [-p KEY VALUE ...] [-r KEY VALUE ...]
+                                             one notebook headless, into the run folder
+    python -m runbook verify RUN.ipynb ...   an executed notebook still matches its seal
+    python -m runbook notebooks [--write]    parameters cells vs runbook/params.py
+    python -m runbook db start|stop|status|url|destroy
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..db.connect import DEMO_DATABASE
+from ..db.embedded import EmbeddedServer, default_home
+from ..errors import RunbookError
+from ..notebook.cells import NOTEBOOK_DIR
+
+# Variables that would point a child process at another database than the demo one.
+_DB_ENV = ("DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGPASSWORD")
+
+
+def _demo_env(server: EmbeddedServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DB_ENV}
+    env["DATABASE_URL"] = server.dsn(DEMO_DATABASE)
+    return env
+
+
+def _demo_exists(server: EmbeddedServer) -> bool:
+    import psycopg
+
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DEMO_DATABASE]).fetchone() is not None
+
+
+def _load_demo(server: EmbeddedServer, rows: int) -> None:
+    from .demo import load_demo_rows, reset_database
+    from .migrations import migrations_version
+
+    dsn = reset_database(server.dsn(), DEMO_DATABASE)
+    loaded = load_demo_rows(dsn, rows)
+    print(f"demo database '{DEMO_DATABASE}': LiteLLM schema from litellm-proxy-extras {migrations_version()}, {loaded:,} rows")
+
+
+def _parse_value(raw: str) -> Any:
+    # papermill's -p conversion: Python literals (True, 7, 0.5, None) become values.
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    server = EmbeddedServer(default_home())
+    if args.action == "start":
+        server.start()
+        print(f"embedded PostgreSQL running: {server.dsn(DEMO_DATABASE)} (data in {server.home})")
+    elif args.action == "stop":
+        server.stop()
+        print("embedded PostgreSQL stopped")
+    elif args.action == "status":
+        running = server.running()
+        print(f"embedded PostgreSQL in {server.home}: {f'running, socket in {server.socket_dir}' if running else 'stopped'}")
+        return 0 if running else 3
+    elif args.action == "url":
+        server.start()
+        print(server.dsn(DEMO_DATABASE))
+    elif args.action == "destroy":
+        server.destroy()
+        print(f"embedded PostgreSQL stopped and {server.home} deleted")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .runner import execute
+
+    server = EmbeddedServer(default_home())
+    server.start()
+    print(f"embedded PostgreSQL running in {server.home}")
+    _load_demo(server, args.rows)
+    env = _demo_env(server)
+    plan: list[tuple[str, dict[str, Any]]] = [
+        ("inspect", {"batch_size": args.batch_size}),
+        ("preview", {"batch_size": args.batch_size}),
+        # The demo database is disposable, so the demo sweeps for real; elsewhere dry_run defaults to True.
+        ("sweep", {"batch_size": args.batch_size, "dry_run": False}),
+    ]
+    failed = False
+    for name, params in plan:
+        done = execute(name, params, Path(args.run_dir) if args.run_dir else None, env=env)
+        outcome = (done.record or {}).get("outcome", {})
+        summary = ""
+        if name == "inspect" and "inspect" in outcome:
+            summary = f"{outcome['inspect']['candidates']:,} candidates"
+        elif name == "preview" and "preview" in outcome:
+            summary = f"next batch of {len(outcome['preview']['ids']):,} rows, fingerprint {outcome['preview']['fingerprint']}"
+        elif name == "sweep" and "sweep" in outcome:
+            s = outcome["sweep"]
+            summary = f"{s['changed']:,} rows marked stale_expired in {len(s['batches'])} batches, stopped: {s['stop_reason']}"
+        status = "ok" if done.ok else f"FAILED ({done.error})"
+        print(f"{name:8s} {status:6s} {summary}\n         {done.path}")
+        failed = failed or not done.ok
+    print(f"\nExecuted notebooks (read-only, with .sha256): {done.path.parent}\nOpen them interactively: make lab")
+    return 1 if failed else 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    server = EmbeddedServer(default_home())
+    server.start()
+    if not _demo_exists(server):
+        _load_demo(server, args.rows)
+    env = _demo_env(server)
+    notebooks = NOTEBOOK_DIR
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={args.port}", f"--notebook-dir={notebooks}"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    print(f"JupyterLab on the demo database ({server.dsn(DEMO_DATABASE)}); Ctrl-C to stop")
+    os.execvpe(cmd[0], cmd, env)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import execute
+
+    params: dict[str, Any] = {k: _parse_value(v) for k, v in args.p}
+    params.update({k: v for k, v in args.r})
+    done = execute(args.name, params, Path(args.run_dir) if args.run_dir else None)
+    print(done.path)
+    if not done.ok:
+        print(f"run failed: {done.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..db.connect import resolve
+    from ..audit.sealing import verify
+
+    failed = 0
+    for name in args.paths:
+        found = verify(Path(name), resolve())
+        where = f"run {found.run_id}" if found.run_id else "no record"
+        if found.ok:
+            print(f"{name}: matches its seal ({where}, sha256 {found.sha256})")
+        else:
+            failed += 1
+            print(
+                f"{name}: does NOT match its seal ({where}): file sha256 {found.sha256}, beside it "
+                f"{found.beside_sha256 or 'none'}, in the ledger {found.ledger_sha256 or ('none' if found.in_ledger else 'no row')}"
+            )
+    return 1 if failed else 0
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from ..notebook.cells import stale_cells, write_cells
+
+    if args.write:
+        print("\n".join(f"rewrote the parameters cell of {name}" for name in write_cells()) or "nothing to change")
+        return 0
+    stale = stale_cells()
+    print("\n".join(f"{name}: parameters cell differs from runbook/params.py" for name in stale) or "parameters cells up to date")
+    return 1 if stale else 0
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    from ..sql.grants import grants_sql, owner_setup_sql
+    from ..rules.target import Target
+
+    target = Target(schema=args.schema)  # a bad name stops here, before anything is printed
+    print(f"-- 1. as the database owner: the ledger schema, owned by {args.ledger_owner}")
+    for stmt in owner_setup_sql(args.database, args.ledger_owner):
+        print(stmt.as_string(None) + ";")
+    print(f"-- 2. as {args.ledger_owner}: python -m runbook ledger init")
+    print("-- 3. as the owner of the LiteLLM table and of the ledger (or a superuser):")
+    for stmt in grants_sql(target, args.database, args.reader, args.sweeper):
+        print(stmt.as_string(None) + ";")
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from ..db import ledger
+    from ..db.connect import connect
+
+    with connect(purpose="ledger-init") as conn:
+        ledger.ensure(conn)
+        print(f"ledger ready: schema {ledger.SCHEMA} in {conn.info.dbname}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runbook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    db = sub.add_parser("db", help="manage the embedded PostgreSQL")
+    db.add_argument("action", choices=["start", "stop", "status", "url", "destroy"])
+    db.set_defaults(func=cmd_db)
+    demo = sub.add_parser("demo", help="load demo data and run the three notebooks headless")
+    demo.add_argument("--rows", type=int, default=20_000)
+    demo.add_argument("--batch-size", type=int, default=1000)
+    demo.add_argument("--run-dir", default=None)
+    demo.set_defaults(func=cmd_demo)
+    lab = sub.add_parser("lab", help="JupyterLab on the demo database")
+    lab.add_argument("--port", type=int, default=8888)
+    lab.add_argument("--rows", type=int, default=20_000)
+    lab.set_defaults(func=cmd_lab)
+    run = sub.add_parser("run", help="execute one notebook headless into the run folder")
+    run.add_argument("name", choices=["inspect", "preview", "sweep", "undo", "index"])
+    run.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter (Python literal)")
+    run.add_argument("-r", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter kept as a raw string")
+    run.add_argument("--run-dir", default=None)
+    run.set_defaults(func=cmd_run)
+    ver = sub.add_parser("verify", help="check executed notebooks against their .sha256 and the ledger's checksum")
+    ver.add_argument("paths", nargs="+")
+    ver.set_defaults(func=cmd_verify)
+    nbs = sub.add_parser("notebooks", help="check (or --write) the notebooks' parameters cells against runbook/params.py")
+    nbs.add_argument("--write", action="store_true")
+    nbs.set_defaults(func=cmd_notebooks)
+    grants = sub.add_parser("grants", help="print the least-privilege grants for the three roles")
+    grants.add_argument("--database", default="litellm")
+    grants.add_argument("--reader", default="litellm_runbook_reader")
+    grants.add_argument("--sweeper", default="litellm_runbook_sweeper")
+    grants.add_argument("--ledger-owner", default="litellm_runbook_owner")
+    grants.add_argument("--schema", default="public", help="the schema of LiteLLM's tables (DATABASE_URL's ?schema=)")
+    grants.set_defaults(func=cmd_grants)
+    led = sub.add_parser("ledger", help="create the ledger schema and tables (as the ledger owner)")
+    led.add_argument("action", choices=["init"])
+    led.set_defaults(func=cmd_ledger)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except RunbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
