@@ -65,7 +65,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import runbook  # noqa: E402
-from runbook.sql import statements  # noqa: E402
+from runbook.sql import candidates  # noqa: E402
 from runbook.tools.demo import reset_database  # noqa: E402
 from runbook.db.embedded import EmbeddedServer  # noqa: E402
 from runbook.audit.record import read_record  # noqa: E402
@@ -781,7 +781,7 @@ class ProfilingConnection(psycopg.Connection[tuple[Any, ...]]):
     """A connection that times every statement the sweep runs, by kind, and EXPLAINs
     (ANALYZE, BUFFERS, WAL) chosen executions of the batch UPDATE in a savepoint that is
     rolled back before the real statement runs. Statements are recognised by comparing
-    them with what ``runbook.sql.statements`` builds, so the sweep's code is used unchanged."""
+    them with what ``runbook.sql.candidates`` builds, so the sweep's code is used unchanged."""
 
     explain_batches: set[int]
     timings: dict[str, list[float]]
@@ -792,15 +792,15 @@ class ProfilingConnection(psycopg.Connection[tuple[Any, ...]]):
         self.explain_batches = explain_batches
         self.timings = {}
         self.plans = []
-        snap = statements.snapshot(target)
+        snap = candidates.snapshot(target)
         self._kinds = [
-            ("batch_update", statements.batch_update(target)),
-            ("snapshot_next (keyset step)", statements.snapshot_next()),
+            ("batch_update", candidates.batch_update(target)),
+            ("snapshot_next (keyset step)", candidates.snapshot_next()),
             ("snapshot: CREATE TEMP TABLE AS (full scan)", snap[1]),
             ("snapshot: CREATE INDEX", snap[2]),
             ("snapshot: ANALYZE", snap[3]),
             ("snapshot: DROP TABLE", snap[0]),
-            ("candidate_count (full scan)", statements.candidate_count(target)),
+            ("candidate_count (full scan)", candidates.candidate_count(target)),
         ]
 
     def kind(self, query: Any) -> str:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runbook import ParameterError, Target, options
-from runbook.sql import statements
+from runbook.sql import candidates, undo
 from runbook.rules.params import refuse_secrets
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
@@ -22,8 +22,8 @@ hostile_text = st.one_of(
 
 def rendered(target: Target) -> list[str]:
     stmts = [
-        statements.next_batch(target), statements.candidate_count(target), statements.breakdown(target),
-        statements.batch_update(target), statements.undo_update(target), *statements.snapshot(target),
+        candidates.next_batch(target), candidates.candidate_count(target), candidates.breakdown(target),
+        candidates.batch_update(target), undo.undo_update(target), *candidates.snapshot(target),
     ]  # fmt: skip
     return [s.as_string(None) for s in stmts]
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from ..db import ledger
 from ..version import PROJECT_DIR
@@ -37,12 +36,12 @@ from ..db.connect import Database, connect
 from ..db.lock import lock_key
 from .record import RECORD_KEY, read_record
 from ..db.transactions import Conn
+from ..rules.states import Kind
 from ..rules.target import Target
+from ..sql import catalog
+from ..sql import ledger as q
 
 __all__ = ["run_dir", "seal", "seal_record_file", "verify", "Verified"]
-
-_RUNS = sql.Identifier(ledger.SCHEMA, "runs")
-_RECORDS = sql.Identifier(ledger.SCHEMA, "records")
 
 
 def run_dir() -> Path:
@@ -50,47 +49,33 @@ def run_dir() -> Path:
     import os
 
     return Path(os.environ.get("RUNBOOK_RUN_DIR", PROJECT_DIR / "runs"))
-_BATCHES = sql.Identifier(ledger.SCHEMA, "batches")
 
 
-def _sessions_of() -> sql.SQL:
-    """Sessions of this database whose application name carries run %(run_id)s
-    (``litellm-runbook/<kind>/<run id>[/...]``), other than this one."""
-    return sql.SQL(
-        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = pg_catalog.current_database()"
-        " AND pid <> pg_catalog.pg_backend_pid() AND application_name LIKE 'litellm-runbook/%%'"
-        " AND pg_catalog.split_part(application_name, '/', 3) = %(run_id)s"
-    )
+def _exists(conn: Conn, table: str) -> bool:
+    """Whether the ledger has table ``table`` (a dry run never created it)."""
+    return conn.execute(catalog.relation_exists(), {"name": f"{ledger.SCHEMA}.{table}"}).fetchone() == (True,)
 
 
 def _end_sessions(conn: Conn, run_id: str, wait_s: float = 15.0) -> None:
     """Terminate a dead kernel's sessions and wait until they are gone (or ``wait_s``)."""
-    pids = [int(r[0]) for r in conn.execute(_sessions_of(), {"run_id": run_id}).fetchall()]
+    pids = [int(r[0]) for r in conn.execute(catalog.sessions_of_run(), {"run_id": run_id}).fetchall()]
     for pid in pids:
         try:
-            conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", [pid])
+            conn.execute(catalog.terminate_backend(), {"pid": pid})
         except psycopg.Error:  # not ours to end: wait for it instead
             pass
     deadline = time.monotonic() + wait_s
     while pids and time.monotonic() < deadline:
-        if not conn.execute(_sessions_of(), {"run_id": run_id}).fetchall():
+        if not conn.execute(catalog.sessions_of_run(), {"run_id": run_id}).fetchall():
             return
         time.sleep(0.1)
 
 
 def _ledger_summary(conn: Conn, run_id: str) -> dict[str, Any] | None:
     """The ledger's account of run ``run_id``: its row and its committed batches."""
-    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [f"{ledger.SCHEMA}.runs"]).fetchone() != (True,):
+    if not _exists(conn, "runs"):
         return None
-    row = conn.execute(
-        sql.SQL(
-            "SELECT r.kind, r.target, r.stop_reason, r.rows_changed, r.finished_at IS NOT NULL,"
-            " (SELECT count(*) FROM {batches} b WHERE b.run_id = r.run_id),"
-            " (SELECT coalesce(sum(b.rows_changed), 0) FROM {batches} b WHERE b.run_id = r.run_id)"
-            " FROM {runs} r WHERE r.run_id = %(run_id)s"
-        ).format(runs=_RUNS, batches=_BATCHES),
-        {"run_id": run_id},
-    ).fetchone()
+    row = conn.execute(q.run_summary(), {"run_id": run_id}).fetchone()
     if row is None:
         return None
     keys = ("kind", "target", "stop_reason", "rows_changed", "finished", "batches", "rows_in_batches")
@@ -119,14 +104,14 @@ def _target_lock(conn: Conn, run_id: str, wait_s: float = 30.0) -> Iterator[bool
     a least-privilege sweeper may update a ``runs`` row only then (row security), and no
     other sweep or undo of that target runs meanwhile. Yields False when the run has no
     ledger row or the lock stayed taken for ``wait_s``."""
-    row = conn.execute(sql.SQL("SELECT target FROM {} WHERE run_id = %s").format(_RUNS), [run_id]).fetchone()
+    row = conn.execute(q.run_target(), {"run_id": run_id}).fetchone()
     if row is None:
         yield False
         return
     schema, _, table = str(row[0]).partition(".")
     key = lock_key(Target(schema=schema, table=table))
     deadline = time.monotonic() + wait_s
-    while conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", [key]).fetchone() != (True,):
+    while conn.execute(catalog.try_advisory_lock(), {"key": key}).fetchone() != (True,):
         if time.monotonic() > deadline:
             yield False
             return
@@ -134,21 +119,16 @@ def _target_lock(conn: Conn, run_id: str, wait_s: float = 30.0) -> Iterator[bool
     try:
         yield True
     finally:
-        conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [key])
+        conn.execute(catalog.advisory_unlock(), {"key": key})
 
 
 def _store_checksum(conn: Conn, run_id: str, digest: str, name: str) -> bool:
     """Add the sealed file's checksum to the ledger's insert-only ``records`` (when the run
     has a ledger row); False when it could not. The first row for a file name is its seal."""
-    if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [f"{ledger.SCHEMA}.records"]).fetchone() != (True,):
+    if not _exists(conn, "records"):
         return False
     with conn.transaction():
-        cur = conn.execute(
-            sql.SQL("INSERT INTO {records} (record_file, run_id, sha256) SELECT %s, run_id, %s FROM {runs} WHERE run_id = %s").format(
-                records=_RECORDS, runs=_RUNS
-            ),
-            [name, digest, run_id],
-        )
+        cur = conn.execute(q.insert_record(), {"record_file": name, "sha256": digest, "run_id": run_id})
     return cur.rowcount == 1
 
 
@@ -187,7 +167,7 @@ def seal(path: Path, *, kind: str, run_id: str, error: str | None, ended: str, d
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         (path.parent / (path.name + ".sha256")).write_text(f"{digest}  {path.name}\n")
         path.chmod(0o444)
-        if conn is not None and kind in ("sweep", "undo"):
+        if conn is not None and kind in (Kind.SWEEP, Kind.UNDO):
             try:
                 _store_checksum(conn, run_id, digest, path.name)
             except psycopg.Error:
@@ -257,11 +237,9 @@ def verify(path: Path, database: Database) -> Verified:
     stored: str | None = None
     in_ledger = False
     with connect(database, purpose="verify") as conn:
-        if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", [f"{ledger.SCHEMA}.records"]).fetchone() == (True,):
+        if _exists(conn, "records"):
             # By the file's name, not the run id inside it: an edited file could name any run.
-            row = conn.execute(
-                sql.SQL("SELECT sha256 FROM {} WHERE record_file = %s ORDER BY seq LIMIT 1").format(_RECORDS), [path.name]
-            ).fetchone()
+            row = conn.execute(q.first_seal(), {"record_file": path.name}).fetchone()
             in_ledger = row is not None
             stored = str(row[0]) if row else None
     return Verified(path, run_id, digest, stored, beside, in_ledger)

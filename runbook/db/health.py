@@ -27,7 +27,8 @@ from typing import Any
 
 from ..errors import BlindHealthError
 from .transactions import Conn
-from ..sql.statements import health_signals, health_visibility, table
+from ..sql.candidates import table
+from ..sql.catalog import health_signals, health_visibility
 from ..rules.target import Target
 
 __all__ = ["HealthLimits", "Health", "check_health", "blind_signals", "refuse_blind"]

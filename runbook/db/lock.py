@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..sql import statements
+from ..sql import catalog
 from .connect import refuse_transaction_pooler
 from ..errors import SweepInProgressError
 from .transactions import Conn
@@ -33,7 +33,7 @@ def holder(conn: Conn, key: int) -> str:
     """Who holds the lock in this database: pid, application (carries the run id), user,
     client, since when. A role without pg_read_all_stats sees another role's client and
     start time as NULL: they are then "unknown". Reads only."""
-    row = conn.execute(statements.lock_holder(), {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).fetchone()
+    row = conn.execute(catalog.lock_holder(), {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).fetchone()
     if row is None:
         return "a session that has just finished"
     since = f"{row[4]:%Y-%m-%d %H:%M:%S %Z}" if row[4] is not None else "unknown"
@@ -47,7 +47,7 @@ def target_lock(conn: Conn, target: Target) -> Iterator[None]:
     PoolerError (nothing taken) on a connection through a transaction-mode PgBouncer."""
     refuse_transaction_pooler(conn, f"a live sweep or undo of {target.schema}.{target.table}")
     key = lock_key(target)
-    got = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+    got = conn.execute(catalog.try_advisory_lock(), {"key": key}).fetchone()
     if not got or not got[0]:
         raise SweepInProgressError(
             f"another sweep or undo of {target.schema}.{target.table} is running: {holder(conn, key)}. "
@@ -57,4 +57,4 @@ def target_lock(conn: Conn, target: Target) -> Iterator[None]:
         yield
     finally:
         if not conn.closed:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [key])
+            conn.execute(catalog.advisory_unlock(), {"key": key})

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from ..sql import statements
+from ..sql import catalog
 from ..errors import TargetNotFoundError
 from ..rules.params import check_cutoff_recent
 from ..rules.target import Target
@@ -23,33 +23,24 @@ Conn = psycopg.Connection[Any]
 @contextmanager
 def read_only(conn: Conn) -> Iterator[Conn]:
     """A READ ONLY transaction: the server itself refuses any write inside it. Its
-    ``search_path`` is pinned too (``statements.pin_search_path``), in the same round
+    ``search_path`` is pinned too (``catalog.read_only_pinned``), in the same round
     trip: a connection through PgBouncer cannot pin it when it starts."""
     with conn.transaction():
-        conn.execute(statements.read_only_pinned())
+        conn.execute(catalog.read_only_pinned())
         yield conn
 
 
 def check_target(conn: Conn, target: Target) -> None:
     """Raise TargetNotFoundError unless the table and all the columns it needs exist."""
     with read_only(conn):
-        row = conn.execute(
-            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relname = %s",
-            [target.schema, target.table],
-        ).fetchone()
+        row = conn.execute(catalog.table_oid(), {"schema": target.schema, "table": target.table}).fetchone()
         if row is None or row[0] is None:
             raise TargetNotFoundError(
                 f"table {target.schema}.{target.table} does not exist in this database "
                 "(is this LiteLLM's database? is DATABASE_URL set?)"
             )
         wanted = [target.key_column, target.time_column, target.status_column, target.purpose_column]
-        present = {
-            r[0]
-            for r in conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", [row[0]]
-            )
-        }
+        present = {r[0] for r in conn.execute(catalog.table_columns(), {"oid": row[0]})}
         missing = [c for c in wanted if c not in present]
         if missing:
             raise TargetNotFoundError(f"table {target.schema}.{target.table} has no column(s) {missing}")
@@ -57,7 +48,7 @@ def check_target(conn: Conn, target: Target) -> None:
 
 def db_now_utc(conn: Conn) -> datetime:
     """The server's clock as naive UTC, the convention of LiteLLM's timestamp columns."""
-    row = conn.execute("SELECT (statement_timestamp() AT TIME ZONE 'UTC')").fetchone()
+    row = conn.execute(catalog.now_utc()).fetchone()
     assert row is not None and isinstance(row[0], datetime)
     return row[0]
 

@@ -11,12 +11,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from psycopg import sql
-
-from .inspection import index_name, index_statement, index_suggestion
+from .inspection import index_suggestion
 from .live import check_writable
 from ..db.transactions import Conn, check_target
 from ..rules.target import Target
+from ..sql.index import create_index as create_statement, drop_index, index_name, index_state, no_statement_timeout
 
 __all__ = ["IndexResult", "create_index"]
 
@@ -36,11 +35,7 @@ class IndexResult:
 
 
 def _state(conn: Conn, target: Target) -> tuple[bool, bool]:
-    row = conn.execute(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-        [target.schema, index_name(target)],
-    ).fetchone()
+    row = conn.execute(index_state(), {"schema": target.schema, "name": index_name(target)}).fetchone()
     return (row is not None, bool(row[0]) if row else False)
 
 
@@ -53,7 +48,7 @@ def create_index(conn: Conn, target: Target, *, dry_run: bool = True) -> IndexRe
     statement = index_suggestion(target, conn)
     existed, valid = _state(conn, target)
     if existed and not valid:
-        drop = sql.SQL("DROP INDEX CONCURRENTLY {}").format(sql.Identifier(target.schema, index_name(target))).as_string(conn)
+        drop = drop_index(target).as_string(conn)
         return IndexResult(statement, True, False, False, dry_run, 0.0, f"an INVALID index from a failed build exists: run {drop} first")
     if existed:
         return IndexResult(statement, True, True, False, dry_run, 0.0, "the index exists and is valid: nothing to do")
@@ -61,7 +56,7 @@ def create_index(conn: Conn, target: Target, *, dry_run: bool = True) -> IndexRe
         return IndexResult(statement, False, False, False, True, 0.0, "dry run: nothing built; set dry_run False to build it")
     check_writable(conn, target)
     started = time.monotonic()
-    conn.execute("SET statement_timeout = 0")
-    conn.execute(index_statement(target))
+    conn.execute(no_statement_timeout())
+    conn.execute(create_statement(target))
     existed, valid = _state(conn, target)
     return IndexResult(statement, False, valid, True, False, round(time.monotonic() - started, 3), "built" if valid else "build left an INVALID index")

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from psycopg import sql
-
-from ..sql import statements
+from ..sql import catalog
+from ..sql.candidates import breakdown, next_batch_plan
+from ..sql.index import create_index
 from ..db.connect import redact
 from ..rules.params import Options
 from ..db.transactions import Conn, check_target, db_now_utc, read_only, resolve_cutoff
 from ..rules.target import KNOWN_STATUSES, Target
 
-__all__ = ["Count", "InspectReport", "inspect", "index_name", "index_statement", "index_suggestion"]
+__all__ = ["Count", "InspectReport", "inspect", "index_suggestion"]
 
 AGE_BUCKETS = ("<1d", "1-7d", "7-30d", "30-90d", ">=90d")
 
@@ -74,35 +74,9 @@ class InspectReport:
         return {k: conv(v) for k, v in self.__dict__.items() if k != "plan"}
 
 
-def index_name(target: Target) -> str:
-    return f"{target.table}_runbook_stale_idx"[:63]
-
-
 def index_suggestion(target: Target, conn: Conn) -> str:
-    """``index_statement`` rendered for display."""
-    return index_statement(target).as_string(conn)
-
-
-def index_statement(target: Target) -> sql.Composed:
-    """The partial index that turns the candidate search into an index range scan.
-
-    Built with literals (an index predicate cannot take parameters) from validated
-    statuses; CONCURRENTLY so that it does not block LiteLLM's writes while it builds.
-    """
-    name = sql.Identifier(index_name(target))
-    return sql.SQL(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({time}, {key}) "
-        "WHERE {purpose} = {purpose_value} AND {status} NOT IN ({terminal})"
-    ).format(
-        name=name,
-        table=statements.table(target),
-        time=sql.Identifier(target.time_column),
-        key=sql.Identifier(target.key_column),
-        purpose=sql.Identifier(target.purpose_column),
-        purpose_value=sql.Literal(target.purpose),
-        status=sql.Identifier(target.status_column),
-        terminal=sql.SQL(", ").join(sql.Literal(s) for s in target.terminal_statuses),
-    )
+    """The partial index's CREATE INDEX statement (``sql.index.create_index``), rendered for display."""
+    return create_index(target).as_string(conn)
 
 
 def _scans_table_fully(plan: Any, table: str) -> bool:
@@ -136,10 +110,10 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         now = db_now_utc(conn)
         cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff, now=now)
         params = {**target.predicate_params(), "cutoff": cutoff, "now": now, "batch_size": opts.batch_size}
-        rows = conn.execute(statements.breakdown(target), params).fetchall()
-        plan_rows = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(statements.next_batch(target)), params).fetchone()
+        rows = conn.execute(breakdown(target), params).fetchall()
+        plan_rows = conn.execute(next_batch_plan(target), params).fetchone()
         suggestion = index_suggestion(target, conn)
-        wal_row = conn.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()
+        wal_row = conn.execute(catalog.max_wal_size()).fetchone()
         database = redact(conn.info.dsn)
     plan_doc = plan_rows[0] if plan_rows else []
     if isinstance(plan_doc, str):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..sql import statements
+from ..sql import candidates
 from ..rules.params import Options
 from ..db.transactions import Conn, check_target, read_only, resolve_cutoff
 from ..rules.target import Target
@@ -73,12 +73,12 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
             # Whole seconds: printed in full, the cutoff can be given back exactly (the fingerprint binds it).
             cutoff = cutoff.replace(microsecond=0)
         params: dict[str, Any] = {**target.predicate_params(), "cutoff": cutoff, "batch_size": opts.batch_size}
-        found = conn.execute(statements.next_batch_and_count(target), params).fetchall()
+        found = conn.execute(candidates.next_batch_and_count(target), params).fetchall()
         rendered = {
-            "next batch (this preview)": statements.next_batch(target).as_string(conn),
-            "sweep: candidate snapshot": ";\n".join(s.as_string(conn) for s in statements.snapshot(target)),
-            "sweep: keyset step": statements.snapshot_next().as_string(conn),
-            "sweep: batch update": statements.batch_update(target).as_string(conn),
+            "next batch (this preview)": candidates.next_batch(target).as_string(conn),
+            "sweep: candidate snapshot": ";\n".join(s.as_string(conn) for s in candidates.snapshot(target)),
+            "sweep: keyset step": candidates.snapshot_next().as_string(conn),
+            "sweep: batch update": candidates.batch_update(target).as_string(conn),
         }
     rows = [PreviewRow(str(r[0]), None if r[1] is None else str(r[1]), r[2], str(r[3])) for r in found]
     return PreviewReport(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from .statements import LEDGER_SCHEMA as SCHEMA
+from .ledger import LEDGER_SCHEMA as SCHEMA
 from ..rules.target import Target, _check_identifier
 
 __all__ = ["owner_setup_sql", "grants_sql", "ledger_policies_sql", "COLUMNS_READ"]
@@ -93,7 +93,7 @@ def grants_sql(target: Target, database: str, reader: str, sweeper: str) -> list
             sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(ledger_schema, role),
         ]
     out += [
-        # ctid: a batch's UPDATE finds each row it locked by its ctid (statements.batch_update).
+        # ctid: a batch's UPDATE finds each row it locked by its ctid (candidates.batch_update).
         sql.SQL("GRANT SELECT (ctid) ON {} TO {}").format(table, s),
         sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(sql.Identifier(target.status_column), table, s),
         sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(db, s),

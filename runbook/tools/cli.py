@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import logs
 from ..db.connect import DEMO_DATABASE
 from ..db.embedded import EmbeddedServer, default_home
 from ..errors import RunbookError
 from ..notebook.cells import NOTEBOOK_DIR
+from ..rules.states import Kind
 
 # Variables that would point a child process at another database than the demo one.
 _DB_ENV = ("DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGPASSWORD")
@@ -34,10 +36,11 @@ def _demo_env(server: EmbeddedServer) -> dict[str, str]:
 
 
 def _demo_exists(server: EmbeddedServer) -> bool:
-    import psycopg
+    from ..db.connect import Database, connect
+    from ..sql.demo import database_exists
 
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DEMO_DATABASE]).fetchone() is not None
+    with connect(Database(server.dsn(), "embedded"), purpose="demo") as conn:
+        return conn.execute(database_exists(), {"name": DEMO_DATABASE}).fetchone() is not None
 
 
 def _load_demo(server: EmbeddedServer, rows: int) -> None:
@@ -86,23 +89,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"embedded PostgreSQL running in {server.home}")
     _load_demo(server, args.rows)
     env = _demo_env(server)
-    plan: list[tuple[str, dict[str, Any]]] = [
-        ("inspect", {"batch_size": args.batch_size}),
-        ("preview", {"batch_size": args.batch_size}),
+    plan: list[tuple[Kind, dict[str, Any]]] = [
+        (Kind.INSPECT, {"batch_size": args.batch_size}),
+        (Kind.PREVIEW, {"batch_size": args.batch_size}),
         # The demo database is disposable, so the demo sweeps for real; elsewhere dry_run defaults to True.
-        ("sweep", {"batch_size": args.batch_size, "dry_run": False}),
+        (Kind.SWEEP, {"batch_size": args.batch_size, "dry_run": False}),
     ]
     failed = False
     for name, params in plan:
         done = execute(name, params, Path(args.run_dir) if args.run_dir else None, env=env)
         outcome = (done.record or {}).get("outcome", {})
         summary = ""
-        if name == "inspect" and "inspect" in outcome:
-            summary = f"{outcome['inspect']['candidates']:,} candidates"
-        elif name == "preview" and "preview" in outcome:
-            summary = f"next batch of {len(outcome['preview']['ids']):,} rows, fingerprint {outcome['preview']['fingerprint']}"
-        elif name == "sweep" and "sweep" in outcome:
-            s = outcome["sweep"]
+        if name is Kind.INSPECT and name in outcome:
+            summary = f"{outcome[name]['candidates']:,} candidates"
+        elif name is Kind.PREVIEW and name in outcome:
+            summary = f"next batch of {len(outcome[name]['ids']):,} rows, fingerprint {outcome[name]['fingerprint']}"
+        elif name is Kind.SWEEP and name in outcome:
+            s = outcome[name]
             summary = f"{s['changed']:,} rows marked stale_expired in {len(s['batches'])} batches, stopped: {s['stop_reason']}"
         status = "ok" if done.ok else f"FAILED ({done.error})"
         print(f"{name:8s} {status:6s} {summary}\n         {done.path}")
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     lab.add_argument("--rows", type=int, default=20_000)
     lab.set_defaults(func=cmd_lab)
     run = sub.add_parser("run", help="execute one notebook headless into the run folder")
-    run.add_argument("name", choices=["inspect", "preview", "sweep", "undo", "index"])
+    run.add_argument("name", choices=[str(kind) for kind in Kind])
     run.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter (Python literal)")
     run.add_argument("-r", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter kept as a raw string")
     run.add_argument("--run-dir", default=None)
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     led.add_argument("action", choices=["init"])
     led.set_defaults(func=cmd_ledger)
     args = parser.parse_args(argv)
+    logs.show_on_stdout()  # the library's progress lines and warnings, on the command line
     try:
         return int(args.func(args))
     except RunbookError as exc:

@@ -8,9 +8,10 @@ included), three purposes, created over the last 60 days.
 
 from __future__ import annotations
 
-import psycopg
-from psycopg import sql
+from psycopg import conninfo
 
+from ..db.connect import Database, connect
+from ..sql import demo as q
 from .migrations import apply_migrations
 
 __all__ = ["reset_database", "load_demo_rows"]
@@ -28,20 +29,12 @@ def reset_database(admin_dsn: str, dbname: str) -> str:
 
     Destroys every row of that database: only for the embedded demo and tests.
     """
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=dbname)
+    with connect(Database(admin_dsn, "demo"), purpose="demo") as conn:
+        conn.execute(q.drop_database(dbname))
+        conn.execute(q.create_database(dbname))
+    dsn = conninfo.make_conninfo(admin_dsn, dbname=dbname)
     apply_migrations(dsn)
     return dsn
-
-
-def _status_case() -> sql.Composed:
-    parts = [
-        sql.SQL("WHEN r < {} THEN {}").format(sql.Literal(bound), sql.Literal(status))
-        for status, bound in _STATUS_WEIGHTS
-    ]
-    return sql.SQL("CASE ") + sql.SQL(" ").join(parts) + sql.SQL(" END")
 
 
 def load_demo_rows(dsn: str, rows: int = 20_000, seed: float = 0.42) -> int:
@@ -49,35 +42,9 @@ def load_demo_rows(dsn: str, rows: int = 20_000, seed: float = 0.42) -> int:
 
     Writes only that table, in one transaction.
     """
-    query = sql.SQL(
-        """
-        INSERT INTO "LiteLLM_ManagedObjectTable"
-            (id, unified_object_id, model_object_id, file_object, file_purpose, created_at,
-             created_by, updated_at, updated_by, status, team_id)
-        SELECT gen_random_uuid()::text,
-               'litellm_proxy;model_id:gpt-4o;llm_output_id:resp_' || md5(g::text),
-               'resp_' || md5(g::text || 'm'),
-               jsonb_build_object(
-                   'id', 'resp_' || md5(g::text || 'm'), 'object', 'response', 'model', 'gpt-4o-2024-08-06',
-                   'background', true, 'created_at', extract(epoch FROM created)::bigint,
-                   'output', jsonb_build_array(jsonb_build_object('type', 'message', 'role', 'assistant',
-                       'content', jsonb_build_array(jsonb_build_object('type', 'output_text',
-                           'text', repeat('The quick brown fox jumps over the lazy dog. ', 20 + (r2 * 20)::int))))),
-                   'usage', jsonb_build_object('input_tokens', (r2 * 4000)::int, 'output_tokens', (r * 900)::int)),
-               purpose, created, 'default_user_id', created + (r2 * interval '2 hours'), 'default_user_id',
-               {status}, 'team-' || (g %% 5)
-        FROM (
-            SELECT g, random() AS r, random() AS r2,
-                   CASE WHEN random() < 0.75 THEN 'response' WHEN random() < 0.7 THEN 'batch' ELSE 'fine-tune' END
-                       AS purpose,
-                   date_trunc('milliseconds', (now() AT TIME ZONE 'UTC') - random() * interval '60 days') AS created
-            FROM generate_series(1, %(rows)s) AS g
-        ) AS s
-        """
-    ).format(status=_status_case())
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with connect(Database(dsn, "demo"), purpose="demo") as conn:
         with conn.transaction():
-            conn.execute("SELECT setseed(%s)", [seed])
-            inserted = conn.execute(query, {"rows": rows}).rowcount
-        conn.execute('ANALYZE "LiteLLM_ManagedObjectTable"')
+            conn.execute(q.set_seed(), {"seed": seed})
+            inserted = conn.execute(q.insert_rows(_STATUS_WEIGHTS), {"rows": rows}).rowcount
+        conn.execute(q.analyze_table())
     return inserted

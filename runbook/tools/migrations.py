@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..db.embedded import bundled_bin
 from ..errors import RunbookError
+from ..sql.demo import quiet_messages
 
 __all__ = ["MIGRATIONS_PACKAGE", "migration_files", "migrations_version", "apply_migrations"]
 
@@ -45,7 +46,7 @@ def apply_migrations(dsn: str) -> int:
     """
     files = migration_files()
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write("SET client_min_messages = error;\n")
+        script.write(f"{quiet_messages().as_string(None)};\n")
         for f in files:
             script.write(f"\\echo {f.parent.name}\n\\i '{f}'\n")
     try:
