@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,8 +72,10 @@ def test_sweeper_without_temp_privilege_is_told_what_to_grant(conn: psycopg.Conn
 
 
 def test_sweeper_allowed_one_connection_writes_one_batch_at_a_time(
-    conn: psycopg.Connection, roles: dict[str, str], capsys: pytest.CaptureFixture[str]
+    conn: psycopg.Connection, roles: dict[str, str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The runbook logs (runbook.logs); to caplog even after show_on_stdout() stopped propagation.
+    monkeypatch.setattr(logging.getLogger("runbook"), "propagate", True)
     ids = [insert(conn, status="queued", age_days=20 - i) for i in range(5)]
     conn.execute("ALTER ROLE rb_sweeper CONNECTION LIMIT 1")
     from runbook import options, sweep
@@ -81,7 +84,7 @@ def test_sweeper_allowed_one_connection_writes_one_batch_at_a_time(
         result = sweep(c, Target(), options(batch_size=2, workers=2, dry_run=False))
     assert result.stop_reason == "done" and [b.selected for b in result.batches] == [2, 2, 1]
     assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(ids)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "could not open writing connection 2 (" in out and "too many connections for role" in out
     assert "writing 1 batch(es) at a time" in out
 

@@ -18,7 +18,9 @@ Nothing here ever prints, logs or returns a password: ``describe()`` gives
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,10 +33,13 @@ from .embedded import EmbeddedServer, default_home
 from ..errors import DatabaseConfigError, ParameterError, PoolerError
 from ..rules.target import _check_identifier
 
-__all__ = ["DEMO_DATABASE", "SEARCH_PATH", "Database", "resolve", "connect", "redact", "refuse_transaction_pooler"]
+__all__ = [
+    "DEMO_DATABASE", "SEARCH_PATH", "Database", "resolve", "connect", "connect_like", "redact", "refuse_transaction_pooler",
+]  # fmt: skip
 
 DEMO_DATABASE = "litellm"
 APPLICATION_NAME = "litellm-runbook"
+CONNECT_TIMEOUT_S = 10  # libpq's connect_timeout of every connection the runbook opens
 
 # Query parameters Prisma understands and libpq does not.
 _PRISMA_ONLY = {"schema", "connection_limit", "pool_timeout", "pgbouncer", "statement_cache_size", "socket_timeout", "sslaccept", "sslidentity"}
@@ -96,6 +101,10 @@ def _scrub(message: str, dsn: str) -> str:
         password = conninfo.conninfo_to_dict(dsn).get("password")
     except psycopg.ProgrammingError:
         password = None
+    return _scrub_secret(message, password)
+
+
+def _scrub_secret(message: str, password: object) -> str:
     secrets = [s for s in (password, os.environ.get("PGPASSWORD")) if s]
     for secret in secrets:
         message = message.replace(str(secret), "***")
@@ -154,7 +163,13 @@ def _pinned_options(dsn: str) -> str:
     except psycopg.ProgrammingError:
         given = None
     given = given if given is not None else os.environ.get("PGOPTIONS", "")
-    return f"{given} -c search_path={SEARCH_PATH.replace(' ', '')}".strip()
+    return _pin(str(given))
+
+
+def _pin(options: str) -> str:
+    """Server ``options`` with ``search_path`` pinned after them (once)."""
+    pin = f"-c search_path={SEARCH_PATH.replace(' ', '')}"
+    return options.strip() if options.strip().endswith(pin) else f"{options} {pin}".strip()
 
 
 def connect(database: Database | None = None, *, purpose: str = "runbook") -> "psycopg.Connection[Any]":
@@ -169,7 +184,9 @@ def connect(database: Database | None = None, *, purpose: str = "runbook") -> "p
     # PgBouncer refuses startup options: there, read_only() pins search_path per transaction.
     dsn = database.dsn if database.pgbouncer else conninfo.make_conninfo(database.dsn, options=_pinned_options(database.dsn))
     try:
-        conn = psycopg.connect(dsn, autocommit=True, application_name=f"{APPLICATION_NAME}/{purpose}", connect_timeout=10)
+        conn = psycopg.connect(
+            dsn, autocommit=True, application_name=f"{APPLICATION_NAME}/{purpose}", connect_timeout=CONNECT_TIMEOUT_S
+        )
     except psycopg.OperationalError as exc:
         hint = ""
         if database.source == "embedded":
@@ -180,6 +197,50 @@ def connect(database: Database | None = None, *, purpose: str = "runbook") -> "p
     if database.pgbouncer:
         _POOLED.add(conn)
     return conn
+
+
+def connect_like(conn: "psycopg.Connection[Any]", purpose: str, *, wait_s: float = 0.0) -> "psycopg.Connection[Any]":
+    """A new autocommit connection to the very server ``conn`` reached: a helper of the
+    work ``conn`` does (a writing connection, a reconnection after ``conn`` was lost).
+
+    The same connection parameters as ``conn`` (credentials included, never shown), with
+    host, port and hostaddr pinned to the server it reached ("host=a,b" could lead a helper
+    to another server, a standby say); ``connect_timeout`` set (at most ``CONNECT_TIMEOUT_S``
+    seconds an attempt); ``application_name`` ``conn``'s own followed by ``/<purpose>``, so
+    a helper of a run carries that run's id; ``search_path`` pinned like ``connect()``'s
+    (through a transaction-mode PgBouncer, per read-only transaction, as ``conn``'s).
+    Tries again every half second for up to ``wait_s`` seconds (a crashed server recovers
+    first). Raises psycopg.OperationalError, password scrubbed, when no connection could
+    be made (its first line: the server's reason, such as "too many connections").
+    """
+    try:
+        params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
+        host, port, hostaddr = conn.info.host, conn.info.port, conn.info.hostaddr
+    except psycopg.Error as exc:
+        raise psycopg.OperationalError(f"the lost connection's parameters cannot be read ({type(exc).__name__})") from None
+    params.update(host=host, port=str(port))
+    if hostaddr:
+        params["hostaddr"] = hostaddr
+    else:
+        params.pop("hostaddr", None)
+    params["application_name"] = f"{params.get('application_name') or APPLICATION_NAME}/{purpose}"
+    pooled = conn in _POOLED
+    if not pooled:  # PgBouncer refuses startup options: there, read_only() pins search_path
+        params["options"] = _pin(params.get("options", ""))
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = deadline - time.monotonic()
+        params["connect_timeout"] = str(max(2, min(CONNECT_TIMEOUT_S, math.ceil(left))) if wait_s else CONNECT_TIMEOUT_S)
+        try:
+            helper = psycopg.connect(conninfo.make_conninfo(**params), autocommit=True)
+        except psycopg.OperationalError as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise psycopg.OperationalError(_scrub_secret(str(exc).strip(), params.get("password"))) from None
+        if pooled:
+            _POOLED.add(helper)
+        return helper
 
 
 def refuse_transaction_pooler(conn: "psycopg.Connection[Any]", what: str) -> None:

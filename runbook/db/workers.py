@@ -9,11 +9,12 @@ candidates, oldest first, and the round ends when every one of them has committe
 rolled back; nothing is handed out past a stop.
 
 The first batch of a round runs on the caller's connection, in the caller's thread (so a
-sweep with one worker is exactly a plain loop); the others run on helper connections,
-opened on first use with the caller's connection parameters (credentials included, never
-shown) and closed at the end. A KeyboardInterrupt in the caller (a second Ctrl-C) sets
-``abort`` (jobs check it before each statement and never retry after it), cancels the
-statements still running on helpers, waits for every job to end and re-raises.
+sweep with one worker is exactly a plain loop); the others run on helper connections to
+the same server, opened on first use (``connect.connect_like``: the caller's connection
+parameters, credentials included and never shown) and closed at the end. A
+KeyboardInterrupt in the caller (a second Ctrl-C) sets ``abort`` (jobs check it before
+each statement and never retry after it), cancels the statements still running on
+helpers, waits for every job to end and re-raises.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Generic, TypeVar
 
 import psycopg
-from psycopg import conninfo
 
+from .. import logs
+from .connect import connect_like
 from .transactions import Conn
 
 __all__ = ["Workers"]
+
+log = logs.get(__name__)
 
 T = TypeVar("T")
 Job = Callable[[Conn], T]
@@ -50,25 +54,18 @@ class Workers(Generic[T]):
         """How many jobs the next round may have. Opens the helper connections on first
         call; when the server refuses one (max_connections, a pooler's limit), the sweep
         goes on with the connections it has, and says so."""
-        if len(self._helpers) + 1 < self.count:
-            params = {o.keyword.decode(): o.val.decode() for o in self.conn.pgconn.info if o.val is not None}
-            # The server this connection reached, not the list it was chosen from
-            # ("host=a,b" could lead a helper to another server, a standby say).
-            params.update(host=self.conn.info.host, port=str(self.conn.info.port))
-            if self.conn.info.hostaddr:
-                params["hostaddr"] = self.conn.info.hostaddr
-            app = params.get("application_name") or "litellm-runbook"
-            while len(self._helpers) + 1 < self.count:
-                params["application_name"] = f"{app}/worker-{len(self._helpers) + 2}"
-                try:
-                    self._helpers.append(psycopg.connect(conninfo.make_conninfo(**params), autocommit=True))
-                except psycopg.OperationalError as exc:
-                    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    print(f"could not open writing connection {len(self._helpers) + 2} ({first_line}): "
-                          f"writing {len(self._helpers) + 1} batch(es) at a time", flush=True)
-                    self.count = len(self._helpers) + 1
-            if self._helpers and self._pool is None:
-                self._pool = ThreadPoolExecutor(len(self._helpers), thread_name_prefix="runbook-worker")
+        while len(self._helpers) + 1 < self.count:
+            try:
+                self._helpers.append(connect_like(self.conn, f"worker-{len(self._helpers) + 2}"))
+            except psycopg.OperationalError as exc:
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log.warning(
+                    "could not open writing connection %d (%s): writing %d batch(es) at a time",
+                    len(self._helpers) + 2, first_line, len(self._helpers) + 1,
+                )  # fmt: skip
+                self.count = len(self._helpers) + 1
+        if self._helpers and self._pool is None:
+            self._pool = ThreadPoolExecutor(len(self._helpers), thread_name_prefix="runbook-worker")
         return self.count
 
     def run(self, jobs: list[Job[T]]) -> list[T | Exception]:
