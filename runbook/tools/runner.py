@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .. import logs
 from ..db.connect import Database, resolve
 from ..errors import ParameterError, RunbookError
 from ..rules.params import check_parameters, check_path, declared
@@ -33,6 +34,9 @@ from ..audit.sealing import seal
 __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir", "kernel_pids"]
 
 from ..notebook.cells import NOTEBOOK_DIR, NOTEBOOKS, OWN_ID
+from ..rules.states import Kind
+
+log = logs.get(__name__)
 
 
 def _ipc_kernel_manager(sockets: str) -> type:
@@ -82,8 +86,7 @@ def _interrupts_to_kernel() -> Iterator[None]:
             raise KeyboardInterrupt
         for pid in kernels:
             os.kill(pid, signal.SIGINT)
-        print("interrupt passed to the kernel" + (" (again: aborts the batches in flight)" if count[0] == 1 else ""),
-              file=sys.stderr, flush=True)  # fmt: skip
+        log.warning("interrupt passed to the kernel" + (" (again: aborts the batches in flight)" if count[0] == 1 else ""))
 
     previous = signal.signal(signal.SIGINT, forward)
     try:
@@ -109,8 +112,11 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
 
     Writes the executed notebook and its checksum into ``run_dir``. Raises ParameterError
     for an unknown notebook, a name that is not one of its parameters, a bad value or a
-    credential-bearing parameter, before anything is written.
+    credential-bearing parameter, before anything is written. The runbook's log lines (an
+    interrupt passed to the kernel) go to stdout unless the caller routed them
+    (``logs.show_on_stdout``).
     """
+    logs.show_on_stdout()
     # jsonschema (imported by nbformat, by papermill) builds rfc3987_syntax's IRI grammar at
     # import when that package is installed (jupyterlab pulls it in): 0.9 s of every run,
     # for a format check no notebook schema uses. Absent, jsonschema skips that check.
@@ -118,19 +124,20 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     import papermill
 
     if name not in NOTEBOOKS:
-        raise ParameterError("notebook", name, f"one of {sorted(NOTEBOOKS)}")
+        raise ParameterError("notebook", name, f"one of {sorted(str(kind) for kind in NOTEBOOKS)}")
+    kind = Kind(name)
     # Names, values and credentials, all before papermill writes a single parameter.
     opts, ids = check_parameters(name, parameters)
     spec = declared(name)
     # Relative paths are the operator's, from where they ran this: the kernel runs elsewhere.
     parameters = {k: getattr(opts, k) if spec[k].check is check_path else v for k, v in parameters.items()}
-    own = OWN_ID.get(name, "run_id")
+    own = OWN_ID.get(kind, "run_id")
     run_id = check_run_id(ids[own])
     parameters = {**parameters, own: run_id}
     run_dir = run_dir or default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    stem = NOTEBOOKS[name]
+    stem = NOTEBOOKS[kind]
     out = run_dir / f"{stamp}_{stem}_{run_id}.ipynb"
     error: str | None = None
     ended = "succeeded"
@@ -176,6 +183,6 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     if error is None and record is not None and record.get("outcome", {}).get("status") == "failed":
         # The notebook ran to its end, but the run did not do what it was asked (gave up,
         # cancelled by a DBA): the record says why, the exit status must say so too.
-        step = record["outcome"].get("sweep") or record["outcome"].get("undo") or {}
+        step = record["outcome"].get(Kind.SWEEP) or record["outcome"].get(Kind.UNDO) or {}
         error = f"run {run_id} stopped: {step.get('stop_reason', 'failed')} ({step.get('stop_detail', '')})".replace(" ()", "")
     return Executed(out, digest, error is None, record, error)
