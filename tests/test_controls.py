@@ -11,16 +11,16 @@ import struct
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from xml.etree import ElementTree
 
 import psycopg
 import pytest
 
 import runbook.notebook.run as rb
-from runbook import Target, inspect, options, sweep
-from runbook.notebook.charts import inspect_png, show_inspect_charts, show_sweep_chart, sweep_svg
+from runbook import Target, inspect, logs, options, sweep
+from runbook.notebook.charts import inspect_png, show_inspect_charts, show_sweep_chart, sweep_figure, sweep_png
 from runbook.notebook.panel import SweepPanel, sweep_panel
-from runbook.notebook.progress import ProgressBar, measure, progress_line, progress_reporter
+from runbook.notebook.progress import ProgressBar, measure, progress_reporter
+from runbook.notebook.render import progress_line
 from runbook.ops.sweep import BatchResult, SweepResult
 from tests.rows import db_now, insert, state, statuses
 
@@ -128,7 +128,7 @@ def test_execute_changes_exactly_the_previewed_rows(run: rb.Run, conn: psycopg.C
     assert run.outcome["preview"]["ids"] == previewed
     assert "3 rows set to stale_expired in 1 batch," in panel.result_html.value
     assert "Stopped: max_batches" in panel.result_html.value
-    assert bytes(panel.chart.value).startswith(b"<svg") and panel.chart.format == "svg+xml" and panel.chart.layout.display == ""
+    assert bytes(panel.chart.value).startswith(PNG_SIGNATURE) and panel.chart.format == "png" and panel.chart.layout.display == ""
     assert panel.execute_button.disabled and panel.shown is None, "one preview, one Execute"
 
     [entry] = run.outcome["panel_runs"]
@@ -318,6 +318,7 @@ def test_progress_line_reads_like_the_log_should() -> None:
 def test_headless_progress_prints_the_first_and_last_batch_and_then_every_few_seconds(
     conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    logs.show_on_stdout()  # as start() does: the lines are log records
     for i in range(7):
         insert(conn, status="queued", age_days=10 + i)
     sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=progress_reporter(False))
@@ -327,6 +328,7 @@ def test_headless_progress_prints_the_first_and_last_batch_and_then_every_few_se
 
 
 def test_headless_progress_prints_one_line_per_batch_when_asked(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+    logs.show_on_stdout()  # as start() does: the lines are log records
     for i in range(5):
         insert(conn, status="queued", age_days=10 + i)
     sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=progress_reporter(False, every_s=0))
@@ -363,7 +365,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def test_inspect_chart_is_a_png_and_the_sweep_chart_an_svg(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_and_sweep_charts_are_pngs(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(7):
         insert(conn, status="queued", age_days=3 + 20 * i)
     insert(conn, status=None, age_days=40)
@@ -375,16 +377,17 @@ def test_inspect_chart_is_a_png_and_the_sweep_chart_an_svg(conn: psycopg.Connect
 
     result = sweep(conn, Target(), options(batch_size=2, dry_run=False))
     assert [b.changed for b in result.batches] == [2, 2, 2]
-    svg = sweep_svg(result)
-    assert show_sweep_chart(result) == svg
-    root = ElementTree.fromstring(svg)
-    ns = {"svg": "http://www.w3.org/2000/svg"}
-    assert (root.get("width"), root.get("height")) == ("1000", "340")
-    bars = root.findall("svg:g[@class='rows']/svg:rect", ns)
-    assert [float(b.get("height", 0)) for b in bars] == [230.0, 230.0, 230.0]  # 2 of an axis topped at 2 rows
-    line = root.find("svg:polyline[@class='duration']", ns)
-    assert line is not None and len(line.get("points", "").split()) == 3
-    title = "".join(t.text or "" for t in root.findall("svg:text", ns))
+    png = sweep_png(result)
+    assert _png_size(png) == (1000, 340)
+    assert show_sweep_chart(result) == png
+    fig = sweep_figure(result)
+    rows, ms = fig.axes
+    assert [bar.get_height() for bar in rows.patches] == [2, 2, 2]
+    assert [bar.get_x() + bar.get_width() / 2 for bar in rows.patches] == [1, 2, 3]  # at the batch numbers
+    (line,) = ms.get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert list(line.get_ydata()) == [b.seconds * 1000 for b in result.batches]
+    title = rows.get_title()
     assert "6 rows in 3 batches" in title and "stopped: done" in title
 
 
@@ -393,6 +396,49 @@ def test_no_chart_for_a_dry_run_or_an_empty_table(conn: psycopg.Connection) -> N
     dry = sweep(conn, Target(), options())
     assert show_sweep_chart(dry) is None
     with pytest.raises(ValueError, match="no per-batch chart"):
-        sweep_svg(dry)
+        sweep_png(dry)
     empty = sweep(conn, Target(), options(dry_run=False))
     assert empty.batches == [] and show_sweep_chart(empty) is None
+
+
+# -- the panel's fields come from the parameter declaration ------------------------------
+
+
+def test_every_panel_field_is_a_declared_sweep_parameter_with_its_default_and_bounds(run: rb.Run) -> None:
+    """Label, tooltip, bounds and default of each setting are the declaration's: a field
+    that is not a sweep parameter, or shows another default or range, fails here."""
+    import math
+
+    from runbook.errors import ParameterError
+    from runbook.notebook.panel import FIELDS, field
+    from runbook.rules.params import declared
+
+    sweep_parameters = declared("sweep")
+    panel = SweepPanel(run)
+    assert list(panel.fields) == list(FIELDS) and set(FIELDS) <= set(sweep_parameters)
+    assert [panel.days, panel.cutoff, panel.batch_size, panel.max_batches, panel.max_seconds] == list(panel.fields.values())
+    for name, widget in panel.fields.items():
+        declared_as, spec = sweep_parameters[name], field(name)
+        assert spec.parameter is declared_as
+        assert widget.description == spec.label and widget.tooltip == spec.tooltip
+        assert declared_as.help in spec.tooltip
+        assert f"runbook-{name.replace('_', '-')}" in widget._dom_classes
+        # The run was started with the defaults: each field shows the declared default.
+        assert widget.value == (declared_as.default or "") and type(widget.value) is declared_as.type
+        if declared_as.type is str:
+            assert spec.low is None and spec.high is None
+            continue
+        assert spec.low is not None and spec.high is not None
+        # The bounds are exactly what the declared check accepts.
+        as_type = declared_as.type
+        assert declared_as.check(name, as_type(spec.low)) == spec.low
+        assert declared_as.check(name, as_type(spec.high)) == spec.high
+        step = 1.0 if as_type is int else 0.0
+        below = spec.low - step if step else math.nextafter(spec.low, -math.inf)
+        above = spec.high + step if step else math.nextafter(spec.high, math.inf)
+        for outside in (as_type(below), as_type(above)):
+            with pytest.raises(ParameterError):
+                declared_as.check(name, outside)
+    # current_options() reads every field by its parameter name.
+    panel.batch_size.value, panel.max_seconds.value = 7, 12.5
+    assert (panel.current_options().batch_size, panel.current_options().max_seconds) == (7, 12.5)

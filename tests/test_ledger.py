@@ -653,7 +653,7 @@ def test_a_role_that_may_not_upgrade_an_older_ledger_is_told_who_must(conn: psyc
 
 
 def test_the_undo_text_names_every_reason_a_row_was_left_alone() -> None:
-    from runbook.notebook.run import undo_summary
+    from runbook.notebook.render import undo_summary
 
     dry = UndoResult("sweep-1", None, True, 10, 6, changed_since=2, later_run=1, already_undone=1)
     assert undo_summary(dry) == (
@@ -702,7 +702,7 @@ def test_an_undo_that_loses_its_connection_reports_what_the_ledger_holds_and_is_
 def test_the_preview_prints_the_cutoff_and_fingerprint_ready_to_pass_back(
     conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runbook.notebook.run import show_preview
+    from runbook.notebook.render import show_preview
 
     ids = [insert(conn, status="queued", age_days=20 - i) for i in range(3)]  # ids[0] oldest
     report = preview(conn, Target(), options(batch_size=2))

@@ -13,14 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from ..rules.params import parameters_cell, tuning_cell
+from ..rules.states import Kind
 from ..version import PROJECT_DIR
 
 __all__ = ["NOTEBOOK_DIR", "NOTEBOOKS", "OWN_ID", "stale_cells", "write_cells"]
 
 NOTEBOOK_DIR = PROJECT_DIR / "notebooks"
-NOTEBOOKS = {"inspect": "01_inspect", "preview": "02_preview", "sweep": "03_sweep", "undo": "04_undo", "index": "05_create_index"}
+NOTEBOOKS = {
+    Kind.INSPECT: "01_inspect", Kind.PREVIEW: "02_preview", Kind.SWEEP: "03_sweep", Kind.UNDO: "04_undo",
+    Kind.INDEX: "05_create_index",
+}  # fmt: skip
 # The parameter that names the run itself: in the undo notebook, run_id names the run to undo.
-OWN_ID = {"undo": "undo_run_id"}
+OWN_ID = {Kind.UNDO: "undo_run_id"}
 
 
 def _tagged(nb: Any, tag: str) -> list[Any]:

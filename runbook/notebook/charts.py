@@ -1,31 +1,33 @@
 """Static charts of inspect and sweep results, for the executed notebook kept as the record.
 
-``inspect_png`` draws with matplotlib's Agg renderer into PNG bytes, touching no global
-pyplot state (the kernel's plotting backend is left alone, no figure leaks); matplotlib
-is imported inside it, so ``import runbook`` stays fast. ``sweep_svg`` writes its SVG by
-hand: it ends every live sweep, where importing matplotlib alone took 1.1 s. ``show_*``
-display them as ``image/png`` / ``image/svg+xml`` outputs, which papermill stores in the
+Every chart is drawn with matplotlib's Agg renderer into PNG bytes, touching no global
+pyplot state (the kernel's plotting backend is left alone, no figure leaks). matplotlib
+is imported inside the drawing functions only, never at ``import runbook`` nor per batch:
+a chart is drawn once a sweep has ended (importing matplotlib takes about a second).
+``show_*`` display the PNG as an ``image/png`` output, which papermill stores in the
 notebook (a live widget would not survive into the record).
+
+Axes that count (rows, candidates, batch numbers) have integer ticks only, each label
+once: a locator that may only pick integers, and a view at least one unit tall.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
-from xml.sax.saxutils import escape
 
 from ..ops.inspection import Count, InspectReport
-from .progress import plural
 from ..ops.sweep import SweepResult
+from .render import plural
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
-__all__ = ["inspect_png", "sweep_svg", "show_inspect_charts", "show_sweep_chart"]
+__all__ = ["inspect_figure", "inspect_png", "sweep_figure", "sweep_png", "show_inspect_charts", "show_sweep_chart"]
 
 _ROWS = "#9db4cc"
 _CANDIDATES = "#d9534f"
@@ -47,12 +49,23 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _integer_ticks(axis: Any) -> None:
+def _integer_ticks(axis: Axis, nbins: int = 4) -> None:
+    """Few integer ticks with thousands separators: long counts must not run into each
+    other, and a 0-1 axis reads 0, 1 (not 0.0, 0.2, ... nor 0, 0, 0, 1, 1). One tick is
+    enough (a single batch): with two required, matplotlib would give up on integers."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    # Few ticks with thousands separators: long counts must not run into each other.
-    axis.set_major_locator(MaxNLocator(nbins=4, integer=True))
-    axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{int(value):,}"))
+    axis.set_major_locator(MaxNLocator(nbins=nbins, integer=True, min_n_ticks=1))
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{round(value):,}"))
+
+
+def _count_limits(ax: Axes, top: float, *, horizontal: bool) -> None:
+    """A count axis from 0 to a little above ``top``, and at least to 1."""
+    limit = max(top, 1) * 1.05
+    if horizontal:
+        ax.set_xlim(0, limit)
+    else:
+        ax.set_ylim(0, limit)
 
 
 def _bars(ax: Axes, counts: list[Count], title: str, horizontal: bool) -> None:
@@ -60,6 +73,7 @@ def _bars(ax: Axes, counts: list[Count], title: str, horizontal: bool) -> None:
     rows = [c.rows for c in counts]
     candidates = [c.candidates for c in counts]
     positions = list(range(len(counts)))
+    top = max(rows + candidates + [0])
     if horizontal:
         # Rows behind, candidates in front: the red part of each bar is what the sweep takes.
         ax.barh(positions, rows, color=_ROWS, label="rows")
@@ -67,20 +81,22 @@ def _bars(ax: Axes, counts: list[Count], title: str, horizontal: bool) -> None:
         ax.set_yticks(positions, labels)
         ax.invert_yaxis()
         ax.set_xlabel("rows")
+        _count_limits(ax, top, horizontal=True)
         _integer_ticks(ax.xaxis)
     else:
         ax.bar(positions, rows, color=_ROWS, label="rows")
         ax.bar(positions, candidates, color=_CANDIDATES, label="candidates", width=0.5)
         ax.set_xticks(positions, labels)
         ax.set_ylabel("rows")
+        _count_limits(ax, top, horizontal=False)
         _integer_ticks(ax.yaxis)
     ax.set_title(title, fontsize=10)
     if not counts:
         ax.text(0.5, 0.5, "no rows", ha="center", va="center", transform=ax.transAxes)
 
 
-def inspect_png(report: InspectReport) -> bytes:
-    """Three panels: rows and candidates by age bucket, by status, by purpose. Returns PNG bytes."""
+def inspect_figure(report: InspectReport) -> Figure:
+    """Three panels: rows and candidates by age bucket, by status, by purpose."""
     fig = _figure(12, 3.6)
     axes = fig.subplots(1, 3)
     _bars(axes[0], report.by_age, "by age (created_at)", horizontal=False)
@@ -91,70 +107,55 @@ def inspect_png(report: InspectReport) -> bytes:
         f"{report.candidates:,} candidates of {report.total_rows:,} rows; cutoff {report.cutoff_utc:%Y-%m-%d %H:%M} UTC",
         fontsize=11,
     )
-    return _png(fig)
+    return fig
 
 
-def _nice(top: float) -> float:
-    """The smallest 1/2/5 x 10^k at or above ``top`` (an axis maximum)."""
-    if top <= 0:
-        return 1.0
-    step = 10.0 ** math.floor(math.log10(top))
-    return next(float(m * step) for m in (1, 2, 5, 10) if m * step >= top)
+def inspect_png(report: InspectReport) -> bytes:
+    """``inspect_figure`` as PNG bytes (1200 x 360)."""
+    return _png(inspect_figure(report))
 
 
-def sweep_svg(result: SweepResult) -> str:
-    """Rows changed (bars, left axis) and duration in ms (line, right axis) per batch, as SVG.
+def sweep_figure(result: SweepResult) -> Figure:
+    """Rows changed (bars, left axis) and duration in ms (line, right axis) per batch.
 
-    Drawn by hand, without matplotlib: the chart comes at the end of every live sweep,
-    and importing matplotlib alone took 1.1 s there. Raises ValueError for a dry run or
-    a sweep without batches: there is nothing to draw.
+    Raises ValueError for a dry run or a sweep without batches: there is nothing to draw.
     """
     if result.dry_run or not result.batches:
         raise ValueError("a dry run or a sweep without batches has no per-batch chart")
-    width, height, left, right, top, bottom = 1000, 340, 80, 80, 40, 70
-    plot_w, plot_h = width - left - right, height - top - bottom
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
     batches = result.batches
-    rows_max = _nice(max(b.changed for b in batches))
-    ms_max = _nice(max(b.seconds * 1000 for b in batches))
-    slot = plot_w / len(batches)
-    bar_w = max(slot * 0.8, 0.5)
+    numbers = [b.number for b in batches]
+    fig = _figure(10, 3.4)
+    ax = fig.subplots()
+    bars = ax.bar(numbers, [b.changed for b in batches], width=0.8, color=_ROWS, label="rows changed")
+    ax.set_xlim(min(numbers) - 0.6, max(numbers) + 0.6)
+    _count_limits(ax, max(b.changed for b in batches), horizontal=False)
+    _integer_ticks(ax.yaxis, nbins=6)
+    _integer_ticks(ax.xaxis, nbins=8)
+    ax.set_xlabel(f"batch {batches[0].number} to {batches[-1].number}")
+    ax.set_ylabel("rows changed")
+    ax.grid(axis="y", color="#e5e5e5")
+    ax.set_axisbelow(True)
 
-    def y(value: float, top_value: float) -> float:
-        return top + plot_h * (1 - value / top_value)
+    ms = ax.twinx()
+    (line,) = ms.plot(numbers, [b.seconds * 1000 for b in batches], color=_DURATION, linewidth=1.5, label="duration (ms)",
+                      marker="o" if len(batches) <= 30 else None, markersize=3)  # fmt: skip
+    ms.set_ylim(0, max(max(b.seconds * 1000 for b in batches), 1.0) * 1.1)
+    # Milliseconds need not be whole, but each label is shown once: no offset, no rounding away.
+    ms.yaxis.set_major_locator(MaxNLocator(nbins=4))
+    plain = ScalarFormatter(useOffset=False)
+    plain.set_scientific(False)
+    ms.yaxis.set_major_formatter(plain)
+    ms.set_ylabel("batch duration (ms)")
+    ax.legend([bars, line], ["rows changed", "duration (ms)"], loc="upper left", fontsize=8)
+    ax.set_title(_title(result), fontsize=11)
+    return fig
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        'font-family="sans-serif" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="13">{escape(_title(result))}</text>',
-    ]
-    for i in range(5):  # gridlines and both axes' ticks
-        frac = i / 4
-        gy = top + plot_h * (1 - frac)
-        parts.append(f'<line x1="{left}" y1="{gy:.1f}" x2="{left + plot_w}" y2="{gy:.1f}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{left - 6}" y="{gy + 4:.1f}" text-anchor="end">{rows_max * frac:,.0f}</text>')
-        parts.append(f'<text x="{left + plot_w + 6}" y="{gy + 4:.1f}">{ms_max * frac:,.{0 if ms_max >= 10 else 1}f}</text>')
-    bars = "".join(
-        f'<rect x="{left + i * slot + (slot - bar_w) / 2:.2f}" y="{y(b.changed, rows_max):.2f}" width="{bar_w:.2f}" '
-        f'height="{plot_h * b.changed / rows_max:.2f}"/>'
-        for i, b in enumerate(batches)
-    )
-    parts.append(f'<g fill="{_ROWS}" class="rows">{bars}</g>')
-    points = " ".join(f"{left + (i + 0.5) * slot:.2f},{y(b.seconds * 1000, ms_max):.2f}" for i, b in enumerate(batches))
-    parts.append(f'<polyline class="duration" fill="none" stroke="{_DURATION}" stroke-width="1.5" points="{points}"/>')
-    parts += [
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#888"/>',
-        f'<text x="{left + plot_w / 2}" y="{top + plot_h + 18}" text-anchor="middle">batch {batches[0].number}'
-        f" to {batches[-1].number}</text>",
-        f'<text transform="translate(18 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">rows changed</text>',
-        f'<text transform="translate({width - 14} {top + plot_h / 2}) rotate(90)" text-anchor="middle">batch duration (ms)</text>',
-        f'<rect x="{width / 2 - 150}" y="{height - 26}" width="12" height="10" fill="{_ROWS}"/>',
-        f'<text x="{width / 2 - 134}" y="{height - 17}">rows changed</text>',
-        f'<line x1="{width / 2 + 20}" y1="{height - 21}" x2="{width / 2 + 40}" y2="{height - 21}" stroke="{_DURATION}" stroke-width="2"/>',
-        f'<text x="{width / 2 + 46}" y="{height - 17}">duration (ms)</text>',
-        "</svg>",
-    ]
-    return "".join(parts)
+
+def sweep_png(result: SweepResult) -> bytes:
+    """``sweep_figure`` as PNG bytes (1000 x 340)."""
+    return _png(sweep_figure(result))
 
 
 def _title(result: SweepResult) -> str:
@@ -164,16 +165,13 @@ def _title(result: SweepResult) -> str:
     )
 
 
-def _show(image: bytes | str, alt: str) -> None:
-    """Display PNG bytes as image/png, SVG text as image/svg+xml."""
+def _show(png: bytes, alt: str) -> None:
+    """Display PNG bytes as an image/png output, with ``alt`` as its text/plain."""
     try:
         from IPython.display import display
     except ImportError:  # plain Python: no place to put a picture
         return
-    if isinstance(image, str):
-        data: dict[str, Any] = {"image/svg+xml": image, "text/plain": alt}
-    else:
-        data = {"image/png": base64.b64encode(image).decode("ascii"), "text/plain": alt}
+    data: dict[str, Any] = {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": alt}
     # IPython's display() carries no annotations.
     cast(Callable[..., None], display)(data, raw=True)
 
@@ -190,13 +188,13 @@ def show_inspect_charts(report: InspectReport) -> bytes | None:
     return png
 
 
-def show_sweep_chart(result: SweepResult) -> str | None:
-    """Display sweep_svg(result) as an image/svg+xml output; nothing for a dry run or zero batches.
+def show_sweep_chart(result: SweepResult) -> bytes | None:
+    """Display sweep_png(result) as an image/png output; nothing for a dry run or zero batches.
 
-    Returns the SVG shown, or None. Writes nothing but the output.
+    Returns the PNG shown, or None. Writes nothing but the output.
     """
     if result.dry_run or not result.batches:
         return None
-    svg = sweep_svg(result)
-    _show(svg, f"[chart: rows and duration of {len(result.batches):,} batches]")
-    return svg
+    png = sweep_png(result)
+    _show(png, f"[chart: rows and duration of {len(result.batches):,} batches]")
+    return png

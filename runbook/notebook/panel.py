@@ -1,7 +1,8 @@
 """The interactive control panel of the sweep notebook (ipywidgets), for JupyterLab only.
 
-Settings (stale_after_days or a fixed cutoff, batch size, max batches, max seconds), a
-Preview button that shows the next batch, a box where the engineer types the candidate
+Settings (stale_after_days or a fixed cutoff, batch size, max batches, max seconds: each
+a declared parameter of the sweep notebook, its label, tooltip, bounds and default read
+from ``rules.params.PARAMETERS``), a Preview button that shows the next batch, a box where the engineer types the candidate
 count, an Execute button that stays disabled until a preview of the *current* settings
 was shown and confirmed, and a Stop button. Execute sweeps with the preview's cutoff and
 fingerprint, so the first batch is exactly the previewed rows or nothing is written.
@@ -9,7 +10,7 @@ Each Execute is a run of its own in the ledger (a new run id, its own parameters
 the notebook's run id as ``notebook_run_id``), never a resume of an earlier one.
 
 Nothing here waits: every action runs from a button callback, and ``Run.controls()``
-calls ``sweep_panel`` only in JupyterLab, so papermill and nbval never build it. The
+(a ``PanelRun``; this module never imports ``run``) calls ``sweep_panel`` only in JupyterLab, so papermill and nbval never build it. The
 panel calls the same ``runbook.preview`` and ``runbook.sweep`` as the headless cells.
 
 Threads. JupyterLab 4.4+ with ipykernel 7 sends widget messages to a kernel *subshell*
@@ -24,29 +25,100 @@ sweep), and a kernel interrupt, which only reaches the main thread, is not neede
 from __future__ import annotations
 
 import html
-import math
+import re
 import threading
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import render
-from .charts import sweep_svg
-from ..db.connect import connect
-from ..errors import ParameterError
-from ..rules.params import Options, options
-from ..ops.preview import PreviewReport, preview
-from .progress import ProgressBar, plural
 from ..audit.record import new_run_id
 from ..audit.sealing import run_dir, seal_record_file
+from ..db.connect import Database, connect
 from ..db.transactions import Conn
-from ..ops.sweep import FAILED_STOP_REASONS, SweepResult, sweep
+from ..errors import ParameterError
+from ..ops.preview import PreviewReport, preview
+from ..ops.sweep import SweepResult, sweep
+from ..rules.params import Options, Parameter, declared, options
+from ..rules.states import Kind, Status, StopReason
+from ..rules.target import Target
+from . import render
+from .charts import sweep_png
+from .progress import ProgressBar
 
-if TYPE_CHECKING:
-    from .run import Run
-
-__all__ = ["SweepPanel", "sweep_panel", "preview_html", "result_html"]
+__all__ = ["PanelRun", "Field", "FIELDS", "field", "SweepPanel", "sweep_panel"]
 
 _WIDE = {"description_width": "initial"}
+
+
+class PanelRun(Protocol):
+    """What the panel needs of the notebook's run (``runbook.notebook.run.Run`` is one):
+    where and what to sweep, the run's parameters, and its outcome and record to add to."""
+
+    kind: Kind
+    run_id: str
+    opts: Options
+    target: Target
+    database: Database
+    params: dict[str, Any]
+    outcome: dict[str, Any]
+
+    def record(self) -> dict[str, Any]: ...
+
+
+# The sweep parameters the panel lets the engineer change, in its order; everything about
+# them (type, label, help, rule, default) comes from their declaration in rules.params.
+FIELDS = ("stale_after_days", "cutoff", "batch_size", "max_batches", "max_seconds")
+# The panel's own wording where the name alone would mislead: its cutoff replaces the days.
+_LABELS = {"cutoff": "fixed cutoff"}
+_PLACEHOLDERS = {"cutoff": "or a fixed UTC cutoff, e.g. 2026-11-01T00:00:00Z"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting of the panel, as its declared parameter says: the label (the name, in
+    words), the tooltip (help, allowed values, default) and, for numbers, the bounds the
+    declared check accepts."""
+
+    parameter: Parameter
+    label: str
+    tooltip: str
+    low: float | None
+    high: float | None
+
+    @property
+    def name(self) -> str:
+        return self.parameter.name
+
+    @property
+    def default(self) -> object:
+        return self.parameter.default
+
+
+def _allowed(p: Parameter) -> str:
+    """What the declared check allows, in its own words (it says so when it refuses)."""
+    try:
+        p.check(p.name, object())
+    except ParameterError as exc:
+        return exc.allowed
+    return ""
+
+
+def _bounds(allowed: str) -> tuple[float | None, float | None]:
+    """The range a number check names (``an integer from 1 to 100_000``), else no bounds."""
+    found = re.search(r"from (\S+) to (\S+)$", allowed)
+    if found is None:
+        return None, None
+    return float(found.group(1).replace("_", "")), float(found.group(2).replace("_", ""))
+
+
+def field(name: str) -> Field:
+    """The panel field of the sweep notebook's parameter ``name`` (KeyError if it has none)."""
+    p = declared(Kind.SWEEP)[name]
+    allowed = _allowed(p)
+    default = p.default if p.default != "" else "none"
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    tooltip = f"{name}: {p.help}. Allowed: {allowed}; default {default}"
+    return Field(p, _LABELS.get(name, name.replace("_", " ")), tooltip, *_bounds(allowed))
 
 
 @dataclass(frozen=True)
@@ -62,6 +134,11 @@ def _count_typed(text: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
+def _setting(value: Any) -> Any:
+    """A field's value as ``options()`` takes it: an empty text is no value."""
+    return (value.strip() or None) if isinstance(value, str) else value
+
+
 class SweepPanel:
     """The widgets and their callbacks; ``widget`` is what the notebook cell displays.
 
@@ -72,7 +149,7 @@ class SweepPanel:
     and one entry per Execute in ``run.outcome["panel_runs"]`` for ``run.finish()``.
     """
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: PanelRun) -> None:
         import ipywidgets as widgets
 
         self.run = run
@@ -83,26 +160,31 @@ class SweepPanel:
         self._stop = threading.Event()
         # Callbacks (subshell thread) and the sweep's thread both change the panel's state.
         self._lock = threading.RLock()
-        opts = run.opts
+        current = run.opts.to_dict()
 
         def named(widget: Any, name: str) -> Any:
             widget.add_class(f"runbook-{name}")
             return widget
 
-        self.days = named(widgets.FloatText(value=opts.stale_after_days, description="stale after days", style=_WIDE), "days")
-        self.cutoff = named(
-            widgets.Text(
-                value=opts.cutoff.isoformat() + "Z" if opts.cutoff else "",
-                placeholder="or a fixed UTC cutoff, e.g. 2026-11-01T00:00:00Z",
-                description="fixed cutoff",
-                style=_WIDE,
-                layout=widgets.Layout(width="420px"),
-            ),
-            "cutoff",
-        )
-        self.batch_size = named(widgets.IntText(value=opts.batch_size, description="batch size", style=_WIDE), "batch-size")
-        self.max_batches = named(widgets.IntText(value=opts.max_batches, description="max batches", style=_WIDE), "max-batches")
-        self.max_seconds = named(widgets.FloatText(value=opts.max_seconds, description="max seconds", style=_WIDE), "max-seconds")
+        kinds = {float: widgets.FloatText, int: widgets.IntText, str: widgets.Text}
+        # Each setting: a declared parameter, showing the run's value (its default unless given).
+        self.fields: dict[str, Any] = {}
+        for name in FIELDS:
+            spec = field(name)
+            value = current[name]
+            extra: dict[str, Any] = {}
+            if spec.parameter.type is str:
+                value = value or ""
+                extra = {"placeholder": _PLACEHOLDERS.get(name, ""), "layout": widgets.Layout(width="420px")}
+            widget = kinds[spec.parameter.type](
+                value=value, description=spec.label, tooltip=spec.tooltip, style=_WIDE, **extra
+            )
+            self.fields[name] = named(widget, name.replace("_", "-"))
+        self.days = self.fields["stale_after_days"]
+        self.cutoff = self.fields["cutoff"]
+        self.batch_size = self.fields["batch_size"]
+        self.max_batches = self.fields["max_batches"]
+        self.max_seconds = self.fields["max_seconds"]
         self.preview_button = named(
             widgets.Button(description="Preview", icon="search", tooltip="Show the next batch (reads only)"), "preview-button"
         )
@@ -127,10 +209,9 @@ class SweepPanel:
         )
         self.progress_box = named(widgets.VBox([]), "progress-box")
         self.result_html = named(widgets.HTML(value=""), "result")
-        self.chart = named(widgets.Image(format="svg+xml", value=b"", layout=widgets.Layout(display="none")), "chart")
+        self.chart = named(widgets.Image(format="png", value=b"", layout=widgets.Layout(display="none")), "chart")
 
-        self.settings = [self.days, self.cutoff, self.batch_size, self.max_batches, self.max_seconds]
-        for setting in self.settings:
+        for setting in self.fields.values():
             setting.observe(self._on_settings_change, names="value")
         self.cutoff.observe(self._on_cutoff_change, names="value")
         self.confirm.observe(self._on_confirm_change, names="value")
@@ -202,15 +283,8 @@ class SweepPanel:
     def current_options(self) -> Options:
         """The settings as validated Options (live, without fingerprint); raises ParameterError."""
         raw: dict[str, object] = dict(self.run.opts.to_dict())
-        raw.update(
-            stale_after_days=self.days.value,
-            cutoff=self.cutoff.value.strip() or None,
-            batch_size=self.batch_size.value,
-            max_batches=self.max_batches.value,
-            max_seconds=self.max_seconds.value,
-            dry_run=False,
-            expect_fingerprint="",
-        )
+        raw.update({name: _setting(widget.value) for name, widget in self.fields.items()})
+        raw.update(dry_run=False, expect_fingerprint="")
         return options(**raw)
 
     def _connect(self, what: str) -> Conn:
@@ -251,7 +325,7 @@ class SweepPanel:
             return
         with self._lock:
             self.shown = _Shown(opts, report)
-            self.preview_html.value = preview_html(report, opts)
+            self.preview_html.value = render.panel_preview(report, opts)
             self.confirm.disabled = report.candidates == 0
         self._refresh()
 
@@ -307,15 +381,12 @@ class SweepPanel:
         # A run of its own: resuming the notebook's run id would merge this Execute's
         # parameters into an earlier one's ledger row.
         rid = new_run_id()
+        live = opts.to_dict()
         parameters = {
             **self.run.params,
             "run_id": rid,
             "notebook_run_id": self.run.run_id,
-            "stale_after_days": opts.stale_after_days,
-            "cutoff": shown.report.cutoff_utc.isoformat() + "Z",
-            "batch_size": opts.batch_size,
-            "max_batches": opts.max_batches,
-            "max_seconds": opts.max_seconds,
+            **{name: live[name] for name in self.fields},  # the cutoff: the preview's
             "dry_run": False,
             "expect_fingerprint": shown.report.fingerprint,
             "source": "controls",
@@ -332,13 +403,14 @@ class SweepPanel:
                     should_stop=self._stop.is_set,
                 )  # fmt: skip
         except Exception as exc:
-            entry.update(stop_reason="failed", error=f"{type(exc).__name__}: {exc}")
-            self.run.outcome.update({"status": "failed", "step": "controls", "error": f"{type(exc).__name__}: {exc}"})
-            self._seal(rid, parameters, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            error = f"{type(exc).__name__}: {exc}"
+            entry.update(stop_reason=StopReason.FAILED, error=error)
+            self.run.outcome.update({"status": Status.FAILED, "step": "controls", "error": error})
+            self._seal(rid, parameters, {"status": Status.FAILED, "error": error})
             self._say(f"Sweep refused or failed: {type(exc).__name__}: {exc}")
         else:
             entry.update(stop_reason=result.stop_reason, changed=result.changed)
-            status = "failed" if result.stop_reason in FAILED_STOP_REASONS else "succeeded"
+            status = Status.FAILED if _failed(result.stop_reason) else Status.SUCCEEDED
             entry["record_file"] = self._seal(rid, parameters, {"status": status, "sweep": result.to_dict()})
             self._record(shown, result, bar)
         finally:
@@ -358,7 +430,7 @@ class SweepPanel:
         except Exception:  # noqa: BLE001 - the file is sealed even when the database is gone
             conn = None
         try:
-            return str(seal_record_file(run_dir(), kind="sweep", run_id=rid, record=record, conn=conn))
+            return str(seal_record_file(run_dir(), kind=Kind.SWEEP, run_id=rid, record=record, conn=conn))
         finally:
             if conn is not None:
                 conn.close()
@@ -372,45 +444,22 @@ class SweepPanel:
                 self.run.outcome.pop(key, None)
         self.run.outcome["preview"] = shown.report.to_dict()
         self.run.outcome["sweep"] = result.to_dict()
-        if result.stop_reason in FAILED_STOP_REASONS:
-            self.run.outcome["status"] = "failed"
+        if _failed(result.stop_reason):
+            self.run.outcome["status"] = Status.FAILED
         if result.batches:
-            self.chart.value = sweep_svg(result).encode()
+            # Drawn once, at the end: matplotlib stays off the batches' path.
+            self.chart.value = sweep_png(result)
             self.chart.layout.display = ""
         self._say("")
         # Last: the result text is what a watcher (or the browser test) waits for.
-        self.result_html.value = result_html(result)
+        self.result_html.value = render.panel_result(result)
 
 
-def preview_html(report: PreviewReport, opts: Options) -> str:
-    """The panel's preview: counts, cutoff, fingerprint, what Execute will do, the rows. Pure."""
-    if report.candidates == 0:
-        return render.notice(f"No candidates older than {render.fmt(report.cutoff_utc)}: nothing to sweep.", "ok")
-    most = min(report.candidates, opts.batch_size * opts.max_batches)
-    head = (
-        f"{report.candidates:,} candidates older than {render.fmt(report.cutoff_utc)}; "
-        f"next batch fingerprint {report.fingerprint}. Execute will change up to {plural(most, 'row')} in up to "
-        f"{plural(math.ceil(most / opts.batch_size), 'batch')} (or stop after {opts.max_seconds:g} s), starting with "
-        f"exactly these {plural(len(report.rows), 'row')}, oldest first. To confirm, type {report.candidates} below."
-    )
-    return render.notice(head, "info") + render.preview_rows(report, 260)
+def _failed(stop_reason: str) -> bool:
+    return bool(stop_reason) and StopReason(stop_reason).failed
 
 
-def result_html(result: SweepResult) -> str:
-    """The panel's summary of a finished sweep: rows, batches, time, stop reason, ledger. Pure."""
-    text = (
-        f"{plural(result.changed, 'row')} set to {result.target['new_status']} in {plural(len(result.batches), 'batch')}, "
-        f"{result.seconds:.2f} s. Stopped: {result.stop_reason}."
-        + (f" Remaining candidates: {result.remaining:,}." if result.remaining is not None else "")
-        + (f" ({result.stop_detail})" if result.stop_detail else "")
-        + (f" Retried: {'; '.join(result.retries)}." if result.retries else "")
-        + f" Ledger: litellm_runbook.changes where run_id = '{result.run_id}'."
-        + " Run the notebook's last cell (run.finish()) to write the record."
-    )
-    return render.notice(text, "ok" if result.stop_reason == "done" else "warning")
-
-
-def sweep_panel(run: Run) -> Any:
+def sweep_panel(run: PanelRun) -> Any:
     """Build the control panel for ``run`` and return its top widget (an ipywidgets VBox).
 
     Displays nothing itself and writes nothing until Execute is pressed; the widgets'

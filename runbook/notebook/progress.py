@@ -1,24 +1,27 @@
-"""Progress of a running sweep: a widget bar in JupyterLab, one plain line per batch headless.
+"""Progress of a running sweep: a widget bar in JupyterLab, a log line now and then headless.
 
 Both are ``on_batch`` callbacks for ``runbook.sweep.sweep``: called after each committed
-batch with the running ``SweepResult`` and that ``BatchResult``. They only display; they
-never touch the database.
+batch with the running ``SweepResult`` and that ``BatchResult``. They only measure and
+report (the texts are ``render``'s); they never touch the database, and draw no chart.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO, cast
+from typing import Any, cast
 
+from .. import logs
 from ..ops.sweep import BatchResult, SweepResult
+from ..rules.states import StopReason
+from . import render
 
-__all__ = ["Progress", "measure", "progress_line", "ProgressBar", "progress_reporter", "plural"]
+__all__ = ["Progress", "measure", "ProgressBar", "progress_reporter"]
 
 OnBatch = Callable[[SweepResult, BatchResult], None]
+log = logs.get(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,36 +67,6 @@ def measure(result: SweepResult, batch: BatchResult, elapsed_s: float) -> Progre
     )
 
 
-def plural(count: int, word: str) -> str:
-    """``1 batch``, ``3 batches``, ``1,000 rows``: a count with its noun."""
-    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}{'es' if word.endswith(('s', 'ch')) else 's'}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def progress_line(p: Progress) -> str:
-    """``batch 3: 1,000 rows in 45 ms; 3,000/4,365 (69%), 21,000 rows/s, ~0 s left``."""
-    return (
-        f"batch {p.batch}: {plural(p.batch_rows, 'row')} in {p.batch_ms:.0f} ms; "
-        f"{p.done:,}/{p.total:,} ({p.percent:.0f}%), {p.rows_per_s:,.0f} rows/s, ~{_duration(p.seconds_left)} left"
-    )
-
-
-def _widget_text(p: Progress, batches: int) -> str:
-    return (
-        f"{p.done:,} of {p.total:,} rows ({p.percent:.0f}%) · {plural(batches, 'batch')} · "
-        f"{p.rows_per_s:,.0f} rows/s · ~{_duration(p.seconds_left)} left"
-    )
-
-
 @dataclass
 class ProgressBar:
     """An ipywidgets bar and label, updated per batch; ``widget`` is the box to show.
@@ -122,44 +95,37 @@ class ProgressBar:
         self.last = p
         self.bar.max = max(p.total, 1)
         self.bar.value = p.done
-        self.label.value = _widget_text(p, len(result.batches))
+        self.label.value = render.progress_label(p, len(result.batches))
 
     def finish(self, result: SweepResult) -> None:
         """Colour the bar by how the sweep ended (green when done, orange when it stopped early)
         and replace the time left by the stop reason."""
-        self.bar.bar_style = "success" if result.stop_reason == "done" else "warning"
-        stopped = f"stopped: {result.stop_reason or 'failed'}"
-        p = self.last
-        self.label.value = (
-            f"{p.done:,} of {p.total:,} rows ({p.percent:.0f}%) · {plural(len(result.batches), 'batch')} · "
-            f"{p.rows_per_s:,.0f} rows/s · {stopped}"
-            if p
-            else f"no batch committed · {stopped}"
-        )
+        self.bar.bar_style = "success" if result.stop_reason == StopReason.DONE else "warning"
+        self.label.value = render.progress_final(self.last, result)
 
 
-def progress_reporter(interactive: bool, *, stream: TextIO | None = None, every_s: float = 2.0) -> OnBatch:
+def progress_reporter(interactive: bool, *, every_s: float = 2.0) -> OnBatch:
     """The ``on_batch`` callback for a sweep, timed from this call.
 
     ``interactive`` (JupyterLab): displays a ProgressBar with IPython's display() at the
     first batch (a dry run, which has no batches, shows nothing) and updates it in place.
-    Headless: prints a ``progress_line`` to ``stream`` (stdout by default), flushed, so
-    papermill's log and the executed notebook both show it: for the first batch, then at
-    most one per ``every_s`` seconds, and for the batch that reaches the candidate count.
-    (Every batch is in the run's record; a line per batch would make a 300-batch sweep's
-    notebook 300 outputs long and cost the kernel a message each.)
+    Headless: logs a ``render.progress_line`` (INFO, logger ``runbook.notebook.progress``;
+    ``start()`` shows the runbook's log on stdout, so papermill's log and the executed
+    notebook both have it): for the first batch, then at most one per ``every_s``
+    seconds, and for the batch that reaches the candidate count. (Every batch is in the
+    run's record; a line per batch would make a 300-batch sweep's notebook 300 outputs
+    long and cost the kernel a message each.)
     """
     started = time.monotonic()
     if not interactive:
-        out = stream
-        printed = [-math.inf]
+        logged = [-math.inf]
 
         def line(result: SweepResult, batch: BatchResult) -> None:
             now = time.monotonic()
             p = measure(result, batch, now - started)
-            if now - printed[0] >= every_s or p.done >= p.total:
-                printed[0] = now
-                print(progress_line(p), file=out or sys.stdout, flush=True)
+            if now - logged[0] >= every_s or p.done >= p.total:
+                logged[0] = now
+                log.info(render.progress_line(p))
 
         return line
 
