@@ -148,7 +148,8 @@ def sweep_figure(result: SweepResult) -> Figure:
     plain.set_scientific(False)
     ms.yaxis.set_major_formatter(plain)
     ms.set_ylabel("batch duration (ms)")
-    ax.legend([bars, line], ["rows changed", "duration (ms)"], loc="upper left", fontsize=8)
+    # Below the axes, where no bar can be.
+    fig.legend([bars, line], ["rows changed", "duration (ms)"], loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     ax.set_title(_title(result), fontsize=11)
     return fig
 
