@@ -53,7 +53,9 @@ def operator(conn: Conn | None = None) -> dict[str, str | None]:
         "os_user": user, "jupyterhub_user": os.environ.get("JUPYTERHUB_USER"), "host": socket.gethostname(),
     }  # fmt: skip
     if conn is not None:
-        row = conn.execute("SELECT session_user, current_user").fetchone()
+        from ..sql import catalog
+
+        row = conn.execute(catalog.roles()).fetchone()
         assert row is not None
         who.update(session_user=str(row[0]), current_user=str(row[1]))
     return who
@@ -81,14 +83,16 @@ def database_identity(conn: Conn) -> dict[str, Any]:
 
     ``pg_control_system()`` may be denied to unprivileged roles; then the identifier is None.
     """
-    row = conn.execute("SELECT current_setting('server_version'), current_database(), current_user, session_user").fetchone()
+    from ..sql import catalog
+
+    row = conn.execute(catalog.server_identity()).fetchone()
     assert row is not None
     identity: dict[str, Any] = {
         "server_version": row[0], "database": row[1], "user": row[2], "session_user": row[3], "system_identifier": None,
     }  # fmt: skip
     try:
         with conn.transaction():
-            sys_row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+            sys_row = conn.execute(catalog.system_identifier()).fetchone()
             identity["system_identifier"] = sys_row[0] if sys_row else None
     except Exception:  # noqa: BLE001 - permission denied is expected for least-privilege roles
         pass
