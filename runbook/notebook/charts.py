@@ -149,7 +149,7 @@ def sweep_figure(result: SweepResult) -> Figure:
     ms.yaxis.set_major_formatter(plain)
     ms.set_ylabel("batch duration (ms)")
     # Below the axes, where no bar can be.
-    fig.legend([bars, line], ["rows changed", "duration (ms)"], loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    fig.legend([bars.patches[0], line], ["rows changed", "duration (ms)"], loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     ax.set_title(_title(result), fontsize=11)
     return fig
 
