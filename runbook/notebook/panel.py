@@ -411,7 +411,7 @@ class SweepPanel:
         else:
             entry.update(stop_reason=result.stop_reason, changed=result.changed)
             status = Status.FAILED if _failed(result.stop_reason) else Status.SUCCEEDED
-            entry["record_file"] = self._seal(rid, parameters, {"status": status, "sweep": result.to_dict()})
+            entry["record_file"] = self._seal(rid, parameters, {"status": status, Kind.SWEEP: result.to_dict()})
             self._record(shown, result, bar)
         finally:
             with self._lock:
@@ -442,8 +442,8 @@ class SweepPanel:
             # An earlier Execute from this panel failed; this one is what the record should say.
             for key in ("status", "step", "error"):
                 self.run.outcome.pop(key, None)
-        self.run.outcome["preview"] = shown.report.to_dict()
-        self.run.outcome["sweep"] = result.to_dict()
+        self.run.outcome[Kind.PREVIEW] = shown.report.to_dict()
+        self.run.outcome[Kind.SWEEP] = result.to_dict()
         if _failed(result.stop_reason):
             self.run.outcome["status"] = Status.FAILED
         if result.batches:

@@ -72,7 +72,7 @@ class Run:
     of_run_id: str = ""
 
     @contextmanager
-    def _step(self, name: str) -> Iterator[None]:
+    def _step(self, name: Kind) -> Iterator[None]:
         try:
             yield
         except BaseException as exc:
@@ -93,27 +93,27 @@ class Run:
 
     def create_index(self) -> IndexResult:
         """Show, or with dry_run=False build, the partial index inspect suggests."""
-        with self._step("index"):
+        with self._step(Kind.INDEX):
             result = create_index(self.conn, self.target, dry_run=self.opts.dry_run)
         render.display(render.index_result(result))
-        self.outcome["index"] = result.to_dict()
+        self.outcome[Kind.INDEX] = result.to_dict()
         return result
 
     def inspect(self) -> InspectReport:
         """Run inspect and render it. Reads only."""
-        with self._step("inspect"):
+        with self._step(Kind.INSPECT):
             report = inspect(self.conn, self.target, self.opts)
         render.show_inspect(report)
         show_inspect_charts(report)
-        self.outcome["inspect"] = report.to_dict()
+        self.outcome[Kind.INSPECT] = report.to_dict()
         return report
 
     def preview(self) -> PreviewReport:
         """Show the next batch and the SQL the sweep will run. Reads only."""
-        with self._step("preview"):
+        with self._step(Kind.PREVIEW):
             report = preview(self.conn, self.target, self.opts)
         render.show_preview(report)
-        self.outcome["preview"] = report.to_dict()
+        self.outcome[Kind.PREVIEW] = report.to_dict()
         return report
 
     def sweep(self) -> SweepResult:
@@ -123,7 +123,7 @@ class Run:
         a preview and a confirmation: this cell refuses dry_run=False (ParameterError).
         """
         opts = self.opts
-        with self._step("sweep"):
+        with self._step(Kind.SWEEP):
             if interactive() and not opts.dry_run:
                 # Refused, not turned into a dry run: a command started from a JupyterLab
                 # cell or terminal (plain papermill inherits JPY_SESSION_NAME) must fail
@@ -139,7 +139,7 @@ class Run:
             )  # fmt: skip
         render.show_sweep(result)
         show_sweep_chart(result)
-        self.outcome["sweep"] = result.to_dict()
+        self.outcome[Kind.SWEEP] = result.to_dict()
         if _failed(result.stop_reason):
             self.outcome["status"] = Status.FAILED
         return result
@@ -150,15 +150,15 @@ class Run:
         Without a run id it changes nothing and lists the recent sweep runs to choose from.
         """
         if not self.of_run_id:
-            with self._step("undo"):
+            with self._step(Kind.UNDO):
                 runs = recent_runs(self.conn)
             render.display(render.recent_runs(runs))
-            self.outcome["undo"] = {"status": Status.NOTHING_TO_DO, "recent_runs": [r["run_id"] for r in runs]}
+            self.outcome[Kind.UNDO] = {"status": Status.NOTHING_TO_DO, "recent_runs": [r["run_id"] for r in runs]}
             return None
-        with self._step("undo"):
+        with self._step(Kind.UNDO):
             result = undo(self.conn, self.target, self.opts, of_run_id=self.of_run_id, run_id=self.run_id, parameters=self.params)
         render.show_undo(result)
-        self.outcome["undo"] = result.to_dict()
+        self.outcome[Kind.UNDO] = result.to_dict()
         if _failed(result.stop_reason):
             self.outcome["status"] = Status.FAILED
         return result
