@@ -94,7 +94,8 @@ class Field:
 
 
 def _allowed(p: Parameter) -> str:
-    """What the declared check allows, in its own words (it says so when it refuses)."""
+    """What the declared check allows, in its own words: a ``Parameter`` has no range field,
+    its check holds the rule and names it when it refuses a value (here: no value at all)."""
     try:
         p.check(p.name, object())
     except ParameterError as exc:
@@ -103,7 +104,8 @@ def _allowed(p: Parameter) -> str:
 
 
 def _bounds(allowed: str) -> tuple[float | None, float | None]:
-    """The range a number check names (``an integer from 1 to 100_000``), else no bounds."""
+    """The range a number check names (``an integer from 1 to 100_000``, ``a number of days
+    from 1 to 3650``), else no bounds. A test checks the check accepts exactly this range."""
     found = re.search(r"from (\S+) to (\S+)$", allowed)
     if found is None:
         return None, None

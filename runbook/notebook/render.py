@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol, cast
 
 from .. import logs
+from ..audit.record import RECORD_KEY
 from ..ops.index import IndexResult
 from ..ops.inspection import InspectReport
 from ..ops.preview import ROW_HEADERS, PreviewReport
@@ -26,7 +27,7 @@ from ..rules.states import StopReason
 __all__ = [
     "Shown", "display", "fmt", "table", "notice", "text_table", "preview_rows", "plural",
     "started", "index_result", "inspect_report", "preview_report", "sweep_result", "undo_result", "undo_summary",
-    "recent_runs", "show_inspect", "show_preview", "show_sweep", "show_undo",
+    "recent_runs", "show_inspect", "show_preview", "show_sweep", "show_undo", "show_record",
     "panel_preview", "panel_result", "ProgressFigures", "progress_line", "progress_label", "progress_final",
     "BATCH_HEADERS",
 ]  # fmt: skip
@@ -272,6 +273,20 @@ def show_sweep(s: SweepResult) -> None:
 
 def show_undo(u: UndoResult) -> None:
     display(undo_result(u))
+
+
+def show_record(record: Mapping[str, Any]) -> None:
+    """The run record as one ``application/json`` output marked with ``RECORD_KEY`` (what
+    ``audit.record.read_record`` finds), one line of text beside it; nothing without IPython."""
+    try:
+        from IPython.display import display as ipython_display
+    except ImportError:
+        return
+    summary = f"run {record['run_id']} ({record['notebook']}): {record['outcome'].get('status')}"
+    # IPython's display() carries no annotations.
+    cast(Callable[..., None], ipython_display)(
+        {"application/json": record, "text/plain": summary}, raw=True, metadata={RECORD_KEY: {"kind": "run_record"}}
+    )
 
 
 # -- the sweep panel ---------------------------------------------------------------------

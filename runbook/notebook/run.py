@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import logs
-from ..audit.record import check_run_id, database_identity, run_record, RECORD_KEY
+from ..audit.record import check_run_id, database_identity, run_record
 from ..db.connect import Database, connect, resolve
 from ..db.ledger import recent_runs
 from ..db.transactions import Conn
@@ -171,13 +171,7 @@ class Run:
         """
         self.outcome.setdefault("status", Status.SUCCEEDED)
         record = self.record()
-        try:
-            from IPython.display import display
-
-            summary = f"run {self.run_id} ({self.kind}): {self.outcome.get('status')}"
-            display({"application/json": record, "text/plain": summary}, raw=True, metadata={RECORD_KEY: {"kind": "run_record"}})
-        except ImportError:
-            pass
+        render.show_record(record)
         if not interactive():
             # Measured: a connection left open at kernel exit held papermill's kernel
             # shutdown ~2.6 s in 2 of 16 runs; closed first, 0 of 14.
