@@ -345,10 +345,13 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
 def test_sigkill_mid_sweep_leaves_whole_batches_with_ledger_and_a_rerun_finishes(conn: psycopg.Connection, dsn: str) -> None:
     for i in range(60):
         insert(conn, status="queued", age_days=10 + i / 10)
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, dsn], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    while int(proc.stdout.readline().strip() or 0) < 3:
-        pass
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    while True:
+        line = proc.stdout.readline()
+        assert line, f"the sweep ended before its third batch: {proc.stderr.read()}"
+        if int(line) >= 3:
+            break
     proc.kill()
     proc.wait()
     time.sleep(0.3)  # the server notices the closed connection and releases the lock

@@ -71,7 +71,7 @@ def test_credentials_in_parameters_are_refused_without_echo(value: str) -> None:
 
 
 def test_batch_size_halves_after_a_slow_batch_and_grows_back() -> None:
-    from runbook.ops.sweep import next_batch_size
+    from runbook.rules.pacing import next_batch_size
 
     opts = options(batch_size=1000, target_batch_ms=100)
     assert next_batch_size(opts, 1000, 1000, 0.09) == 1000  # on target: unchanged
@@ -83,7 +83,7 @@ def test_batch_size_halves_after_a_slow_batch_and_grows_back() -> None:
 
 
 def test_batch_size_fits_the_wal_budget_and_grows_back_slowly() -> None:
-    from runbook.ops.sweep import next_batch_size
+    from runbook.rules.pacing import next_batch_size
 
     opts = options(batch_size=1000)
     mb = 1 << 20

@@ -1,44 +1,49 @@
 """What every writing run (sweep, undo) shares: the checks before the first write, the
-target lock, stop conditions between batches, per-batch session settings, and closing
-the run's ledger row.
+target lock, per-batch session settings, the metrics file, and how a run ends.
 
-    with live_run(conn, target, opts, kind="sweep", run_id=..., parameters=...) as run:
-        ... batches numbered from run.first_batch, stopping when run.stopper.reason(n) ...
-        close_run(conn, run_id, stop_reason, record)
+    with live_run(conn, target, opts, kind=Kind.SWEEP, run_id=..., parameters=...) as run:
+        stop = ... batches numbered from run.first_batch, asking run.stopper between them ...
+        error = end_run(conn, target, run, result, stop, metrics)
+    if error: raise error
+
+``end_run`` records the stop in the result, writes the last metrics and closes the run's
+ledger row (after a lost connection: on a new connection, keeping only the batches the
+ledger holds); it returns the error to raise once the target's lock is released.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from types import FrameType
 from typing import Any, Protocol
 
 import psycopg
 from psycopg import conninfo
 
-from ..db import ledger
-from ..sql import statements
-from ..errors import ReadOnlyError, SweepInProgressError
-from ..db.connect import refuse_transaction_pooler
-from ..db.health import HealthLimits, check_health
-from ..db.lock import target_lock
+from .. import logs
 from ..audit.metrics import write_metrics
-from ..rules.params import Options
 from ..audit.record import operator
+from ..db import ledger
+from ..db.connect import refuse_transaction_pooler
+from ..db.lock import target_lock
 from ..db.transactions import Conn
+from ..errors import ConnectionLostError, ReadOnlyError, SweepInProgressError
+from ..rules.params import Options
+from ..rules.states import Kind, StopReason
 from ..rules.target import Target
+from ..sql import statements
+from .stops import Stop, Stopper, interrupt_guard
 
 __all__ = [
-    "BatchResult", "LiveRun", "Stopper", "check_writable", "close_run", "interrupt_guard", "live_run",
-    "publish_metrics", "reconcile", "run_identity", "set_batch_settings", "utc_now", "wait_until_healthy",
+    "BatchResult", "LiveRun", "MetricsFile", "RunResult", "check_writable", "end_run", "live_run", "run_identity",
+    "set_batch_settings", "utc_now",
 ]  # fmt: skip
+
+log = logs.get(__name__)
+_METRICS_EVERY_S = 1.0  # rewrite the metrics file at most this often while running
 
 
 @dataclass(frozen=True)
@@ -78,55 +83,6 @@ def check_writable(conn: Conn, target: Target) -> None:
         )
 
 
-@contextmanager
-def interrupt_guard() -> Iterator[Callable[[], bool]]:
-    """While active, the first SIGINT only raises a flag; a second one interrupts at once.
-
-    Yields a function telling whether SIGINT arrived. Outside the main thread signals
-    cannot be handled, and KeyboardInterrupt keeps its usual meaning.
-    """
-    flag = {"hit": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: flag["hit"]
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if flag["hit"]:
-            raise KeyboardInterrupt
-        flag["hit"] = True
-        print("interrupt: stopping after the batches in flight (interrupt again to abort them)", flush=True)
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: flag["hit"]
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@dataclass
-class Stopper:
-    """Decides, between batches (rounds of batches, with several workers), whether to stop and why."""
-
-    opts: Options
-    started: float
-    interrupted: Callable[[], bool]
-    should_stop: Callable[[], bool] | None = None
-
-    def reason(self, batches_done: int) -> str | None:
-        if self.interrupted():
-            return "interrupted"
-        if self.opts.stop_file and os.path.exists(self.opts.stop_file):
-            return "stop_file"
-        if batches_done >= self.opts.max_batches:
-            return "max_batches"
-        if time.monotonic() - self.started >= self.opts.max_seconds:
-            return "max_seconds"
-        if self.should_stop is not None and self.should_stop():
-            return "stop_requested"
-        return None
-
-
 def utc_now(timespec: str = "milliseconds") -> str:
     """Now, as ISO 8601 UTC with a Z: the form every record and ledger row uses."""
     return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
@@ -148,16 +104,17 @@ def set_batch_settings(conn: Conn, opts: Options, factor: float = 1.0) -> str:
 
 @dataclass(frozen=True)
 class LiveRun:
-    """A registered live run: the number its next batch gets, and when to stop."""
+    """A registered live run: what it is, the number its next batch gets, and when to stop."""
 
+    kind: Kind
     first_batch: int
     stopper: Stopper
 
 
-def run_identity(conn: Conn, target: Target, opts: Options, kind: str, undoes_run_id: str | None) -> dict[str, Any]:
+def run_identity(conn: Conn, target: Target, opts: Options, kind: Kind, undoes_run_id: str | None) -> dict[str, Any]:
     """What a resume of a run id must match (``ledger.IDENTITY_KEYS``). Reads only."""
     who = operator(conn)
-    sweep_rule = kind == "sweep"
+    sweep_rule = kind is Kind.SWEEP
     return {
         "kind": kind,
         "target": f"{target.schema}.{target.table}",
@@ -172,7 +129,7 @@ def run_identity(conn: Conn, target: Target, opts: Options, kind: str, undoes_ru
 
 @contextmanager
 def live_run(
-    conn: Conn, target: Target, opts: Options, *, kind: str, run_id: str, parameters: dict[str, Any],
+    conn: Conn, target: Target, opts: Options, *, kind: Kind, run_id: str, parameters: dict[str, Any],
     undoes_run_id: str | None = None, should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[LiveRun]:  # fmt: skip
     """Check, lock and register a writing run; the block runs its batches.
@@ -193,23 +150,89 @@ def live_run(
             parameters=parameters, identity=run_identity(conn, target, opts, kind, undoes_run_id),
             undoes_run_id=undoes_run_id,
         )  # fmt: skip
-        yield LiveRun(first, Stopper(opts, started, interrupted, should_stop))
+        yield LiveRun(kind, first, Stopper(opts, started, interrupted, should_stop))
 
 
-def publish_metrics(directory: str, warnings: list[str], **values: Any) -> str | None:
-    """Write the run's metrics file (``metrics.write_metrics``) when ``directory`` is set;
-    return its path. A file that cannot be written is a warning (appended to
-    ``warnings`` and printed), never the run's failure: metrics only watch the run."""
-    if not directory:
-        return None
-    try:
-        return str(write_metrics(directory, **values))
-    except Exception as exc:  # noqa: BLE001 - whatever broke the file, the run goes on
-        note = f"metrics file not written to metrics_dir={directory!r}: {type(exc).__name__}: {exc}"
-        if note not in warnings:
-            warnings.append(note)
-            print(f"warning: {note}", flush=True)
-        return None
+class MetricsFile:
+    """The run's Prometheus textfile (``audit.metrics``), rewritten at most once a second
+    while the run goes on and once at its end. Metrics only watch the run: a file that
+    cannot be written is a warning (logged once, kept in the result's ``warnings``)."""
+
+    def __init__(self, opts: Options, run_id: str, kind: Kind, target: Target, started: float) -> None:
+        self.directory, self.run_id, self.kind = opts.metrics_dir, run_id, kind
+        self.table, self.started = f"{target.schema}.{target.table}", started
+        self.path: str | None = None
+        self._last = 0.0
+
+    def publish(self, result: RunResult, outcome: str, *, remaining: int | None, finished: bool = False) -> None:
+        now = time.monotonic()
+        if not self.directory or (not finished and now - self._last < _METRICS_EVERY_S):
+            return
+        self._last = now
+        try:
+            self.path = str(write_metrics(
+                self.directory, run_id=self.run_id, kind=str(self.kind), table=self.table,
+                rows_changed=result.rows_changed, rows_remaining=remaining,
+                batch_seconds=[b.seconds for b in result.batches], outcome=outcome, run_seconds=now - self.started,
+                finished=finished,
+            ))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - whatever broke the file, the run goes on
+            note = f"metrics file not written to metrics_dir={self.directory!r}: {type(exc).__name__}: {exc}"
+            if note not in result.warnings:
+                result.warnings.append(note)
+                log.warning(f"warning: {note}")
+        result.metrics_file = self.path or result.metrics_file
+
+
+class RunResult(Protocol):
+    """What ``end_run`` needs of a SweepResult or an UndoResult."""
+
+    run_id: str | None
+    batches: list[BatchResult]
+    stop_reason: str
+    stop_detail: str
+    seconds: float
+    warnings: list[str]
+    metrics_file: str | None
+
+    @property
+    def rows_changed(self) -> int: ...
+
+    def keep_batches(self, kept: list[BatchResult]) -> None: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def end_run(
+    conn: Conn, target: Target, run: LiveRun, result: RunResult, stop: Stop, metrics: MetricsFile, started: float,
+    remaining: int | None,
+) -> BaseException | None:  # fmt: skip
+    """Record how the run ended: ``stop`` in ``result``, the last metrics, the ledger's runs
+    row closed (``close_run``). Call it while the target's lock is held. Returns the error
+    the caller raises once the lock is released: None, the stop's error, or
+    ConnectionLostError naming the batch that rolled back and what stands."""
+    result.stop_reason, result.stop_detail = stop.reason, stop.detail
+    if stop.reason is StopReason.CANCELLED:
+        log.warning(f"stopped: {stop.detail}")
+    result.seconds = round(time.monotonic() - started, 4)
+    error = stop.error
+    lost = isinstance(error, psycopg.OperationalError) and (stop.lost_batch is not None or conn.broken or conn.closed)
+    if not lost:
+        metrics.publish(result, result.stop_reason, remaining=remaining, finished=True)
+        close_run(conn, str(result.run_id), result.stop_reason, result.to_dict())
+        return error
+    assert error is not None
+    batch = stop.lost_batch or (result.batches[-1].number + 1 if result.batches else run.first_batch)
+    stands = _reconcile(conn, target, result, run)  # closes the runs row on a new connection
+    metrics.publish(result, result.stop_reason, remaining=remaining, finished=True)
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    kind, own_id = ("undo run", "undo_run_id") if run.kind is Kind.UNDO else ("run", "run_id")
+    lost_error = ConnectionLostError(
+        f"the connection to the database was lost during batch {batch} of {kind} {result.run_id} ({first_line}): that "
+        f"batch rolled back; {stands} Run again with {own_id}={result.run_id} to finish."
+    )
+    lost_error.__cause__ = error
+    return lost_error
 
 
 def close_run(conn: Conn, run_id: str, stop_reason: str, record: dict[str, Any]) -> bool:
@@ -224,7 +247,7 @@ def close_run(conn: Conn, run_id: str, stop_reason: str, record: dict[str, Any])
     try:
         ledger.finish_run(conn, run_id, stop_reason, record)
     except psycopg.Error as exc:
-        print(f"warning: the ledger's runs row of {run_id} could not be closed: {type(exc).__name__}: {exc}", flush=True)
+        log.warning(f"warning: the ledger's runs row of {run_id} could not be closed: {type(exc).__name__}: {exc}")
         return False
     return True
 
@@ -249,60 +272,41 @@ def _reconnect(conn: Conn, wait_s: float) -> Conn | None:
             time.sleep(0.5)
 
 
-def reconcile(
-    conn: Conn, target: Target, run_id: str, first_batch: int, batches: list[BatchResult], stop_reason: str,
-    record: Callable[[list[BatchResult], list[int]], dict[str, Any]], wait_s: float = 30.0,
-) -> tuple[list[BatchResult], list[int]] | None:  # fmt: skip
-    """After the connection was lost: the batches of ``batches`` the ledger really holds.
+def _reconcile(conn: Conn, target: Target, result: RunResult, run: LiveRun, wait_s: float = 30.0) -> str:
+    """After the connection was lost: keep in ``result`` only the batches the ledger holds,
+    close the runs row on a new connection, and say what stands, as a sentence.
 
     A batch commits asynchronously (``set_batch_settings``): a server crash can lose the
     last ones although their commit was acknowledged. On a new connection, keeps the
-    batches that ``litellm_runbook.batches`` has for this invocation (numbers from
-    ``first_batch``), and closes the runs row with ``stop_reason`` and ``record(kept, lost)``
-    while holding the target's lock (a sweeper role may update a runs row only then;
-    another run holding it leaves the row open). Returns (kept, numbers of the lost
-    batches), or None when no connection could be made within ``wait_s`` seconds (then
-    nothing is known, and the runs row stays open).
+    batches that the ledger's ``batches`` table has for this invocation (numbers from
+    ``run.first_batch``) and closes the runs row while holding the target's lock (a sweeper
+    role may update a runs row only then; another run holding it leaves the row open).
+    When no connection can be made within ``wait_s`` seconds nothing is known, and the
+    runs row stays open.
     """
     fresh = _reconnect(conn, wait_s)
     if fresh is None:
-        return None
+        result.stop_detail += "; could not reconnect to check which acknowledged batches the ledger holds"
+        return (
+            f"{len(result.batches)} other batch(es) were acknowledged, but the server could not be reached again to check "
+            f"that the ledger holds them (asynchronous commit: a crash loses the last ones); see {ledger.SCHEMA}.batches."
+        )
     with fresh:
-        rows = fresh.execute(statements.ledger_batches(), {"run_id": run_id, "first_batch": first_batch}).fetchall()
+        rows = fresh.execute(statements.ledger_batches(), {"run_id": result.run_id, "first_batch": run.first_batch}).fetchall()
         there = {int(r[0]) for r in rows}
-        kept = [b for b in batches if b.number in there]
-        lost = [b.number for b in batches if b.number not in there]
-        closing = record(kept, lost)
+        lost = [b.number for b in result.batches if b.number not in there]
+        result.keep_batches([b for b in result.batches if b.number in there])
+        gone = (
+            f"atch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger after reconnecting: "
+            "lost with the server's unflushed WAL (asynchronous commit)"
+        )
+        if lost:
+            result.stop_detail += f"; b{gone}, their rows are still candidates"
         try:
             with target_lock(fresh, target):
-                close_run(fresh, run_id, stop_reason, closing)
+                close_run(fresh, str(result.run_id), result.stop_reason, result.to_dict())
         except SweepInProgressError as exc:
-            print(f"warning: the ledger's runs row of {run_id} stays open: {exc}", flush=True)
-    return kept, lost
-
-
-class Paused(Protocol):
-    """What ``wait_until_healthy`` records into: a SweepResult, an UndoResult."""
-
-    pauses: list[dict[str, Any]]
-    batches: list[Any]
-
-
-def wait_until_healthy(
-    conn: Conn, target: Target, opts: Options, stopper: Stopper, result: Paused, batch: int, since: datetime | None
-) -> str | None:
-    """Pause while the database is unhealthy, re-checking every ``health_pause_s``; append
-    the pause to ``result.pauses``. Returns a stop reason when one came up meanwhile."""
-    limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
-    paused_at = time.monotonic()
-    reasons: set[str] = set()
-    stop: str | None = None
-    while not stop and (problems := check_health(conn, target, since).problems(limits)):
-        if not reasons:
-            print(f"pausing before batch {batch}: {'; '.join(problems)}", flush=True)
-        reasons.update(problems)
-        time.sleep(opts.health_pause_s)
-        stop = stopper.reason(len(result.batches))
-    if reasons:
-        result.pauses.append({"before_batch": batch, "reasons": sorted(reasons), "seconds": round(time.monotonic() - paused_at, 3)})
-    return stop
+            log.warning(f"warning: the ledger's runs row of {result.run_id} stays open: {exc}")
+    unit = "rows restored" if run.kind is Kind.UNDO else "rows"
+    text = f"the {len(result.batches)} other batch(es) committed so far stand with their ledger ({result.rows_changed:,} {unit})."
+    return text + (f" B{gone}; their rows are still candidates." if lost else "")

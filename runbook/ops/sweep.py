@@ -2,28 +2,27 @@
 
 What it writes: ``status = new_status`` on candidate rows, at most ``batch_size`` per
 transaction, oldest first, and for each batch its ledger rows in the same statement
-(``runbook.ledger``); nothing else. With ``dry_run=True`` (the default) it writes nothing
-and reports what it would do.
+(``runbook.db.ledger``); nothing else. With ``dry_run=True`` (the default) it writes
+nothing and reports what it would do.
 
-How (see ``statements``): one scan snapshots the candidates into a temp table; batches
-walk it by keyset, lock rows by primary key with SKIP LOCKED and re-check the whole
-predicate at update time, so a concurrent completion always wins. Each batch measures
-the WAL it wrote; the next one is sized to a WAL budget (``next_batch_size``). When the snapshot is
-used up, one count over the real table decides: nothing left (``done``), or another pass
-over what is left (rows that were locked, or became candidates, meanwhile).
+How, top-down (``_Sweep``): a run is up to five *passes*; a pass snapshots the candidates
+into a temp table (one scan, ``sql.candidates``) and drains it in *rounds*; a round writes
+up to ``workers`` consecutive slices of the snapshot at once, one batch per connection
+(``runbook.ops.rounds``); a batch locks its rows by primary key with SKIP LOCKED and
+re-checks the whole predicate at update time, so a concurrent completion always wins.
+Each round is sized from the WAL and time the last one measured (``rules.pacing``). When
+a snapshot is used up, one count over the real table decides: nothing left (``done``),
+or another pass over what is left (rows that were locked, or became candidates, meanwhile).
 
 Before the first write: the server must be writable, the role must hold UPDATE, the
 ledger must be writable, the target's advisory lock must be free, the candidates must
 not exceed ``max_rows`` and, if given, the first batch must match ``expect_fingerprint``.
 
-Writes ``workers`` batches at once (``runbook.rounds``): a round takes that many
-consecutive slices of the snapshot, oldest first, one per connection, and ends when all
-have committed or rolled back. The next round is sized from what the last one measured.
-
-Stops only between rounds: ``max_batches``, ``max_seconds``, the stop file appearing, a
-kernel interrupt (the first SIGINT lets the batches in flight commit; a second one aborts
-them, rolled back), or ``should_stop()``. A batch that hits lock_timeout or
-statement_timeout rolls back and is retried smaller after a pause, ``max_retries`` times.
+Stops only between rounds (``runbook.ops.stops``): ``max_batches``, ``max_seconds``, the
+stop file appearing, a kernel interrupt (the first SIGINT lets the batches in flight
+commit; a second one aborts them, rolled back), or ``should_stop()``. A batch that hits
+lock_timeout or statement_timeout rolls back and is retried smaller after a pause,
+``max_retries`` times. Every step returns the ``Stop`` it ended with; ``end_run`` records it.
 """
 
 from __future__ import annotations
@@ -35,44 +34,31 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
-
-from ..sql import statements
-from ..errors import ConnectionLostError, PreviewMismatchError, TooManyCandidatesError
-from ..db.health import HealthLimits, blind_signals, refuse_blind
-from .live import (
-    BatchResult,
-    Stopper,
-    check_writable,
-    close_run,
-    live_run,
-    publish_metrics,
-    reconcile,
-    set_batch_settings,
-    wait_until_healthy,
-)
-from ..rules.params import Options
-from .preview import fingerprint
+from .. import logs
 from ..audit.record import new_run_id
-from .rounds import BatchFailed, Cancelled, Outcome, cancelled_by_request, run_round, with_retries
+from ..db.health import HealthLimits, blind_signals, refuse_blind
 from ..db.transactions import Conn, check_target, read_only, resolve_cutoff
-from ..sql.statements import LEDGER_SCHEMA as LEDGER
-from ..rules.target import Target
 from ..db.workers import Workers
+from ..errors import PreviewMismatchError, TooManyCandidatesError
+from ..rules.pacing import next_batch_size
+from ..rules.params import Options
+from ..rules.states import Kind, StopReason
+from ..rules.target import Target
+from ..sql import statements
+from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, live_run, set_batch_settings
+from .preview import fingerprint
+from .rounds import Keys, Round, run_round, with_retries
+from .stops import Stop, wait_until_healthy
 
-__all__ = ["BatchResult", "SweepResult", "sweep", "STOP_REASONS", "FAILED_STOP_REASONS", "next_batch_size"]
+__all__ = ["BatchResult", "SweepResult", "sweep", "FAILED_STOP_REASONS"]
 
-STOP_REASONS = (
-    "done", "dry_run", "max_batches", "max_seconds", "stop_file", "interrupted", "stop_requested",
-    "remaining_locked", "gave_up", "cancelled",
-)  # fmt: skip
-# A run that stopped for one of these did not do what it was asked: its record says
-# "failed" and `python -m runbook run` exits non-zero, so automation notices. A DBA's
-# cancel is one: somebody else ended the run, the operator must look.
-FAILED_STOP_REASONS = ("gave_up", "failed", "cancelled")
+log = logs.get(__name__)
+
+# Kept for callers that test membership; ``StopReason(x).failed`` says the same.
+FAILED_STOP_REASONS = tuple(r for r in StopReason if r.failed)
 _MAX_PASSES = 5
 _START: tuple[Any, str] = (datetime.min, "")  # a keyset before every snapshot entry
-_METRICS_EVERY_S = 1.0  # rewrite the metrics file at most this often while running
+OnBatch = Callable[["SweepResult", BatchResult], None]
 
 
 @dataclass
@@ -100,48 +86,19 @@ class SweepResult:
     warnings: list[str] = field(default_factory=list)  # e.g. a metrics file that could not be written
     health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
 
+    @property
+    def rows_changed(self) -> int:
+        return self.changed
+
+    def keep_batches(self, kept: list[BatchResult]) -> None:
+        """Keep only ``kept`` (the batches the ledger holds, after a lost connection)."""
+        self.batches = kept
+        self.changed = sum(b.changed for b in kept)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["cutoff_utc"] = self.cutoff_utc.isoformat() + "Z"
         return out
-
-
-def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_bytes: int = 0, wal_budget: int = 0) -> int:
-    """The size of the next batch, given the last one's ``used`` rows, time and WAL.
-
-    Never above ``batch_size``, never below 50 rows (or ``batch_size`` when smaller).
-
-    WAL: when a batch wrote more than ``wal_budget`` bytes (the server's ``wal_buffers``
-    divided by ``workers``, by default), the next one takes as many rows as fit in the budget at the last batch's
-    WAL per row; it grows back by 5% a batch. ``wal_bytes`` counts every session's WAL
-    during the batch, so with two workers it includes the round partner's, and the pair
-    together is sized to the budget (about half the rows each). Why: a transaction that writes more WAL
-    than the WAL buffers hold makes its own backend write and fsync WAL segments
-    mid-statement, and those waits are the slowest batches (measured: bench/RESULTS.md).
-    Rows cost most WAL right after a checkpoint (a full-page image per first-touched
-    page); growing back slowly keeps batches near the size that fits that worst case,
-    so batch times stay even instead of see-sawing with each checkpoint.
-
-    Time (opt-in, ``target_batch_ms``): a batch slower than 1.5x the target halves the
-    next one; once rows get cheap again, batches grow back.
-    """
-    if used == 0:
-        return planned
-    floor = min(opts.batch_size, 50)
-    by_wal = by_time = opts.batch_size
-    if wal_budget and wal_bytes:
-        by_wal = max(floor, min(opts.batch_size, int(wal_budget * used / wal_bytes), planned + max(1, planned // 20)))
-    elif wal_budget:
-        by_wal = planned  # nothing measured: keep the size rather than jump back to batch_size
-    if opts.target_batch_ms:
-        ms = seconds * 1000
-        if ms > 1.5 * opts.target_batch_ms:
-            by_time = max(floor, planned // 2)
-        elif planned < opts.batch_size and ms > 0:
-            by_time = max(planned, min(opts.batch_size, int(opts.target_batch_ms / (ms / used)), planned * 2))
-        else:
-            by_time = planned
-    return min(by_wal, by_time)
 
 
 def sweep(
@@ -151,7 +108,7 @@ def sweep(
     *,
     run_id: str | None = None,
     parameters: dict[str, Any] | None = None,
-    on_batch: Callable[[SweepResult, BatchResult], None] | None = None,
+    on_batch: OnBatch | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SweepResult:
     """Run the bounded sweep (or its dry run) and return what happened.
@@ -171,242 +128,218 @@ def sweep(
     with read_only(conn):
         cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff)
     params: dict[str, Any] = {**target.predicate_params(), "cutoff": cutoff, "new_status": target.new_status}
-    limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
     if not opts.dry_run:
         check_writable(conn, target)  # may it write at all: said before what it cannot see
-    role, blind = blind_signals(conn, limits)
-    if blind:
-        blind = [refuse_blind(role, blind, live=not opts.dry_run, allow=opts.allow_blind_health)]
-        print(blind[0], flush=True)
-
+    blind = _blind_health(conn, opts)
     if opts.dry_run:
-        with read_only(conn):
-            row = conn.execute(statements.candidate_count(target), params).fetchone()
-        count = int(row[0]) if row else 0
-        if count > opts.max_rows:
-            raise TooManyCandidatesError(
-                f"{count:,} candidates exceed max_rows={opts.max_rows:,}: a live sweep would refuse to start"
-            )
-        return SweepResult(
-            target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=True,
-            candidates_at_start=count, stop_reason="dry_run", seconds=time.monotonic() - started, remaining=count,
-            would_change=min(count, opts.batch_size * opts.max_batches),
-            would_batches=min(math.ceil(count / opts.batch_size), opts.max_batches), health_blind=blind,
-        )  # fmt: skip
+        return _dry_run(conn, target, opts, params, cutoff, blind, started)
 
     rid = run_id or new_run_id()
     result = SweepResult(
         target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=False,
         candidates_at_start=0, run_id=rid, health_blind=blind,
     )  # fmt: skip
-    table_name = f"{target.schema}.{target.table}"
-    last_published = [0.0]
-
-    def publish(outcome: str, finished: bool) -> None:
-        now = time.monotonic()
-        if not opts.metrics_dir or (not finished and now - last_published[0] < _METRICS_EVERY_S):
-            return
-        last_published[0] = now
-        remaining = result.remaining if finished else max(result.candidates_at_start - result.changed, 0)
-        path = publish_metrics(
-            opts.metrics_dir, result.warnings, run_id=rid, kind="sweep", table=table_name, rows_changed=result.changed,
-            rows_remaining=remaining, batch_seconds=[b.seconds for b in result.batches], outcome=outcome,
-            run_seconds=now - started, finished=finished,
-        )  # fmt: skip
-        result.metrics_file = path or result.metrics_file
-
-    with live_run(
-        conn, target, opts, kind="sweep", run_id=rid, parameters=parameters or opts.to_dict(), should_stop=should_stop
-    ) as run:
-        failure: BaseException | None = None
-        lost: int | None = None  # the batch whose connection was lost
+    metrics = MetricsFile(opts, rid, Kind.SWEEP, target, started)
+    parameters = parameters or opts.to_dict()
+    with live_run(conn, target, opts, kind=Kind.SWEEP, run_id=rid, parameters=parameters, should_stop=should_stop) as run:
         try:
-            with Workers[Outcome](conn, opts.workers) as pool:
-                _run_passes(conn, pool, target, opts, params, result, run.stopper, run.first_batch, on_batch, publish)
-        except BaseException as exc:
-            failure = exc
-            if isinstance(exc, BatchFailed):
-                failure, lost = exc.error, exc.number if exc.connection_lost else None
-            result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            result.stop_detail = f"{type(failure).__name__}: {failure}"  # the batch's own error, not its wrapper
-            if cancelled_by_request(failure) and not isinstance(exc, BatchFailed):
-                failure = Cancelled("a statement of the sweep", failure)  # type: ignore[arg-type]
-            if isinstance(failure, Cancelled):
-                # Someone (a DBA) means the sweep to stop: stop, do not retry, record who/what.
-                result.stop_reason, result.stop_detail = "cancelled", str(failure)
-                print(f"stopped: {failure}", flush=True)
-                failure = None
-        result.seconds = round(time.monotonic() - started, 4)
-        connection_lost = isinstance(failure, psycopg.OperationalError) and (lost is not None or conn.broken or conn.closed)
-        if connection_lost:
-            lost = lost or (result.batches[-1].number + 1 if result.batches else run.first_batch)
-            survived = _reconcile(conn, target, result, run.first_batch)  # closes the runs row on a new connection
-        publish(result.stop_reason, True)
-        if not connection_lost:
-            close_run(conn, rid, result.stop_reason, result.to_dict())
-    if failure is None or isinstance(failure, KeyboardInterrupt):
-        # Interrupted: the batch in flight rolled back; every earlier one stands with its ledger.
-        return result
-    if connection_lost:
-        first_line = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
-        raise ConnectionLostError(
-            f"the connection to the database was lost during batch {lost} of run {rid} ({first_line}): that "
-            f"batch rolled back; {survived} Run again with run_id={rid} to finish."
-        ) from failure
-    raise failure
+            with Workers[Any](conn, opts.workers) as pool:
+                stop = _Sweep(conn, pool, target, opts, params, result, run, metrics, on_batch).run()
+        except BaseException as exc:  # a refusal, an error between rounds, a second Ctrl-C
+            stop = Stop.of_error(exc, "a statement of the sweep")
+        error = end_run(conn, target, run, result, stop, metrics, started, remaining=result.remaining)
+    if error is not None:
+        raise error
+    return result
 
 
-def _reconcile(conn: Conn, target: Target, result: SweepResult, first_batch: int) -> str:
-    """After a lost connection: keep in ``result`` only the batches the ledger holds, and close
-    the runs row on a new connection (``liverun.reconcile``); return what stands, as a sentence."""
-
-    def settle(kept: list[BatchResult], lost: list[int]) -> dict[str, Any]:
-        result.batches = kept
-        result.changed = sum(b.changed for b in kept)
-        if lost:
-            result.stop_detail += (
-                f"; batch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger after reconnecting: "
-                "lost with the server's unflushed WAL (asynchronous commit), their rows are still candidates"
-            )
-        return result.to_dict()
-
-    done = reconcile(conn, target, str(result.run_id), first_batch, result.batches, result.stop_reason, settle)
-    if done is None:
-        result.stop_detail += "; could not reconnect to check which acknowledged batches the ledger holds"
-        return (
-            f"{len(result.batches)} other batch(es) were acknowledged, but the server could not be reached again to check "
-            f"that the ledger holds them (asynchronous commit: a crash loses the last ones); see {LEDGER}.batches."
-        )
-    kept, lost = done
-    text = f"the {len(kept)} other batch(es) committed so far stand with their ledger ({result.changed:,} rows)."
-    if lost:
-        text += (
-            f" Batch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger after reconnecting: lost "
-            "with the server's unflushed WAL (asynchronous commit); their rows are still candidates."
-        )
-    return text
+def _blind_health(conn: Conn, opts: Options) -> list[str]:
+    """The health signals this role cannot see, as one line (empty: sees them all).
+    BlindHealthError for a live run unless ``allow_blind_health``."""
+    limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
+    role, blind = blind_signals(conn, limits)
+    if not blind:
+        return []
+    line = refuse_blind(role, blind, live=not opts.dry_run, allow=opts.allow_blind_health)
+    log.warning(line)
+    return [line]
 
 
-def _snapshot(conn: Conn, target: Target, opts: Options, params: dict[str, Any]) -> int:
-    with conn.transaction():
-        # One full scan of the table: allow it ten batches' worth of statement time.
-        set_batch_settings(conn, opts, factor=10)
-        stmts = statements.snapshot(target)
-        count = 0
-        for stmt in stmts:
-            cur = conn.execute(stmt, params)
-            if stmt is stmts[1]:
-                count = cur.rowcount
-    return count
+def _dry_run(
+    conn: Conn, target: Target, opts: Options, params: dict[str, Any], cutoff: datetime, blind: list[str], started: float
+) -> SweepResult:
+    """Count the candidates (read-only) and say what a live sweep would do; writes nothing."""
+    with read_only(conn):
+        row = conn.execute(statements.candidate_count(target), params).fetchone()
+    count = int(row[0]) if row else 0
+    if count > opts.max_rows:
+        raise TooManyCandidatesError(f"{count:,} candidates exceed max_rows={opts.max_rows:,}: a live sweep would refuse to start")
+    return SweepResult(
+        target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=True,
+        candidates_at_start=count, stop_reason=StopReason.DRY_RUN, seconds=time.monotonic() - started, remaining=count,
+        would_change=min(count, opts.batch_size * opts.max_batches),
+        would_batches=min(math.ceil(count / opts.batch_size), opts.max_batches), health_blind=blind,
+    )  # fmt: skip
 
 
-def _next_keys(conn: Conn, after: tuple[Any, str], size: int) -> list[tuple[Any, Any]]:
-    """The next ``size`` snapshot entries (time, key) after ``after``; none: pass done.
-    Reads the session's temp table, so only on the connection that made the snapshot."""
-    return conn.execute(statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}).fetchall()
+class _Sweep:
+    """One live sweep, read top-down: ``run`` -> passes (``_pass``) -> rounds (``_drain``)
+    -> batches (``rounds.run_round``). Each returns the ``Stop`` it ended with, or None
+    to go on; only ``_keep`` adds to the result, what a round committed."""
 
+    def __init__(
+        self, conn: Conn, pool: Workers[Any], target: Target, opts: Options, params: dict[str, Any],
+        result: SweepResult, run: LiveRun, metrics: MetricsFile, on_batch: OnBatch | None,
+    ) -> None:  # fmt: skip
+        self.conn, self.pool, self.target, self.opts, self.params = conn, pool, target, opts, params
+        self.result, self.run_, self.metrics, self.on_batch = result, run, metrics, on_batch
+        self.next_batch = run.first_batch
+        row = conn.execute(statements.run_start()).fetchone()
+        self.began: datetime = row[0] if row else datetime.min
+        # Two writers fill the WAL buffers twice as fast: each round gets 1/workers of them
+        # (measured: with the whole buffers, p99 119-166 ms; with half, 55-94 ms; bench/RESULTS.md).
+        self.wal_budget = opts.max_batch_wal_bytes or (int(row[1]) // opts.workers if row else 0)
 
-def _run_passes(
-    conn: Conn,
-    pool: Workers[Outcome],
-    target: Target,
-    opts: Options,
-    params: dict[str, Any],
-    result: SweepResult,
-    stopper: Stopper,
-    next_batch: int,
-    on_batch: Callable[[SweepResult, BatchResult], None] | None,
-    publish: Callable[[str, bool], None],
-) -> None:
-    run_id = str(result.run_id)
-    row = conn.execute(statements.run_start()).fetchone()
-    began: datetime = row[0] if row else datetime.min
-    # Two writers fill the WAL buffers twice as fast: each round gets 1/workers of them
-    # (measured: with the whole buffers, p99 119-166 ms; with half, 55-94 ms; bench/RESULTS.md).
-    wal_budget = opts.max_batch_wal_bytes or (int(row[1]) // opts.workers if row else 0)
-    for pass_number in range(_MAX_PASSES):
+    def run(self) -> Stop:
+        for pass_number in range(_MAX_PASSES):
+            stop = self._pass(first=pass_number == 0)
+            if stop is not None:
+                return stop
+        return Stop(StopReason.REMAINING_LOCKED)
+
+    def _pass(self, first: bool) -> Stop | None:
+        """Snapshot the candidates and write them all; None when another pass is worth it."""
         # A snapshot is a full scan: after one statement timeout it is tried once more, no more.
-        in_snapshot = with_retries(lambda _: _snapshot(conn, target, opts, params), opts, result, "snapshot", max_timeouts=1)
-        if in_snapshot is None:
-            return
-        if pass_number == 0:
-            _check_first_pass(conn, opts, result, in_snapshot)
+        snap = with_retries(lambda _: self._snapshot(), self.opts, "snapshot", max_timeouts=1)
+        self.result.retries += snap.notes
+        if snap.value is None:
+            assert snap.stop is not None
+            return snap.stop
+        in_snapshot = snap.value
+        if first:
+            self._check_first_pass(in_snapshot)
         if in_snapshot == 0:
             # Nothing to write: no reason to wait for the database to be healthy.
-            result.remaining, result.stop_reason = 0, "done"
-            return
-        publish("running", False)
-        changed_this_pass = 0
-        after = _START
-        planned = opts.batch_size
-        while True:
-            reason = stopper.reason(len(result.batches)) or wait_until_healthy(
-                conn, target, opts, stopper, result, next_batch, began
-            )
-            if reason:
-                result.stop_reason = reason
-                return
-            # A round: up to `workers` consecutive slices of the snapshot, written at once.
-            chunks: list[tuple[int, list[tuple[Any, Any]]]] = []
-            for _ in range(min(pool.capacity(), opts.max_batches - len(result.batches))):
-                keys = _next_keys(conn, after, planned)
-                if not keys:
-                    break
-                chunks.append((next_batch + len(chunks), keys))
-                after = (keys[-1][0], str(keys[-1][1]))
-            if not chunks:
-                break
-
-            kept = run_round(pool, chunks, target=target, opts=opts, params=params, run_id=run_id, result=result, on_batch=on_batch)
-            next_batch += len(chunks)
-            if kept is None:
-                return  # a batch gave up after its retries
-            changed_this_pass += sum(batch.changed for batch, _ in kept)
-            # The last slice may have been retried smaller: go on right after what it took.
-            # (A smaller retry of an earlier slice leaves the rest of it to the next pass.)
-            last = kept[-1][1][-1]
-            after = (last[0], str(last[1]))
-            planned = min(next_batch_size(opts, planned, b.selected, b.seconds, b.wal_bytes, wal_budget) for b, _ in kept)
-            publish("running", False)
-            if opts.pause_s:
-                time.sleep(opts.pause_s)
-        if changed_this_pass == in_snapshot:
+            self.result.remaining = 0
+            return Stop(StopReason.DONE)
+        changed, stop = self._drain()
+        if stop is not None:
+            return stop
+        if changed == in_snapshot:
             # Every candidate of the snapshot was changed. A row can only become a
             # candidate later by getting an older created_at or leaving a terminal status,
             # which LiteLLM never does; so skip the second full scan of the table.
-            result.remaining = 0
-            result.stop_reason = "done"
-            return
-        with read_only(conn):
-            row = conn.execute(statements.candidate_count(target), params).fetchone()
-        result.remaining = int(row[0]) if row else 0
-        if result.remaining == 0:
-            result.stop_reason = "done"
-            return
-        if changed_this_pass == 0:
+            self.result.remaining = 0
+            return Stop(StopReason.DONE)
+        with read_only(self.conn):
+            row = self.conn.execute(statements.candidate_count(self.target), self.params).fetchone()
+        self.result.remaining = int(row[0]) if row else 0
+        if self.result.remaining == 0:
+            return Stop(StopReason.DONE)
+        if changed == 0:
             # What is left is locked by other sessions or keeps changing under us:
             # stop rather than spin; a later run picks it up.
-            result.stop_reason = "remaining_locked"
-            return
-    result.stop_reason = "remaining_locked"
+            return Stop(StopReason.REMAINING_LOCKED)
+        return None
 
+    def _drain(self) -> tuple[int, Stop | None]:
+        """Write the snapshot in rounds, oldest first; return the rows changed, and the stop
+        when one came before the snapshot was used up."""
+        self._publish()
+        changed, after, planned = 0, _START, self.opts.batch_size
+        while True:
+            reason = self.run_.stopper.reason(len(self.result.batches)) or wait_until_healthy(
+                self.conn, self.target, self.opts, self.run_.stopper, self.result, self.next_batch, self.began
+            )
+            if reason:
+                return changed, Stop(reason)
+            chunks = self._next_chunks(after, planned)
+            if not chunks:
+                return changed, None
+            done = run_round(
+                self.pool, chunks, target=self.target, opts=self.opts, params=self.params, run_id=str(self.result.run_id)
+            )
+            self.next_batch += len(chunks)
+            self._keep(done)
+            changed += sum(batch.changed for batch, _ in done.committed)
+            if done.stop is not None:
+                return changed, done.stop
+            # The last slice may have been retried smaller: go on right after what it took.
+            # (A smaller retry of an earlier slice leaves the rest of it to the next pass.)
+            last = done.committed[-1][1][-1]
+            after = (last[0], str(last[1]))
+            planned = min(
+                next_batch_size(self.opts, planned, b.selected, b.seconds, b.wal_bytes, self.wal_budget)
+                for b, _ in done.committed
+            )
+            self._publish()
+            if self.opts.pause_s:
+                time.sleep(self.opts.pause_s)
 
-def _check_first_pass(conn: Conn, opts: Options, result: SweepResult, in_snapshot: int) -> None:
-    """Refuse, before any write, too many candidates or a first batch unlike the approved one."""
-    result.candidates_at_start = in_snapshot
-    if in_snapshot > opts.max_rows:
-        raise TooManyCandidatesError(
-            f"{in_snapshot:,} candidates exceed max_rows={opts.max_rows:,}: refused before the first batch, "
-            "nothing written. Check inspect, then raise max_rows if this is expected."
-        )
-    # The first batch as a preview shows it (same order, same size): its fingerprint goes
-    # into the record and is checked against an approved one.
-    first = _next_keys(conn, _START, opts.batch_size)
-    result.first_batch_fingerprint = fingerprint(result.target, result.cutoff_utc, [str(r[1]) for r in first])
-    if opts.expect_fingerprint and result.first_batch_fingerprint != opts.expect_fingerprint:
-        raise PreviewMismatchError(
-            f"the first batch now has fingerprint {result.first_batch_fingerprint}, not the approved "
-            f"{opts.expect_fingerprint}: the fingerprint binds the target, the rule, the cutoff "
-            f"({result.cutoff_utc.isoformat()}Z here) and the batch's ids, so the preview's cutoff, batch_size or rows "
-            "differ (give the preview's cutoff as cutoff). Nothing written; preview again."
-        )
+    def _next_chunks(self, after: tuple[Any, str], size: int) -> list[tuple[int, Keys]]:
+        """The next round: up to ``workers`` consecutive slices of the snapshot after ``after``,
+        numbered from the next batch, within ``max_batches``."""
+        chunks: list[tuple[int, Keys]] = []
+        for _ in range(min(self.pool.capacity(), self.opts.max_batches - len(self.result.batches))):
+            keys = self._next_keys(after, size)
+            if not keys:
+                break
+            chunks.append((self.next_batch + len(chunks), keys))
+            after = (keys[-1][0], str(keys[-1][1]))
+        return chunks
+
+    def _keep(self, done: Round) -> None:
+        """Add what a round committed to the result, then tell ``on_batch`` (not after an
+        interrupt: the operator asked to stop)."""
+        self.result.retries += done.notes
+        for batch, _ in done.committed:
+            self.result.batches.append(batch)
+            self.result.changed += batch.changed
+        if self.on_batch is not None and not (done.stop is not None and done.stop.reason is StopReason.INTERRUPTED):
+            for batch, _ in done.committed:
+                self.on_batch(self.result, batch)
+
+    def _publish(self) -> None:
+        remaining = max(self.result.candidates_at_start - self.result.changed, 0)
+        self.metrics.publish(self.result, "running", remaining=remaining)
+
+    def _snapshot(self) -> int:
+        """Copy the candidates' keys into the session's temp table; return how many."""
+        with self.conn.transaction():
+            # One full scan of the table: allow it ten batches' worth of statement time.
+            set_batch_settings(self.conn, self.opts, factor=10)
+            stmts = statements.snapshot(self.target)
+            count = 0
+            for stmt in stmts:
+                cur = self.conn.execute(stmt, self.params)
+                if stmt is stmts[1]:
+                    count = cur.rowcount
+        return count
+
+    def _next_keys(self, after: tuple[Any, str], size: int) -> Keys:
+        """The next ``size`` snapshot entries (time, key) after ``after``; none: pass done.
+        Reads the session's temp table, so only on the connection that made the snapshot."""
+        return self.conn.execute(
+            statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}
+        ).fetchall()
+
+    def _check_first_pass(self, in_snapshot: int) -> None:
+        """Refuse, before any write, too many candidates or a first batch unlike the approved one."""
+        opts, result = self.opts, self.result
+        result.candidates_at_start = in_snapshot
+        if in_snapshot > opts.max_rows:
+            raise TooManyCandidatesError(
+                f"{in_snapshot:,} candidates exceed max_rows={opts.max_rows:,}: refused before the first batch, "
+                "nothing written. Check inspect, then raise max_rows if this is expected."
+            )
+        # The first batch as a preview shows it (same order, same size): its fingerprint goes
+        # into the record and is checked against an approved one.
+        first = self._next_keys(_START, opts.batch_size)
+        result.first_batch_fingerprint = fingerprint(result.target, result.cutoff_utc, [str(r[1]) for r in first])
+        if opts.expect_fingerprint and result.first_batch_fingerprint != opts.expect_fingerprint:
+            raise PreviewMismatchError(
+                f"the first batch now has fingerprint {result.first_batch_fingerprint}, not the approved "
+                f"{opts.expect_fingerprint}: the fingerprint binds the target, the rule, the cutoff "
+                f"({result.cutoff_utc.isoformat()}Z here) and the batch's ids, so the preview's cutoff, batch_size or rows "
+                "differ (give the preview's cutoff as cutoff). Nothing written; preview again."
+            )

@@ -13,22 +13,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
-import psycopg
-
-from ..db import ledger
-from ..sql import statements
-from ..errors import ConnectionLostError, LedgerUnavailableError, UnknownRunError
-from ..db.health import HealthLimits, blind_signals, refuse_blind
-from .live import BatchResult, check_writable, close_run, live_run, publish_metrics, reconcile, set_batch_settings, utc_now, wait_until_healthy
-from ..rules.params import Options
+from .. import logs
 from ..audit.record import new_run_id
-from .rounds import Cancelled, with_retries
+from ..db import ledger
+from ..db.health import HealthLimits, blind_signals, refuse_blind
 from ..db.transactions import Conn, check_target, read_only
+from ..errors import LedgerUnavailableError, UnknownRunError
+from ..rules.params import Options
+from ..rules.states import Kind, StopReason
 from ..rules.target import Target
+from ..sql import statements
+from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, live_run, set_batch_settings, utc_now
+from .rounds import with_retries
+from .stops import Stop, wait_until_healthy
 
 __all__ = ["UndoResult", "undo"]
+
+log = logs.get(__name__)
 
 
 @dataclass
@@ -51,6 +55,15 @@ class UndoResult:
     retries: list[str] = field(default_factory=list)  # batches retried after a lock or statement timeout
     pauses: list[dict[str, Any]] = field(default_factory=list)  # waits for the database to be healthy
     health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
+
+    @property
+    def rows_changed(self) -> int:
+        return self.restored
+
+    def keep_batches(self, kept: list[BatchResult]) -> None:
+        """Keep only ``kept`` (the batches the ledger holds, after a lost connection)."""
+        self.batches = kept
+        self.restored = sum(b.changed for b in kept)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,111 +113,85 @@ def undo(
             total, restorable, since, undone, later = _counts(conn, target, False, params)
     if opts.dry_run:
         result = UndoResult(of_run_id, None, True, total, restorable, changed_since=since, later_run=later, already_undone=undone)
-        result.stop_reason = "dry_run"
+        result.stop_reason = StopReason.DRY_RUN
         result.seconds = round(time.monotonic() - started, 4)
         return result
 
     rid = run_id or new_run_id()
     result = UndoResult(of_run_id, rid, False, 0, 0)
     parameters = parameters or {"of_run_id": of_run_id, **opts.to_dict()}
-    table_name = f"{target.schema}.{target.table}"
     check_writable(conn, target)  # as the sweep: may it write at all, then what it cannot see
     role, blind = blind_signals(conn, HealthLimits(pause_during_vacuum=opts.pause_during_vacuum))
     if blind:
         result.health_blind = [refuse_blind(role, blind, live=True, allow=opts.allow_blind_health)]
-        print(result.health_blind[0], flush=True)
-    with live_run(conn, target, opts, kind="undo", run_id=rid, parameters=parameters, undoes_run_id=of_run_id) as run:
+        log.warning(result.health_blind[0])
+    metrics = MetricsFile(opts, rid, Kind.UNDO, target, started)
+    with live_run(conn, target, opts, kind=Kind.UNDO, run_id=rid, parameters=parameters, undoes_run_id=of_run_id) as run:
         try:
-            # Under the target's lock: no other run of the runbook changes these objects meanwhile.
-            with conn.transaction():
-                for statement in statements.undo_snapshot(target):
-                    conn.execute(statement, params)
-                total, restorable, since, undone, later = _counts(conn, target, True, params)
-            result.rows_in_ledger, result.restorable = total, restorable
-            result.already_undone, result.later_run = undone, later
-            next_batch = run.first_batch
-            after = 2**63 - 1
-            examined = 0
-            began = conn.execute(statements.run_start()).fetchone()[0]  # type: ignore[index]
-            while not (reason := run.stopper.reason(len(result.batches))
-                       or wait_until_healthy(conn, target, opts, run.stopper, result, next_batch, began)):  # fmt: skip
-                t0 = time.monotonic()
-
-                def attempt(n: int) -> tuple[list[Any], Any]:  # a retry takes half the rows each time
-                    with conn.transaction():
-                        set_batch_settings(conn, opts)
-                        todo = conn.execute(
-                            statements.undo_next(), {**params, "after_seq": after, "batch_size": max(1, opts.batch_size >> n)}
-                        ).fetchall()
-                        if not todo:
-                            return todo, None
-                        return todo, conn.execute(
-                            statements.undo_update(target),
-                            {
-                                "ids": [r[0] for r in todo], "previous": [r[1] for r in todo], "expected": [r[2] for r in todo],
-                                "run_id": rid, "batch": next_batch,
-                            },
-                        ).fetchone()  # fmt: skip
-
-                done = with_retries(attempt, opts, result, f"batch {next_batch}")
-                if done is None:
-                    reason = "gave_up"  # the reason is in stop_detail
-                    break
-                todo, row = done
-                if not todo:
-                    reason = "done"
-                    break
-                restored = int(row[0]) if row else 0
-                result.batches.append(BatchResult(next_batch, len(todo), restored, round(time.monotonic() - t0, 4), utc_now()))
-                result.restored += restored
-                examined += len(todo)
-                result.changed_since = examined - result.restored
-                after = int(todo[-1][3])
-                next_batch += 1
-            result.stop_reason = reason
-        except BaseException as exc:
-            if isinstance(exc, Cancelled):  # pg_cancel_backend() by a DBA: stop, recorded, not retried
-                result.stop_reason, result.stop_detail = "cancelled", str(exc)
-                return result  # (the runs row is closed below)
-            result.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            result.stop_detail = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
-                lost = result.batches[-1].number + 1 if result.batches else run.first_batch
-                stands = _reconcile(conn, target, result, run.first_batch)
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ConnectionLostError(
-                    f"the connection to the database was lost during batch {lost} of undo run {rid} ({first_line}): that "
-                    f"batch rolled back; {stands} Run again with undo_run_id={rid} to finish."
-                ) from exc
-            raise
-        finally:
-            result.seconds = round(time.monotonic() - started, 4)
-            result.stop_reason = result.stop_reason or "failed"
-            result.metrics_file = publish_metrics(
-                opts.metrics_dir, result.warnings, run_id=rid, kind="undo", table=table_name, rows_changed=result.restored,
-                rows_remaining=None, batch_seconds=[b.seconds for b in result.batches], outcome=result.stop_reason,
-                run_seconds=result.seconds, finished=True,
-            )  # fmt: skip
-            close_run(conn, rid, result.stop_reason, result.to_dict())  # a no-op on a lost connection
+            stop = _restore(conn, target, opts, params, result, run)
+        except BaseException as exc:  # an error between batches, a second Ctrl-C
+            stop = Stop.of_error(exc, "a statement of the undo")
+        error = end_run(conn, target, run, result, stop, metrics, started, remaining=None)
+    if error is not None:
+        raise error
     return result
 
 
-def _reconcile(conn: Conn, target: Target, result: UndoResult, first_batch: int) -> str:
-    """After a lost connection: keep in ``result`` only the batches the ledger holds and close
-    the runs row on a new connection (``liverun.reconcile``); return what stands, as a sentence."""
+def _restore(conn: Conn, target: Target, opts: Options, params: dict[str, Any], result: UndoResult, run: LiveRun) -> Stop:
+    """Snapshot what the undone run changed, then restore it batch by batch, newest change
+    first, until nothing is left or a stop; return that stop. Under the target's lock: no
+    other run of the runbook changes these objects meanwhile."""
+    with conn.transaction():
+        for statement in statements.undo_snapshot(target):
+            conn.execute(statement, params)
+        total, restorable, since, undone, later = _counts(conn, target, True, params)
+    result.rows_in_ledger, result.restorable = total, restorable
+    result.already_undone, result.later_run = undone, later
+    row = conn.execute(statements.run_start()).fetchone()
+    began = row[0] if row else None
+    after, examined, batch = 2**63 - 1, 0, run.first_batch
+    while True:
+        reason = run.stopper.reason(len(result.batches)) or wait_until_healthy(
+            conn, target, opts, run.stopper, result, batch, began
+        )
+        if reason:
+            return Stop(reason)
+        t0 = time.monotonic()
+        work = partial(_restore_batch, conn, target, opts, params, after=after, batch=batch, run_id=str(result.run_id))
+        tried = with_retries(work, opts, f"batch {batch}")
+        result.retries += tried.notes
+        if tried.value is None:
+            assert tried.stop is not None
+            return tried.stop
+        todo, restored = tried.value
+        if not todo:
+            return Stop(StopReason.DONE)
+        result.batches.append(BatchResult(batch, len(todo), restored, round(time.monotonic() - t0, 4), utc_now()))
+        result.restored += restored
+        examined += len(todo)
+        result.changed_since = examined - result.restored
+        after = int(todo[-1][3])
+        batch += 1
 
-    def settle(kept: list[BatchResult], lost: list[int]) -> dict[str, Any]:
-        result.batches = kept
-        result.restored = sum(b.changed for b in kept)
-        if lost:
-            result.stop_detail += f"; batch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger"
-        return result.to_dict()
 
-    done = reconcile(conn, target, str(result.run_id), first_batch, result.batches, result.stop_reason, settle)
-    if done is None:
-        return f"{len(result.batches)} other batch(es) were acknowledged; the server could not be reached again to check them."
-    kept, lost = done
-    text = f"the {len(kept)} other batch(es) committed so far stand with their ledger ({result.restored:,} rows restored)."
-    if lost:
-        text += f" Batch(es) {', '.join(map(str, lost))} were acknowledged but are not in the ledger (asynchronous commit)."
-    return text
+def _restore_batch(
+    conn: Conn, target: Target, opts: Options, params: dict[str, Any], attempt: int, *, after: int, batch: int, run_id: str
+) -> tuple[list[Any], int]:  # fmt: skip
+    """One batch in its own transaction: the next ledger changes of the undone run (newest
+    first, before ``after``), restored where still in place, with their ledger rows.
+    A retry (``attempt`` > 0) takes half the rows each time. Returns (the changes, rows restored)."""
+    with conn.transaction():
+        set_batch_settings(conn, opts)
+        todo = conn.execute(
+            statements.undo_next(), {**params, "after_seq": after, "batch_size": max(1, opts.batch_size >> attempt)}
+        ).fetchall()
+        if not todo:
+            return todo, 0
+        row = conn.execute(
+            statements.undo_update(target),
+            {
+                "ids": [r[0] for r in todo], "previous": [r[1] for r in todo], "expected": [r[2] for r in todo],
+                "run_id": run_id, "batch": batch,
+            },
+        ).fetchone()  # fmt: skip
+    return todo, int(row[0]) if row else 0

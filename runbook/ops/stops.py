@@ -1,0 +1,151 @@
+"""When a writing run stops, and why: one value, ``Stop``, for every way a run can end.
+
+Every step of a sweep or undo (a snapshot, a round of batches, a health pause, a pass)
+returns a ``Stop`` when the run must end, and ``None`` when it goes on: a retry that gave
+up, a statement canceled by a DBA, a failed batch and a second Ctrl-C all reach the run
+the same way. The run then records the stop and, only once the ledger says how it ended,
+raises the error the stop carries (if any) to its caller.
+
+Between batches (rounds of batches, with several workers) a ``Stopper`` decides whether
+to stop: the operator's limits, the stop file, a kernel interrupt, the caller's
+``should_stop()``. ``wait_until_healthy`` pauses while the database is unhealthy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from types import FrameType
+from typing import Any, Protocol
+
+import psycopg
+
+from .. import logs
+from ..db.health import HealthLimits, check_health
+from ..db.transactions import Conn
+from ..rules.params import Options
+from ..rules.states import StopReason
+from ..rules.target import Target
+
+__all__ = ["Stop", "Stopper", "cancelled_by_request", "canceled_text", "interrupt_guard", "wait_until_healthy"]
+
+log = logs.get(__name__)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a run stops. ``error``: what the run raises to its caller once it is recorded
+    (None: the run ends normally with this reason). ``lost_batch``: the batch whose
+    connection was lost, when that is how it failed."""
+
+    reason: StopReason
+    detail: str = ""
+    error: BaseException | None = None
+    lost_batch: int | None = None
+
+    @classmethod
+    def of_error(cls, exc: BaseException, what: str, lost_batch: int | None = None) -> Stop:
+        """The stop an exception means: a second Ctrl-C interrupts (nothing to raise), a
+        cancel by request (a DBA's ``pg_cancel_backend()``) is ``cancelled`` (recorded, not
+        raised, never retried), anything else fails the run and is raised after it is recorded."""
+        if isinstance(exc, KeyboardInterrupt):
+            return cls(StopReason.INTERRUPTED, f"{type(exc).__name__}: {exc}")
+        if cancelled_by_request(exc):
+            return cls(StopReason.CANCELLED, canceled_text(what, exc))  # type: ignore[arg-type]
+        return cls(StopReason.FAILED, f"{type(exc).__name__}: {exc}", exc, lost_batch)
+
+
+def cancelled_by_request(exc: BaseException) -> bool:
+    """A QueryCanceled that is not a statement_timeout: PostgreSQL says "canceling statement
+    due to user request" for pg_cancel_backend() and a client's cancel alike."""
+    return isinstance(exc, psycopg.errors.QueryCanceled) and "statement timeout" not in (exc.diag.message_primary or "")
+
+
+def canceled_text(what: str, error: psycopg.errors.QueryCanceled) -> str:
+    """The stop detail of ``what`` (a batch, the snapshot) canceled by request."""
+    return (
+        f"{what} was canceled by request ({error.diag.message_primary}: pg_cancel_backend() on the run's "
+        "backend, from another session such as a DBA's, or a client's cancel); it rolled back and was not retried"
+    )
+
+
+@contextmanager
+def interrupt_guard() -> Iterator[Callable[[], bool]]:
+    """While active, the first SIGINT only raises a flag; a second one interrupts at once.
+
+    Yields a function telling whether SIGINT arrived. Outside the main thread signals
+    cannot be handled, and KeyboardInterrupt keeps its usual meaning.
+    """
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: flag["hit"]
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+        log.warning("interrupt: stopping after the batches in flight (interrupt again to abort them)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: flag["hit"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class Stopper:
+    """Decides, between batches (rounds of batches, with several workers), whether to stop and why."""
+
+    opts: Options
+    started: float
+    interrupted: Callable[[], bool]
+    should_stop: Callable[[], bool] | None = None
+
+    def reason(self, batches_done: int) -> StopReason | None:
+        if self.interrupted():
+            return StopReason.INTERRUPTED
+        if self.opts.stop_file and os.path.exists(self.opts.stop_file):
+            return StopReason.STOP_FILE
+        if batches_done >= self.opts.max_batches:
+            return StopReason.MAX_BATCHES
+        if time.monotonic() - self.started >= self.opts.max_seconds:
+            return StopReason.MAX_SECONDS
+        if self.should_stop is not None and self.should_stop():
+            return StopReason.STOP_REQUESTED
+        return None
+
+
+class Paused(Protocol):
+    """What ``wait_until_healthy`` records into: a SweepResult, an UndoResult."""
+
+    pauses: list[dict[str, Any]]
+    batches: list[Any]
+
+
+def wait_until_healthy(
+    conn: Conn, target: Target, opts: Options, stopper: Stopper, result: Paused, batch: int, since: datetime | None
+) -> StopReason | None:
+    """Pause while the database is unhealthy, re-checking every ``health_pause_s``; append
+    the pause to ``result.pauses``. Returns a stop reason when one came up meanwhile."""
+    limits = HealthLimits(opts.max_replication_lag_bytes, opts.max_lock_waiters, opts.pause_during_vacuum)
+    paused_at = time.monotonic()
+    reasons: set[str] = set()
+    stop: StopReason | None = None
+    while not stop and (problems := check_health(conn, target, since).problems(limits)):
+        if not reasons:
+            log.info(f"pausing before batch {batch}: {'; '.join(problems)}")
+        reasons.update(problems)
+        time.sleep(opts.health_pause_s)
+        stop = stopper.reason(len(result.batches))
+    if reasons:
+        result.pauses.append({"before_batch": batch, "reasons": sorted(reasons), "seconds": round(time.monotonic() - paused_at, 3)})
+    return stop
