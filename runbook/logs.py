@@ -39,12 +39,12 @@ class _CurrentStdout(logging.StreamHandler):  # type: ignore[type-arg]
 
 def show_on_stdout(level: int = logging.INFO) -> None:
     """Print the runbook's messages (``level`` and above) on stdout, once per process,
-    unless the embedding program configured the ``runbook`` logger itself."""
+    unless the embedding program configured the ``runbook`` logger itself. The records
+    still propagate (to the root logger's handlers, pytest's caplog among them)."""
     logger = logging.getLogger(ROOT)
-    if any(isinstance(h, _CurrentStdout) for h in logger.handlers) or logger.handlers:
+    if logger.handlers:
         return
     handler = _CurrentStdout()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False

@@ -547,7 +547,7 @@ def test_the_fingerprint_changes_with_each_thing_it_binds() -> None:
 
 
 def test_a_metrics_file_that_cannot_be_written_is_a_warning_and_the_run_is_closed(
-    conn: psycopg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    conn: psycopg.Connection, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ids = [insert(conn, status="queued", age_days=10 + i) for i in range(3)]
     not_a_dir = tmp_path / "file"
@@ -555,7 +555,8 @@ def test_a_metrics_file_that_cannot_be_written_is_a_warning_and_the_run_is_close
     result = sweep(conn, Target(), options(batch_size=2, metrics_dir=str(not_a_dir), **LIVE), run_id="no-metrics")
     assert (result.stop_reason, result.changed, result.metrics_file) == ("done", 3, None)
     assert len(result.warnings) == 1 and result.warnings[0].startswith(f"metrics file not written to metrics_dir='{not_a_dir}': ")
-    assert capsys.readouterr().out.count("warning: metrics file not written") == 1
+    warned = [r for r in caplog.records if "warning: metrics file not written" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING" and warned[0].name == "runbook.ops.live"
     assert set(statuses(conn).values()) == {"stale_expired"}
     row = conn.execute(
         "SELECT finished_at IS NOT NULL, stop_reason, rows_changed, jsonb_array_length(outcome->'warnings')"

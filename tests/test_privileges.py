@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,10 +71,8 @@ def test_sweeper_without_temp_privilege_is_told_what_to_grant(conn: psycopg.Conn
 
 
 def test_sweeper_allowed_one_connection_writes_one_batch_at_a_time(
-    conn: psycopg.Connection, roles: dict[str, str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    conn: psycopg.Connection, roles: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The runbook logs (runbook.logs); to caplog even after show_on_stdout() stopped propagation.
-    monkeypatch.setattr(logging.getLogger("runbook"), "propagate", True)
     ids = [insert(conn, status="queued", age_days=20 - i) for i in range(5)]
     conn.execute("ALTER ROLE rb_sweeper CONNECTION LIMIT 1")
     from runbook import options, sweep
@@ -161,7 +158,7 @@ BLIND = (
 
 
 def test_sweeper_blind_to_health_is_refused_unless_allowed_and_then_says_so(
-    conn: psycopg.Connection, roles: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    conn: psycopg.Connection, roles: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from runbook import options, sweep
     from runbook.errors import BlindHealthError
@@ -182,13 +179,13 @@ def test_sweeper_blind_to_health_is_refused_unless_allowed_and_then_says_so(
         assert dry.health_blind == [BLIND + "; a live run will refuse unless allow_blind_health=True."]
     assert state(conn) == before
     assert conn.execute("SELECT count(*) FROM litellm_runbook.runs").fetchone() == (0,)
-    capsys.readouterr()
+    caplog.clear()
 
     with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
         result = sweep(c, Target(), options(dry_run=False, allow_blind_health=True), run_id="blind-ok")
     said = BLIND + "; allow_blind_health=True: going on without those pauses."
     assert result.stop_reason == "done" and result.changed == 3 and result.health_blind == [said]
-    assert said in capsys.readouterr().out
+    assert said in caplog.messages
     assert conn.execute("SELECT outcome->'health_blind' FROM litellm_runbook.runs WHERE run_id = 'blind-ok'").fetchone() == ([said],)
     assert statuses(conn) == {k: "stale_expired" for k in ids}
 

@@ -21,14 +21,8 @@ import runbook
 PACKAGE = Path(runbook.__file__).parent
 SQL_LAYER = "runbook/sql/"
 
-# Files that may still hold SQL text, until their statements move to runbook/sql/. The lead
-# removes each entry once that file is rewired; nothing is ever added here.
-ALLOWED = {
-    "runbook/ops/live.py": "check_writable and set_batch_settings: sql.catalog.write_privileges() and batch_settings()",
-    "runbook/ops/sweep.py": "being rewired (imports sql.statements, transitional)",
-    "runbook/ops/undo.py": "being rewired (imports sql.statements, transitional)",
-    "runbook/ops/rounds.py": "being rewired (imports sql.statements, transitional)",
-}
+# Files that may hold SQL text outside runbook/sql/, with the reason why: none.
+ALLOWED: dict[str, str] = {}
 
 _NAME = r"""[\w".{}$]+"""  # an identifier, qualified or quoted, or a format field standing for one
 _VACUUM_OPTION = r"(?:VERBOSE|ANALYZE|FREEZE|FULL|SKIP_LOCKED|INDEX_CLEANUP|PROCESS_MAIN|PROCESS_TOAST|TRUNCATE|PARALLEL|DISABLE_PAGE_SKIPPING|BUFFER_USAGE_LIMIT)"

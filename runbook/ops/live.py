@@ -21,20 +21,20 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import psycopg
-from psycopg import conninfo
 
 from .. import logs
 from ..audit.metrics import write_metrics
 from ..audit.record import operator
 from ..db import ledger
-from ..db.connect import refuse_transaction_pooler
+from ..db.connect import connect_like, refuse_transaction_pooler
 from ..db.lock import target_lock
 from ..db.transactions import Conn
 from ..errors import ConnectionLostError, ReadOnlyError, SweepInProgressError
 from ..rules.params import Options
 from ..rules.states import Kind, StopReason
 from ..rules.target import Target
-from ..sql import statements
+from ..sql import candidates, catalog
+from ..sql import ledger as ledger_sql
 from .stops import Stop, Stopper, interrupt_guard
 
 __all__ = [
@@ -59,13 +59,8 @@ class BatchResult:
 
 def check_writable(conn: Conn, target: Target) -> None:
     """ReadOnlyError unless this session can UPDATE the table on a primary."""
-    table = statements.table(target).as_string(conn)
-    row = conn.execute(
-        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'),"
-        " has_column_privilege(%s, %s, 'UPDATE'), current_user,"
-        " has_database_privilege(current_database(), 'TEMPORARY')",
-        [table, target.status_column],
-    ).fetchone()
+    table = candidates.table(target).as_string(conn)
+    row = conn.execute(catalog.write_privileges(), {"table": table, "column": target.status_column}).fetchone()
     assert row is not None
     if row[0]:
         raise ReadOnlyError("the server is a read-only standby (pg_is_in_recovery() is true): refused, nothing written")
@@ -90,14 +85,16 @@ def utc_now(timespec: str = "milliseconds") -> str:
 
 def set_batch_settings(conn: Conn, opts: Options, factor: float = 1.0) -> str:
     """Set this transaction's timeouts and asynchronous commit; return the server's WAL
-    insert position (a ``pg_lsn``: ``statements.batch_update`` reports the WAL written since)."""
+    insert position (a ``pg_lsn``: ``candidates.batch_update`` reports the WAL written since)."""
     # synchronous_commit off: a batch and its ledger rows are one statement, so a server
     # crash can only lose whole batches of the last moment, whose rows are then still
     # candidates; in exchange each commit stops waiting for a WAL flush (6 ms -> 1 ms).
     row = conn.execute(
-        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
-        " set_config('synchronous_commit', 'off', true), pg_current_wal_insert_lsn()",
-        [f"{int(opts.lock_timeout_s * 1000)}ms", f"{int(opts.statement_timeout_s * 1000 * factor)}ms"],
+        catalog.batch_settings(),
+        {
+            "lock_timeout": f"{int(opts.lock_timeout_s * 1000)}ms",
+            "statement_timeout": f"{int(opts.statement_timeout_s * 1000 * factor)}ms",
+        },
     ).fetchone()
     return str(row[3]) if row else ""
 
@@ -252,26 +249,6 @@ def close_run(conn: Conn, run_id: str, stop_reason: str, record: dict[str, Any])
     return True
 
 
-def _reconnect(conn: Conn, wait_s: float) -> Conn | None:
-    """A new connection to the server ``conn`` (now broken) was connected to, trying for up to
-    ``wait_s`` seconds (a crashed server recovers first); None if none could be made."""
-    try:
-        params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
-    except psycopg.Error:
-        return None
-    params.update(host=conn.info.host, port=str(conn.info.port), connect_timeout="5")
-    app = params.get("application_name") or "litellm-runbook"
-    params["application_name"] = f"{app}/reconcile"
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return psycopg.connect(conninfo.make_conninfo(**params), autocommit=True)
-        except psycopg.OperationalError:
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.5)
-
-
 def _reconcile(conn: Conn, target: Target, result: RunResult, run: LiveRun, wait_s: float = 30.0) -> str:
     """After the connection was lost: keep in ``result`` only the batches the ledger holds,
     close the runs row on a new connection, and say what stands, as a sentence.
@@ -284,7 +261,10 @@ def _reconcile(conn: Conn, target: Target, result: RunResult, run: LiveRun, wait
     When no connection can be made within ``wait_s`` seconds nothing is known, and the
     runs row stays open.
     """
-    fresh = _reconnect(conn, wait_s)
+    try:
+        fresh = connect_like(conn, "reconcile", wait_s=wait_s)
+    except psycopg.OperationalError:
+        fresh = None
     if fresh is None:
         result.stop_detail += "; could not reconnect to check which acknowledged batches the ledger holds"
         return (
@@ -292,7 +272,7 @@ def _reconcile(conn: Conn, target: Target, result: RunResult, run: LiveRun, wait
             f"that the ledger holds them (asynchronous commit: a crash loses the last ones); see {ledger.SCHEMA}.batches."
         )
     with fresh:
-        rows = fresh.execute(statements.ledger_batches(), {"run_id": result.run_id, "first_batch": run.first_batch}).fetchall()
+        rows = fresh.execute(ledger_sql.ledger_batches(), {"run_id": result.run_id, "first_batch": run.first_batch}).fetchall()
         there = {int(r[0]) for r in rows}
         lost = [b.number for b in result.batches if b.number not in there]
         result.keep_batches([b for b in result.batches if b.number in there])

@@ -32,7 +32,7 @@ from ..db.workers import Workers
 from ..rules.params import Options
 from ..rules.states import StopReason
 from ..rules.target import Target
-from ..sql import statements
+from ..sql import candidates
 from .live import BatchResult, set_batch_settings, utc_now
 from .stops import Stop, canceled_text, cancelled_by_request
 
@@ -108,7 +108,7 @@ def write_batch(
         if abort.is_set():
             raise _Aborted()  # rolls the transaction back
         row = conn.execute(
-            statements.batch_update(target),
+            candidates.batch_update(target),
             {**params, "ids": [str(k[1]) for k in keys], "run_id": run_id, "batch": batch, "wal_start": wal_start},
         ).fetchone()
     return (int(row[0]), int(row[1] or 0)) if row else (0, 0)

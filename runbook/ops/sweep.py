@@ -44,7 +44,7 @@ from ..rules.pacing import next_batch_size
 from ..rules.params import Options
 from ..rules.states import Kind, StopReason
 from ..rules.target import Target
-from ..sql import statements
+from ..sql import candidates, catalog
 from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, live_run, set_batch_settings
 from .preview import fingerprint
 from .rounds import Keys, Round, run_round, with_retries
@@ -170,7 +170,7 @@ def _dry_run(
 ) -> SweepResult:
     """Count the candidates (read-only) and say what a live sweep would do; writes nothing."""
     with read_only(conn):
-        row = conn.execute(statements.candidate_count(target), params).fetchone()
+        row = conn.execute(candidates.candidate_count(target), params).fetchone()
     count = int(row[0]) if row else 0
     if count > opts.max_rows:
         raise TooManyCandidatesError(f"{count:,} candidates exceed max_rows={opts.max_rows:,}: a live sweep would refuse to start")
@@ -194,7 +194,7 @@ class _Sweep:
         self.conn, self.pool, self.target, self.opts, self.params = conn, pool, target, opts, params
         self.result, self.run_, self.metrics, self.on_batch = result, run, metrics, on_batch
         self.next_batch = run.first_batch
-        row = conn.execute(statements.run_start()).fetchone()
+        row = conn.execute(catalog.run_start()).fetchone()
         self.began: datetime = row[0] if row else datetime.min
         # Two writers fill the WAL buffers twice as fast: each round gets 1/workers of them
         # (measured: with the whole buffers, p99 119-166 ms; with half, 55-94 ms; bench/RESULTS.md).
@@ -232,7 +232,7 @@ class _Sweep:
             self.result.remaining = 0
             return Stop(StopReason.DONE)
         with read_only(self.conn):
-            row = self.conn.execute(statements.candidate_count(self.target), self.params).fetchone()
+            row = self.conn.execute(candidates.candidate_count(self.target), self.params).fetchone()
         self.result.remaining = int(row[0]) if row else 0
         if self.result.remaining == 0:
             return Stop(StopReason.DONE)
@@ -308,7 +308,7 @@ class _Sweep:
         with self.conn.transaction():
             # One full scan of the table: allow it ten batches' worth of statement time.
             set_batch_settings(self.conn, self.opts, factor=10)
-            stmts = statements.snapshot(self.target)
+            stmts = candidates.snapshot(self.target)
             count = 0
             for stmt in stmts:
                 cur = self.conn.execute(stmt, self.params)
@@ -320,7 +320,7 @@ class _Sweep:
         """The next ``size`` snapshot entries (time, key) after ``after``; none: pass done.
         Reads the session's temp table, so only on the connection that made the snapshot."""
         return self.conn.execute(
-            statements.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}
+            candidates.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": size}
         ).fetchall()
 
     def _check_first_pass(self, in_snapshot: int) -> None:

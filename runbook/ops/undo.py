@@ -25,7 +25,8 @@ from ..errors import LedgerUnavailableError, UnknownRunError
 from ..rules.params import Options
 from ..rules.states import Kind, StopReason
 from ..rules.target import Target
-from ..sql import statements
+from ..sql import catalog
+from ..sql import undo as undo_sql
 from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, live_run, set_batch_settings, utc_now
 from .rounds import with_retries
 from .stops import Stop, wait_until_healthy
@@ -70,8 +71,8 @@ class UndoResult:
 
 
 def _counts(conn: Conn, target: Target, from_snapshot: bool, params: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    """(objects, restorable, changed since, already undone, later run): ``statements.undo_counts``."""
-    row = conn.execute(statements.undo_counts(target, from_snapshot), params).fetchone()
+    """(objects, restorable, changed since, already undone, later run): ``undo_sql.undo_counts``."""
+    row = conn.execute(undo_sql.undo_counts(target, from_snapshot), params).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
@@ -142,12 +143,12 @@ def _restore(conn: Conn, target: Target, opts: Options, params: dict[str, Any], 
     first, until nothing is left or a stop; return that stop. Under the target's lock: no
     other run of the runbook changes these objects meanwhile."""
     with conn.transaction():
-        for statement in statements.undo_snapshot(target):
+        for statement in undo_sql.undo_snapshot(target):
             conn.execute(statement, params)
         total, restorable, since, undone, later = _counts(conn, target, True, params)
     result.rows_in_ledger, result.restorable = total, restorable
     result.already_undone, result.later_run = undone, later
-    row = conn.execute(statements.run_start()).fetchone()
+    row = conn.execute(catalog.run_start()).fetchone()
     began = row[0] if row else None
     after, examined, batch = 2**63 - 1, 0, run.first_batch
     while True:
@@ -183,12 +184,12 @@ def _restore_batch(
     with conn.transaction():
         set_batch_settings(conn, opts)
         todo = conn.execute(
-            statements.undo_next(), {**params, "after_seq": after, "batch_size": max(1, opts.batch_size >> attempt)}
+            undo_sql.undo_next(), {**params, "after_seq": after, "batch_size": max(1, opts.batch_size >> attempt)}
         ).fetchall()
         if not todo:
             return todo, 0
         row = conn.execute(
-            statements.undo_update(target),
+            undo_sql.undo_update(target),
             {
                 "ids": [r[0] for r in todo], "previous": [r[1] for r in todo], "expected": [r[2] for r in todo],
                 "run_id": run_id, "batch": batch,
