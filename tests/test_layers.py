@@ -114,11 +114,30 @@ def test_no_import_cycles() -> None:
     ],
 )
 def test_the_walk_sees_every_kind_of_import(tmp_path: Path, source: str, expected: set[str]) -> None:
-    """The checker itself: imports in functions and under TYPE_CHECKING count as much as any."""
-    path = PACKAGE / "db" / "health.py"  # a real module's name and place; its text is ours
-    known = set(modules())
-    fake = tmp_path / "health.py"
+    """The checker itself: imports in functions and under TYPE_CHECKING count as much as any,
+    and one against the order is caught (db may not import ops, notebook or tools)."""
+    fake = tmp_path / "health.py"  # read as if it were runbook/db/health.py
     fake.write_text(source)
-    assert imports("runbook.db.health", fake, known) == expected
-    assert LAYERS.index(layer(next(iter(expected)))) >= 0
-    assert path.exists()
+    found = imports("runbook.db.health", fake, set(modules()))
+    assert found == expected
+    against = {i for i in found if LAYERS.index(layer(i)) > LAYERS.index("db")}
+    assert against == (expected if next(iter(expected)).split(".")[1] in ("ops", "notebook", "tools") else set())
+
+
+def test_the_readme_layout_lists_every_module_and_only_those() -> None:
+    """The README's folder tree is the package's: a module added, moved or removed without
+    the tree following fails here."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed: set[str] = set()
+    folder = ""
+    for line in section.splitlines():
+        name = line.strip().split(" ", 1)[0]
+        if line.startswith("  ") and not line.startswith("    ") and name.endswith("/"):
+            folder = name
+        elif line.startswith("    ") and name.endswith(".py"):
+            listed.add(folder + name)
+        elif line.startswith("  ") and name.endswith(".py"):
+            listed.add(name)
+    present = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert listed == present
