@@ -25,7 +25,6 @@ sweep), and a kernel interrupt, which only reaches the main thread, is not neede
 from __future__ import annotations
 
 import html
-import re
 import threading
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -75,8 +74,7 @@ _PLACEHOLDERS = {"cutoff": "or a fixed UTC cutoff, e.g. 2026-11-01T00:00:00Z"}
 @dataclass(frozen=True)
 class Field:
     """One setting of the panel, as its declared parameter says: the label (the name, in
-    words), the tooltip (help, allowed values, default) and, for numbers, the bounds the
-    declared check accepts."""
+    words), the tooltip (help, allowed values, default) and, for numbers, the declared range."""
 
     parameter: Parameter
     label: str
@@ -93,34 +91,15 @@ class Field:
         return self.parameter.default
 
 
-def _allowed(p: Parameter) -> str:
-    """What the declared check allows, in its own words: a ``Parameter`` has no range field,
-    its check holds the rule and names it when it refuses a value (here: no value at all)."""
-    try:
-        p.check(p.name, object())
-    except ParameterError as exc:
-        return exc.allowed
-    return ""
-
-
-def _bounds(allowed: str) -> tuple[float | None, float | None]:
-    """The range a number check names (``an integer from 1 to 100_000``, ``a number of days
-    from 1 to 3650``), else no bounds. A test checks the check accepts exactly this range."""
-    found = re.search(r"from (\S+) to (\S+)$", allowed)
-    if found is None:
-        return None, None
-    return float(found.group(1).replace("_", "")), float(found.group(2).replace("_", ""))
-
-
 def field(name: str) -> Field:
     """The panel field of the sweep notebook's parameter ``name`` (KeyError if it has none)."""
     p = declared(Kind.SWEEP)[name]
-    allowed = _allowed(p)
+    allowed = p.allowed
     default = p.default if p.default != "" else "none"
     if isinstance(default, float) and default.is_integer():
         default = int(default)
     tooltip = f"{name}: {p.help}. Allowed: {allowed}; default {default}"
-    return Field(p, _LABELS.get(name, name.replace("_", " ")), tooltip, *_bounds(allowed))
+    return Field(p, _LABELS.get(name, name.replace("_", " ")), tooltip, p.low, p.high)
 
 
 @dataclass(frozen=True)

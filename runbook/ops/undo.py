@@ -97,7 +97,7 @@ def undo(
     params = {"of_run": of_run_id, "target_name": f"{target.schema}.{target.table}"}
     with read_only(conn):
         info = ledger.run_info(conn, of_run_id)
-        if info is None or info["kind"] != "sweep":
+        if info is None or info["kind"] != Kind.SWEEP:
             raise UnknownRunError(f"run_id={of_run_id!r} is not a sweep run in the ledger ({ledger.SCHEMA}.runs)")
         if "changes.seq" in ledger.missing_columns(conn):
             raise LedgerUnavailableError(

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 
 from ..errors import ParameterError
+from .states import Kind
 
 __all__ = [
     "MAX_BATCH_SIZE",
@@ -195,24 +196,50 @@ class Options:
         return out
 
 
-KINDS = ("inspect", "preview", "sweep", "undo", "index")
+KINDS = tuple(Kind)
 
 
 @dataclass(frozen=True)
 class Parameter:
-    """One notebook parameter: the single place its name, type, default, rule and help live.
+    """One notebook parameter: the single place its name, type, default, range, help and
+    notebooks live.
 
-    ``check(name, value)`` returns the validated value or raises ParameterError. ``option``
-    is the ``Options`` field it sets; None for the run ids, which name runs."""
+    A number is checked against its range (``low``..``high``, inclusive; ``unit`` names what
+    a float counts); anything else by its ``rule``. ``option``: an ``Options`` field of the
+    same name and default (False for the run ids, which name runs). ``tuning``: listed in
+    the notebook's tuning cell, not its parameters cell (see ``parameters_cell``)."""
 
     name: str
     type: type
     default: object
-    check: Callable[[str, object], object]
     help: str
     notebooks: frozenset[str]
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    rule: Callable[[str, object], object] | None = None
     option: bool = True
-    tuning: bool = False  # in the notebook's tuning cell, not its parameters cell (see parameters_cell)
+    tuning: bool = False
+
+    def check(self, name: str, value: object) -> object:
+        """The validated value; ParameterError naming ``name``, the value and the rule."""
+        if self.rule is not None:
+            return self.rule(name, value)
+        if self.type is bool:
+            return check_bool(name, value)
+        assert self.low is not None and self.high is not None, f"{self.name}: a number needs its range"
+        if self.type is int:
+            return check_int(name, value, int(self.low), int(self.high))
+        return check_number(name, value, self.low, self.high, self.unit)
+
+    @property
+    def allowed(self) -> str:
+        """What the check allows, in the words its ParameterError uses."""
+        try:
+            self.check(self.name, object())
+        except ParameterError as exc:
+            return exc.allowed
+        return ""
 
     def line(self) -> str:
         """``name: type = default  # help``: what ``papermill --help-notebook`` reads."""
@@ -233,69 +260,76 @@ def _run_id(name: str, value: object) -> str:
     return value
 
 
-def _kinds(*names: str) -> frozenset[str]:
-    return frozenset(names)
+def _kinds(*kinds: Kind) -> frozenset[str]:
+    return frozenset(kinds)
 
 
-_SELECT = _kinds("inspect", "preview", "sweep")
-_WRITE = _kinds("sweep", "undo")
-_SWEEP = _kinds("sweep")
+_SELECT = _kinds(Kind.INSPECT, Kind.PREVIEW, Kind.SWEEP)
+_WRITE = _kinds(Kind.SWEEP, Kind.UNDO)
+_SWEEP = _kinds(Kind.SWEEP)
 
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("stale_after_days", float, 7.0, lambda n, v: check_number(n, v, 1, 3650, "days"),
-              "rows older than this many days are stale, at least 1 (LiteLLM default 7)", _SELECT),
-    Parameter("cutoff", str, "", lambda n, v: None if v in (None, "") else check_cutoff(n, v),
-              "fixed UTC cutoff used instead of stale_after_days, ISO 8601 like 2026-11-01T00:00:00Z", _SELECT),
-    Parameter("batch_size", int, 1000, lambda n, v: check_int(n, v, 1, MAX_BATCH_SIZE),
+    Parameter("stale_after_days", float, 7.0,
+              "rows older than this many days are stale, at least 1 (LiteLLM default 7)", _SELECT,
+              low=1, high=3650, unit="days"),
+    Parameter("cutoff", str, "",
+              "fixed UTC cutoff used instead of stale_after_days, ISO 8601 like 2026-11-01T00:00:00Z", _SELECT,
+              rule=lambda n, v: None if v in (None, "") else check_cutoff(n, v)),
+    Parameter("batch_size", int, 1000,
               "rows per batch, at most, 1 to 100000 (LiteLLM default 1000); the sweep takes fewer while rows write much WAL",
-              _kinds("inspect", "preview", "sweep", "undo")),
-    Parameter("max_batches", int, 5000, lambda n, v: check_int(n, v, 1, 1_000_000),
-              "stop after this many batches (transactions)", _WRITE),
-    Parameter("max_seconds", float, 300.0, lambda n, v: check_number(n, v, 1, 7 * 86400, "seconds"),
-              "stop at the first batch boundary after this many seconds", _WRITE),
-    Parameter("workers", int, 2, lambda n, v: check_int(n, v, 1, MAX_WORKERS),
-              "batches written at once, each its own transaction on its own connection, 1 to 4 (1: one at a time)", _SWEEP),
-    Parameter("dry_run", bool, True, check_bool,
-              "True writes nothing and only reports; False does the work", _kinds("sweep", "undo", "index")),
-    Parameter("max_rows", int, 1_000_000, lambda n, v: check_int(n, v, 1, 10**9),
-              "refuse to start when there are more candidates than this", _SWEEP),
-    Parameter("expect_fingerprint", str, "", lambda n, v: check_fingerprint(n, v),
-              "an approved preview's fingerprint, with its cutoff; refuse if the first batch differs", _SWEEP),
-    Parameter("stop_file", str, "", check_path,
-              "path (relative: to where you ran the command); the run stops at the next batch boundary once it exists", _WRITE),
-    Parameter("metrics_dir", str, "", check_path,
-              "folder for a Prometheus textfile of this run (relative: to where you ran the command); empty for none", _WRITE, tuning=True),
-    Parameter("lock_timeout_s", float, 5.0, lambda n, v: check_number(n, v, 0.01, 600, "seconds"),
-              "seconds a batch may wait for a row lock before it rolls back", _WRITE, tuning=True),
-    Parameter("statement_timeout_s", float, 60.0, lambda n, v: check_number(n, v, 0.1, 3600, "seconds"),
-              "seconds a batch statement may run before it rolls back", _WRITE, tuning=True),
-    Parameter("max_retries", int, 3, lambda n, v: check_int(n, v, 0, 10),
-              "retries of a batch after a lock or statement timeout, each with half the rows; then the run stops", _WRITE, tuning=True),
-    Parameter("pause_s", float, 0.0, lambda n, v: check_number(n, v, 0, 60, "seconds"),
-              "seconds to sleep between rounds of batches", _SWEEP, tuning=True),
-    Parameter("max_replication_lag_bytes", int, 64 * 1024 * 1024, lambda n, v: check_int(n, v, 0, 2**50),
-              "pause while the slowest standby is more than this many bytes of WAL behind (64 MiB)", _WRITE, tuning=True),
-    Parameter("max_lock_waiters", int, 0, lambda n, v: check_int(n, v, 0, 10_000),
-              "pause while more sessions than this wait on locks on the table", _WRITE, tuning=True),
-    Parameter("pause_during_vacuum", bool, True, check_bool,
+              _kinds(Kind.INSPECT, Kind.PREVIEW, Kind.SWEEP, Kind.UNDO), low=1, high=MAX_BATCH_SIZE),
+    Parameter("max_batches", int, 5000, "stop after this many batches (transactions)", _WRITE, low=1, high=1_000_000),
+    Parameter("max_seconds", float, 300.0, "stop at the first batch boundary after this many seconds", _WRITE,
+              low=1, high=7 * 86400, unit="seconds"),
+    Parameter("workers", int, 2,
+              "batches written at once, each its own transaction on its own connection, 1 to 4 (1: one at a time)", _SWEEP,
+              low=1, high=MAX_WORKERS),
+    Parameter("dry_run", bool, True, "True writes nothing and only reports; False does the work",
+              _kinds(Kind.SWEEP, Kind.UNDO, Kind.INDEX)),
+    Parameter("max_rows", int, 1_000_000, "refuse to start when there are more candidates than this", _SWEEP,
+              low=1, high=10**9),
+    Parameter("expect_fingerprint", str, "",
+              "an approved preview's fingerprint, with its cutoff; refuse if the first batch differs", _SWEEP,
+              rule=check_fingerprint),
+    Parameter("stop_file", str, "",
+              "path (relative: to where you ran the command); the run stops at the next batch boundary once it exists", _WRITE,
+              rule=check_path),
+    Parameter("metrics_dir", str, "",
+              "folder for a Prometheus textfile of this run (relative: to where you ran the command); empty for none", _WRITE,
+              rule=check_path, tuning=True),
+    Parameter("lock_timeout_s", float, 5.0, "seconds a batch may wait for a row lock before it rolls back", _WRITE,
+              low=0.01, high=600, unit="seconds", tuning=True),
+    Parameter("statement_timeout_s", float, 60.0, "seconds a batch statement may run before it rolls back", _WRITE,
+              low=0.1, high=3600, unit="seconds", tuning=True),
+    Parameter("max_retries", int, 3,
+              "retries of a batch after a lock or statement timeout, each with half the rows; then the run stops", _WRITE,
+              low=0, high=10, tuning=True),
+    Parameter("pause_s", float, 0.0, "seconds to sleep between rounds of batches", _SWEEP,
+              low=0, high=60, unit="seconds", tuning=True),
+    Parameter("max_replication_lag_bytes", int, 64 * 1024 * 1024,
+              "pause while the slowest standby is more than this many bytes of WAL behind (64 MiB)", _WRITE,
+              low=0, high=2**50, tuning=True),
+    Parameter("max_lock_waiters", int, 0, "pause while more sessions than this wait on locks on the table", _WRITE,
+              low=0, high=10_000, tuning=True),
+    Parameter("pause_during_vacuum", bool, True,
               "pause while a VACUUM of the table runs (not one the sweep itself started)", _WRITE, tuning=True),
-    Parameter("health_pause_s", float, 2.0, lambda n, v: check_number(n, v, 0.05, 600, "seconds"),
-              "seconds between health checks while paused", _WRITE, tuning=True),
-    Parameter("allow_blind_health", bool, False, check_bool,
+    Parameter("health_pause_s", float, 2.0, "seconds between health checks while paused", _WRITE,
+              low=0.05, high=600, unit="seconds", tuning=True),
+    Parameter("allow_blind_health", bool, False,
               "True writes although this role cannot see a health signal (lag, vacuum); the record says so", _WRITE),
     Parameter("target_batch_ms", float, 0.0,
-              lambda n, v: check_number(n, v, 0, 600_000, "milliseconds (0 keeps batch_size fixed)"),
-              "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP, tuning=True),
-    Parameter("max_batch_wal_bytes", int, 0, lambda n, v: check_int(n, v, 0, 2**50),
-              "WAL budget of a batch in bytes; 0 is the server's wal_buffers divided by workers", _SWEEP, tuning=True),
-    Parameter("run_id", str, "", _run_id,
-              "names this run in its record and the ledger; generated when empty",
-              _kinds("inspect", "preview", "sweep", "index"), option=False),
-    Parameter("run_id", str, "", _run_id,
+              "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP,
+              low=0, high=600_000, unit="milliseconds (0 keeps batch_size fixed)", tuning=True),
+    Parameter("max_batch_wal_bytes", int, 0,
+              "WAL budget of a batch in bytes; 0 is the server's wal_buffers divided by workers", _SWEEP,
+              low=0, high=2**50, tuning=True),
+    Parameter("run_id", str, "", "names this run in its record and the ledger; generated when empty",
+              _kinds(Kind.INSPECT, Kind.PREVIEW, Kind.SWEEP, Kind.INDEX), rule=_run_id, option=False),
+    Parameter("run_id", str, "",
               "the sweep run to undo, as its record or litellm_runbook.runs shows it; empty lists recent runs",
-              _kinds("undo"), option=False),
-    Parameter("undo_run_id", str, "", _run_id,
-              "names this undo run in its record and the ledger; generated when empty", _kinds("undo"), option=False),
+              _kinds(Kind.UNDO), rule=_run_id, option=False),
+    Parameter("undo_run_id", str, "", "names this undo run in its record and the ledger; generated when empty",
+              _kinds(Kind.UNDO), rule=_run_id, option=False),
 )  # fmt: skip
 
 

@@ -50,4 +50,5 @@ class Status(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     KILLED = "killed"  # the kernel died (the runner seals what it left)
+    INTERRUPTED = "interrupted"  # the runner itself was interrupted (a third Ctrl-C)
     NOTHING_TO_DO = "nothing_to_do"  # undo without a run id: it lists recent runs instead

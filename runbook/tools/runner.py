@@ -34,7 +34,7 @@ from ..audit.sealing import seal
 __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir", "kernel_pids"]
 
 from ..notebook.cells import NOTEBOOK_DIR, NOTEBOOKS, OWN_ID
-from ..rules.states import Kind
+from ..rules.states import Kind, Status
 
 log = logs.get(__name__)
 
@@ -130,7 +130,7 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     opts, ids = check_parameters(name, parameters)
     spec = declared(name)
     # Relative paths are the operator's, from where they ran this: the kernel runs elsewhere.
-    parameters = {k: getattr(opts, k) if spec[k].check is check_path else v for k, v in parameters.items()}
+    parameters = {k: getattr(opts, k) if spec[k].rule is check_path else v for k, v in parameters.items()}
     own = OWN_ID.get(kind, "run_id")
     run_id = check_run_id(ids[own])
     parameters = {**parameters, own: run_id}
@@ -140,7 +140,7 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     stem = NOTEBOOKS[kind]
     out = run_dir / f"{stamp}_{stem}_{run_id}.ipynb"
     error: str | None = None
-    ended = "succeeded"
+    ended = Status.SUCCEEDED
     database: Database | None = None
     saved_env = dict(os.environ)
     kernel_env = dict(os.environ if env is None else env)
@@ -164,12 +164,12 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
                 kernel_manager_class=_ipc_kernel_manager(sockets),
             )
     except papermill.PapermillExecutionError as exc:
-        error, ended = f"{exc.ename}: {exc.evalue}", "failed"
+        error, ended = f"{exc.ename}: {exc.evalue}", Status.FAILED
     except KeyboardInterrupt:
-        error, ended = "KeyboardInterrupt: the runner was interrupted", "interrupted"
+        error, ended = "KeyboardInterrupt: the runner was interrupted", Status.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a dead kernel, papermill's own failure: sealed below
         error = f"{type(exc).__name__}: {exc}".strip()
-        ended = "killed" if "DeadKernel" in type(exc).__name__ else "failed"
+        ended = Status.KILLED if "DeadKernel" in type(exc).__name__ else Status.FAILED
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
         try:
@@ -180,7 +180,7 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
         os.environ.update(saved_env)
     digest = seal(out, kind=name, run_id=run_id, error=error, ended=ended, database=database)
     record = read_record(out) if out.exists() else None
-    if error is None and record is not None and record.get("outcome", {}).get("status") == "failed":
+    if error is None and record is not None and record.get("outcome", {}).get("status") == Status.FAILED:
         # The notebook ran to its end, but the run did not do what it was asked (gave up,
         # cancelled by a DBA): the record says why, the exit status must say so too.
         step = record["outcome"].get(Kind.SWEEP) or record["outcome"].get(Kind.UNDO) or {}
