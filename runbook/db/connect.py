@@ -6,7 +6,7 @@ Resolution order:
    ``schema`` names the schema of LiteLLM's tables, ``public`` without it, and
    ``pgbouncer=true`` marks a transaction-mode PgBouncer, where live runs are refused);
 2. libpq's ``PG*`` variables (PGHOST, PGDATABASE, PGSERVICE, ...), when any is set;
-3. the embedded default database (``runbook.embedded``), started if needed.
+3. the embedded default database (``runbook.db.embedded``), started if needed.
 
 Every connection pins ``search_path`` to ``pg_catalog, pg_temp`` (LiteLLM's table is
 always named with its schema), so a function or operator planted in another schema
@@ -177,7 +177,7 @@ def connect(database: Database | None = None, *, purpose: str = "runbook") -> "p
 
     Its ``search_path`` is ``SEARCH_PATH``: set at connection start (``options``, which
     helper connections copy), or, through PgBouncer (which refuses startup options),
-    by ``session.read_only`` in each transaction. Raises DatabaseConfigError (password
+    by ``db.transactions.read_only`` in each transaction. Raises DatabaseConfigError (password
     scrubbed) when the server cannot be reached.
     """
     database = database or resolve()

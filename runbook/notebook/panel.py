@@ -11,7 +11,7 @@ the notebook's run id as ``notebook_run_id``), never a resume of an earlier one.
 
 Nothing here waits: every action runs from a button callback, and ``Run.controls()``
 (a ``PanelRun``; this module never imports ``run``) calls ``sweep_panel`` only in JupyterLab, so papermill and nbval never build it. The
-panel calls the same ``runbook.preview`` and ``runbook.sweep`` as the headless cells.
+panel calls the same ``runbook.ops.preview`` and ``runbook.ops.sweep`` as the headless cells.
 
 Threads. JupyterLab 4.4+ with ipykernel 7 sends widget messages to a kernel *subshell*
 by default (setting "Kernel Comms over subshells"), so callbacks may run in another

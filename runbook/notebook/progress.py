@@ -1,6 +1,6 @@
 """Progress of a running sweep: a widget bar in JupyterLab, a log line now and then headless.
 
-Both are ``on_batch`` callbacks for ``runbook.sweep.sweep``: called after each committed
+Both are ``on_batch`` callbacks for ``runbook.ops.sweep.sweep``: called after each committed
 batch with the running ``SweepResult`` and that ``BatchResult``. They only measure and
 report (the texts are ``render``'s); they never touch the database, and draw no chart.
 """

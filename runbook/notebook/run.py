@@ -225,7 +225,7 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
 
     A notebook calls ``start(kind, globals())``: its parameters are the variables its
     ``parameters`` cell (and papermill's injected cell) defined; any variable that is not a
-    declared parameter of that notebook (``runbook.params.PARAMETERS``), a mistyped
+    declared parameter of that notebook (``runbook.rules.params.PARAMETERS``), a mistyped
     ``-p max_batch 1`` say, stops the run here, before any query. Keyword ``params`` are
     the same parameters given directly. ``run_id`` names this run; for ``undo``,
     ``run_id`` is the sweep run to undo and ``undo_run_id`` names the undo.

@@ -10,7 +10,7 @@
 
 The ledger is append-only to the sweeper: ``batches`` and ``changes`` take INSERT only,
 and a ``runs`` row is visible to UPDATE (and a new one to INSERT) only in the session
-that holds that row's target's sweep lock (``runbook.locking``): the run in progress.
+that holds that row's target's sweep lock (``runbook.db.lock``): the run in progress.
 Row security on ``runs`` says so; the ledger owner's own sessions are not bound by it.
 
 ``grants_sql()`` renders them; ``python -m runbook grants`` prints them. The schema is
@@ -42,7 +42,7 @@ def owner_setup_sql(database: str, ledger_owner: str) -> list[sql.Composed]:
 
 def _holds_target_lock() -> sql.Composed:
     """True in the session holding the sweep lock of the row's ``target`` (``schema.table``):
-    ``locking.lock_key`` computed in SQL (the first 8 bytes of a SHA-256, signed), looked up
+    ``db.lock.lock_key`` computed in SQL (the first 8 bytes of a SHA-256, signed), looked up
     in this database's granted advisory locks of this backend."""
     key = sql.SQL(
         "(('x' || pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to("

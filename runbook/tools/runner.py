@@ -1,7 +1,7 @@
 """Headless execution of the runbook's notebooks into a run folder (papermill).
 
 Each executed notebook lands as ``<run_dir>/<UTC time>_<notebook>_<run_id>.ipynb`` and is
-sealed however the run ends (``runbook.sealing``): a record (the runner writes it when the
+sealed however the run ends (``runbook.audit.sealing``): a record (the runner writes it when the
 kernel could not), read-only, a ``.sha256`` beside it and, for a live run, in the ledger.
 Parameters are checked (names, values, credentials) *before* papermill writes anything.
 Ctrl-C is passed to the kernel, as JupyterLab's interrupt button would.
