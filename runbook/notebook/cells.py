@@ -1,10 +1,12 @@
-"""The committed notebooks' parameters cells, generated from the one parameter list.
+"""What is generated from the one parameter list: the notebooks' parameters cells and the
+README's table of every parameter.
 
 Each notebook's cell tagged ``parameters`` is exactly ``params.parameters_cell(kind)``, and
-the cell tagged ``tuning`` just above it (sweep and undo) ``params.tuning_cell(kind)``:
-``python -m runbook notebooks --write`` rewrites the cells that differ, and a test fails
-while any differs, so a parameter cannot be documented in one place and missing in
-another. Everything else in a notebook is written by hand.
+the cell tagged ``tuning`` just above it (sweep and undo) ``params.tuning_cell(kind)``; the
+README's table between ``TABLE_BEGIN`` and ``TABLE_END`` is ``parameters_table()``.
+``python -m runbook notebooks --write`` rewrites whatever differs, and a test fails while
+anything differs, so a parameter cannot be documented in one place and missing in
+another. Everything else in a notebook, and in the README, is written by hand.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..rules.params import parameters_cell, tuning_cell
+import json
+
+from ..rules.params import PARAMETERS, parameters_cell, tuning_cell
 from ..rules.states import Kind
 from ..version import PROJECT_DIR
 
-__all__ = ["NOTEBOOK_DIR", "NOTEBOOKS", "OWN_ID", "stale_cells", "write_cells"]
+__all__ = ["NOTEBOOK_DIR", "NOTEBOOKS", "OWN_ID", "README", "parameters_table", "stale_cells", "write_cells"]
 
 NOTEBOOK_DIR = PROJECT_DIR / "notebooks"
+README = PROJECT_DIR / "README.md"
+TABLE_BEGIN = "<!-- parameters table: generated from runbook/rules/params.py by python -m runbook notebooks --write -->"
+TABLE_END = "<!-- end of the parameters table -->"
 NOTEBOOKS = {
     Kind.INSPECT: "01_inspect", Kind.PREVIEW: "02_preview", Kind.SWEEP: "03_sweep", Kind.UNDO: "04_undo",
     Kind.INDEX: "05_create_index",
@@ -56,19 +63,43 @@ def _sync(nb: Any, kind: str) -> bool:
     return changed
 
 
-def stale_cells(directory: Path = NOTEBOOK_DIR) -> list[str]:
-    """The notebooks (file names) whose parameters or tuning cell differs from the declaration."""
+def parameters_table() -> str:
+    """Every declared parameter as a Markdown table: name, notebooks, type, default, what
+    is allowed (in the words of its ParameterError) and what it does."""
+    rows = ["| parameter | notebooks | type | default | allowed | what it does |", "|---|---|---|---|---|---|"]
+    for p in PARAMETERS:
+        kinds = ", ".join(str(k) for k in NOTEBOOKS if k in p.notebooks)
+        default = json.dumps(p.default) if isinstance(p.default, str) else repr(p.default)
+        cells = [f"`{p.name}`", kinds, p.type.__name__, f"`{default}`", p.allowed, p.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
+
+
+def _readme_with_table(text: str) -> str:
+    """``text`` (the README) with its generated table replaced by ``parameters_table()``."""
+    head, begin, rest = text.partition(TABLE_BEGIN)
+    _, end, tail = rest.partition(TABLE_END)
+    if not begin or not end:
+        raise ValueError(f"README.md lacks the markers of the parameters table: {TABLE_BEGIN} ... {TABLE_END}")
+    return f"{head}{TABLE_BEGIN}\n{parameters_table()}\n{TABLE_END}{tail}"
+
+
+def stale_cells(directory: Path = NOTEBOOK_DIR, readme: Path = README) -> list[str]:
+    """The files whose generated part differs from the declaration: notebooks whose
+    parameters or tuning cell does, and the README when its parameters table does."""
     import nbformat
 
-    return [
+    stale = [
         f"{stem}.ipynb" for kind, stem in NOTEBOOKS.items()
         if _sync(nbformat.read(directory / f"{stem}.ipynb", as_version=4), kind)
     ]  # fmt: skip
+    text = readme.read_text()
+    return stale + ([readme.name] if _readme_with_table(text) != text else [])
 
 
-def write_cells(directory: Path = NOTEBOOK_DIR) -> list[str]:
-    """Rewrite the parameters and tuning cells of every notebook that differs; return their
-    names. Writes those notebook files only."""
+def write_cells(directory: Path = NOTEBOOK_DIR, readme: Path = README) -> list[str]:
+    """Rewrite the parameters and tuning cells of every notebook that differs, and the
+    README's parameters table when it differs; return the files' names. Writes those files only."""
     import nbformat
 
     changed = []
@@ -78,4 +109,8 @@ def write_cells(directory: Path = NOTEBOOK_DIR) -> list[str]:
         if _sync(nb, kind):
             nbformat.write(nb, path)
             changed.append(path.name)
+    text = readme.read_text()
+    if _readme_with_table(text) != text:
+        readme.write_text(_readme_with_table(text))
+        changed.append(readme.name)
     return changed

@@ -5,7 +5,7 @@
     python -m runbook run NAME [-p KEY VALUE ...] [-r KEY VALUE ...]
                                              one notebook headless, into the run folder
     python -m runbook verify RUN.ipynb ...   an executed notebook still matches its seal
-    python -m runbook notebooks [--write]    parameters cells vs runbook/params.py
+    python -m runbook notebooks [--write]    parameters cells and README table vs runbook/rules/params.py
     python -m runbook db start|stop|status|url|destroy
 """
 
@@ -164,10 +164,10 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     from ..notebook.cells import stale_cells, write_cells
 
     if args.write:
-        print("\n".join(f"rewrote the parameters cell of {name}" for name in write_cells()) or "nothing to change")
+        print("\n".join(f"rewrote the generated parameters of {name}" for name in write_cells()) or "nothing to change")
         return 0
     stale = stale_cells()
-    print("\n".join(f"{name}: parameters cell differs from runbook/params.py" for name in stale) or "parameters cells up to date")
+    print("\n".join(f"{name}: its generated parameters differ from runbook/rules/params.py" for name in stale) or "up to date")
     return 1 if stale else 0
 
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ver = sub.add_parser("verify", help="check executed notebooks against their .sha256 and the ledger's checksum")
     ver.add_argument("paths", nargs="+")
     ver.set_defaults(func=cmd_verify)
-    nbs = sub.add_parser("notebooks", help="check (or --write) the notebooks' parameters cells against runbook/params.py")
+    nbs = sub.add_parser("notebooks", help="check (or --write) the notebooks' parameters cells and the README's parameters table against runbook/rules/params.py")
     nbs.add_argument("--write", action="store_true")
     nbs.set_defaults(func=cmd_notebooks)
     grants = sub.add_parser("grants", help="print the least-privilege grants for the three roles")
