@@ -26,7 +26,7 @@ What it does, in order:
 
 Variants: ``floor`` (one unbounded UPDATE with the production predicate), ``peer``
 (LiteLLM's production statement, verbatim, looped with LIMIT until it updates 0 rows),
-``sweepN`` (``runbook.ops.sweep`` at batch size N; ``-wK``: with K workers, ``-fixed``: no WAL
+``sweepN`` (``runbook.sweep`` at batch size N; ``-wK``: with K workers, ``-fixed``: no WAL
 budget, ``-tM``: target_batch_ms M), ``inspect`` (``runbook.inspect`` timed,
 read-only, on the base copy) and ``explain`` (not in the default list: the sweep at
 ``--explain-batch-size`` with every statement, BEGIN and COMMIT timed by kind, and EXPLAIN
@@ -595,11 +595,11 @@ def run_peer(conn: Conn, m: Measurement, batch_size: int) -> None:
 
 
 def call_sweep(conn: Conn, opts: runbook.Options, run_id: str) -> runbook.SweepResult:
-    """The one place the bench calls ``runbook.ops.sweep``: adapt here when its signature changes.
+    """The one place the bench calls ``runbook.sweep``: adapt here when its signature changes.
 
     Passes ``run_id`` when the sweep accepts it (the ledger), else calls without it.
     """
-    sweep: Callable[..., runbook.SweepResult] = runbook.ops.sweep
+    sweep: Callable[..., runbook.SweepResult] = runbook.sweep
     try:
         return sweep(conn, runbook.Target(), opts, run_id=run_id)
     except TypeError as exc:
