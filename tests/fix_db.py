@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from runbook.tools.demo import load_demo_rows, reset_database
 from runbook.db.embedded import EmbeddedServer
+from runbook.tools.demo import load_demo_rows, reset_database
 
 TEMPLATE = "litellm_template"
 _server: EmbeddedServer | None = None
@@ -113,3 +113,13 @@ def dsn(admin_dsn: str) -> Iterator[str]:
 def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(dsn, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def standby(server: EmbeddedServer) -> Iterator[EmbeddedServer]:
+    """A hot standby streaming from the session's server, for the tests of one module."""
+    home = Path(tempfile.mkdtemp(prefix="litellm-runbook-standby-", dir="/var/tmp"))
+    track(EmbeddedServer(home))  # a kill during the base backup still removes the folder
+    replica = track(server.clone_standby(home))
+    yield replica
+    replica.destroy()

@@ -28,6 +28,15 @@ WHERE "id" IN (
 )
 """
 
+# Makes every UPDATE of the table take a while, so a sweep can be watched and stopped.
+SLOW_UPDATES = """
+CREATE FUNCTION runbook_test_slow() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$;
+CREATE TRIGGER runbook_test_slow BEFORE UPDATE ON "LiteLLM_ManagedObjectTable"
+  FOR EACH ROW EXECUTE FUNCTION runbook_test_slow();
+"""
+
+
 
 def db_now(conn: Conn) -> datetime:
     row = conn.execute("SELECT statement_timestamp() AT TIME ZONE 'UTC'").fetchone()
@@ -46,6 +55,11 @@ def insert(conn: Conn, *, status: str | None, age_days: float, purpose: str = "r
          created, created, status],
     )  # fmt: skip
     return key
+
+
+def many(conn: Conn, n: int, *, status: str = "queued") -> list[str]:
+    """``n`` stale candidates, 8 days old and each a little older than the one before; returns their ids."""
+    return [insert(conn, status=status, age_days=8 + i / 100) for i in range(n)]
 
 
 def state(conn: Conn) -> dict[str, tuple[Any, ...]]:
