@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import psycopg
 import pytest
+from IPython.lib.pretty import pretty
 from psycopg import conninfo
-from urllib.parse import quote, urlencode
 
+import runbook.notebook.run as rb
 from runbook.db.connect import Database, connect, redact, resolve
 from runbook.errors import DatabaseConfigError
 
@@ -160,3 +162,40 @@ def test_pgbouncer_url_refuses_live_sweep_and_undo_but_reads(conn: psycopg.Conne
     refused = execute("undo", {"dry_run": False, "run_id": "direct"}, tmp_path, env=pooled)
     assert not refused.ok and refused.error == POOLER
     assert statuses(conn) == {k: "stale_expired" for k in ids}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "host=db password=hun ter2 dbname=litellm",  # libpq: missing "=" after "ter2"
+        "postgresql://litellm:hun@ter2@127.0.0.1:1/litellm",  # an unescaped '@' in the password
+    ],
+)
+def test_a_malformed_database_url_is_refused_without_showing_any_of_it(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(DatabaseConfigError) as err:
+        resolve()
+    assert "ter2" not in str(err.value) and "hun" not in str(err.value)
+
+
+def test_a_password_with_an_unescaped_at_sign_never_shows_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://litellm:hun@ter2@127.0.0.1:1/litellm")
+    with pytest.raises(DatabaseConfigError) as err:
+        connect(resolve())
+    assert "ter2" not in str(err.value) and "hun" not in str(err.value)
+    assert "more than one '@'" in str(err.value)
+
+
+def test_nothing_displayable_carries_the_database_password(conn: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn.execute("ALTER ROLE postgres PASSWORD 'sup3r-s3cret'")  # the server trusts the socket: only carried
+    try:
+        monkeypatch.setenv("DATABASE_URL", conninfo.make_conninfo(dsn, password="sup3r-s3cret"))
+        run = rb.start("inspect", run_id="t-display")
+        try:
+            shown = [repr(run), str(run.database), repr(run.database), pretty(run), pretty(run.database), repr(run.params)]
+            assert all("sup3r-s3cret" not in text for text in shown), shown
+            assert "user=postgres" not in repr(run.database) and "(DATABASE_URL)" in repr(run.database)
+        finally:
+            run.conn.close()
+    finally:
+        conn.execute("ALTER ROLE postgres PASSWORD NULL")

@@ -24,9 +24,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runbook.tools.cli import main
 from runbook.db.embedded import PACKAGE, EmbeddedServer, install_root
 from runbook.errors import EmbeddedServerError
+from runbook.tools.cli import main
 from tests.fix_db import track
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,7 +342,7 @@ def test_a_session_whose_server_does_not_start_removes_its_folder(tmp_path: Path
     # A real failure after the server started: libpq rejects the session's first connection.
     env = {**os.environ, "PGOPTIONS": "-c no_such_setting=1", "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "tests/test_params.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "tests/test_rule.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     output = done.stdout + done.stderr

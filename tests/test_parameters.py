@@ -1,8 +1,9 @@
-"""One declaration per parameter, and the careless operator: typos, credentials, relative
-paths, absurd numbers, a cutoff judged by the wrong clock, a run started from JupyterLab.
+"""Parameters: one declaration for each, every bad value refused by name with what is allowed,
+and the careless operator: typos, credentials, relative paths, absurd numbers, a cutoff judged by
+the wrong clock, a run started from JupyterLab.
 
-Every test here runs the real thing (the runner, plain papermill, the kernel's start())
-against the PostgreSQL the session started.
+Beyond the plain value checks, the tests run the real thing (the runner, plain papermill, the
+kernel's start()) against the PostgreSQL the session started.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from psycopg import conninfo
 
 import runbook.notebook.run as rb
 from runbook import ParameterError, options
-from runbook.errors import DatabaseConfigError
-from runbook.tools.runner import NOTEBOOK_DIR, execute
+from runbook.audit.record import read_record
 from runbook.notebook.cells import NOTEBOOKS, stale_cells
-from runbook.rules.params import PARAMETERS, declared, parameters_cell, refuse_secrets, tuning_cell
 from runbook.ops.preview import preview
 from runbook.ops.sweep import sweep
+from runbook.rules.params import PARAMETERS, declared, parameters_cell, refuse_secrets, tuning_cell
 from runbook.rules.target import Target
+from runbook.tools.runner import NOTEBOOK_DIR, execute
 from tests.rows import db_now, insert, state, statuses
 
 ROOT = NOTEBOOK_DIR.parent
@@ -49,6 +50,87 @@ def _papermill(notebook: str, out: Path, args: list[str], env: dict[str, str]) -
         [sys.executable, "-m", "papermill", str(NOTEBOOK_DIR / notebook), str(out), *args, "--no-progress-bar"],
         env=env, capture_output=True, text=True, cwd=ROOT, timeout=180,
     )  # fmt: skip
+
+
+# -- every bad value is named with what is allowed ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("batch_size", 0, "an integer from 1 to 100_000"),
+        ("batch_size", -1, "an integer from 1 to 100_000"),
+        ("batch_size", "abc", "an integer from 1 to 100_000"),
+        ("batch_size", 10**9, "an integer from 1 to 100_000"),
+        ("batch_size", 2.5, "an integer from 1 to 100_000"),
+        ("batch_size", True, "an integer from 1 to 100_000"),
+        ("stale_after_days", 0, "a number of days from 1 to 3650"),
+        ("stale_after_days", 0.5, "a number of days from 1 to 3650"),
+        ("stale_after_days", float("nan"), "a number of days from 1 to 3650"),
+        ("stale_after_days", "7", "a number of days from 1 to 3650"),
+        ("max_batches", 0, "an integer from 1 to 1_000_000"),
+        ("max_seconds", -5, "a number of seconds from 1 to 604800"),
+        ("dry_run", "False", "True or False"),
+        ("dry_run", 0, "True or False"),
+        ("cutoff", "yesterday", "an ISO 8601 UTC timestamp"),
+        ("cutoff", "2026-13-01T00:00:00Z", "an ISO 8601 UTC timestamp"),
+    ],
+)
+def test_bad_parameter_is_named_with_value_and_rule(name: str, value: object, allowed: str) -> None:
+    with pytest.raises(ParameterError) as err:
+        options(**{name: value})
+    assert err.value.name == name
+    assert str(err.value).startswith(f"parameter {name}={value!r} is not allowed: ")
+    assert allowed in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "message"),
+    [
+        ("batch_size", "0", "parameter batch_size=0 is not allowed"),
+        ("batch_size", "-1", "parameter batch_size=-1 is not allowed"),
+        ("batch_size", "abc", "parameter batch_size='abc' is not allowed"),
+        ("batch_size", "1000000000", "parameter batch_size=1000000000 is not allowed"),
+        ("stale_after_days", "0", "parameter stale_after_days=0 is not allowed"),
+    ],
+)
+def test_papermill_cli_refuses_bad_parameters_before_writing(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path, param: str, value: str, message: str
+) -> None:
+    for i in range(3):
+        insert(conn, status="queued", age_days=10 + i)
+    before = state(conn)
+    out = tmp_path / "out.ipynb"
+    done = subprocess.run(
+        [sys.executable, "-m", "papermill", str(NOTEBOOK_DIR / "03_sweep.ipynb"), str(out),
+         "-p", param, value, "-p", "dry_run", "False", "--no-progress-bar"],
+        env=_env(dsn), capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert state(conn) == before
+    assert out.exists(), "papermill leaves the failed notebook behind"
+    record = read_record(out)
+    assert record is None  # validation fails before start() returns: no run, nothing recorded as done
+
+
+def test_defaults_are_the_production_ones_and_safe() -> None:
+    o = options()
+    assert (o.stale_after_days, o.batch_size, o.dry_run, o.cutoff) == (7.0, 1000, True, None)
+
+
+def test_cutoff_with_offset_is_converted_to_naive_utc() -> None:
+    o = options(cutoff="2020-01-01T05:00:00+05:00")
+    assert o.cutoff is not None and o.cutoff.isoformat() == "2020-01-01T00:00:00"
+
+
+@pytest.mark.parametrize(
+    "value", ["postgresql://litellm:hunter2@db:5432/litellm", "host=db password=hunter2", "PGPASSWORD=x"]
+)
+def test_credentials_in_parameters_are_refused_without_echo(value: str) -> None:
+    with pytest.raises(ParameterError) as err:
+        refuse_secrets({"cutoff": value})
+    assert "hunter2" not in str(err.value) and "<redacted>" in str(err.value)
 
 
 # -- one declaration ---------------------------------------------------------------------
@@ -175,31 +257,15 @@ def test_plain_papermill_password_parameter_stops_the_kernel_without_echo(dsn: s
     assert len(errors) == 1 and "hunter2" not in json.dumps(errors)
 
 
-def test_nothing_displayable_carries_the_database_password(conn: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from IPython.lib.pretty import pretty
-
-    conn.execute("ALTER ROLE postgres PASSWORD 'sup3r-s3cret'")  # the server trusts the socket: only carried
-    try:
-        monkeypatch.setenv("DATABASE_URL", conninfo.make_conninfo(dsn, password="sup3r-s3cret"))
-        run = rb.start("inspect", run_id="t-display")
-        try:
-            shown = [repr(run), str(run.database), repr(run.database), pretty(run), pretty(run.database), repr(run.params)]
-            assert all("sup3r-s3cret" not in text for text in shown), shown
-            assert "user=postgres" not in repr(run.database) and "(DATABASE_URL)" in repr(run.database)
-        finally:
-            run.conn.close()
-    finally:
-        conn.execute("ALTER ROLE postgres PASSWORD NULL")
-
-
-def test_a_password_with_an_unescaped_at_sign_never_shows_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbook.db.connect import connect, resolve
-
-    monkeypatch.setenv("DATABASE_URL", "postgresql://litellm:hun@ter2@127.0.0.1:1/litellm")
-    with pytest.raises(DatabaseConfigError) as err:
-        connect(resolve())
-    assert "ter2" not in str(err.value) and "hun" not in str(err.value)
-    assert "more than one '@'" in str(err.value)
+def test_run_cli_refuses_a_password_before_anything_is_written(tmp_path: Path, dsn: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runbook", "run", "sweep", "-r", "cutoff", "postgresql://admin:hunter2@db/litellm", "--run-dir", str(tmp_path)],
+        env=_env(dsn), capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "hunter2" not in done.stdout + done.stderr
+    assert "no credentials in parameters" in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- relative paths ----------------------------------------------------------------------
@@ -216,8 +282,6 @@ def test_relative_stop_file_is_the_operators_not_the_kernels(conn: psycopg.Conne
         _env(dsn), tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    from runbook.audit.record import read_record
-
     (executed,) = (tmp_path / "runs").glob("*_03_sweep_t-relative.ipynb")
     record = read_record(executed)
     assert record is not None
@@ -287,8 +351,6 @@ def test_a_live_sweep_asked_of_a_jupyterlab_cell_is_refused_not_turned_into_a_dr
     assert done.returncode != 0
     assert "parameter dry_run=False is not allowed: True in a JupyterLab cell: the live sweep runs from the panel" in done.stderr
     assert state(conn) == before
-    from runbook.audit.record import read_record
-
     record = read_record(out)
     assert record is not None and record["outcome"]["status"] == "failed" and record["outcome"]["step"] == "sweep"
 
@@ -301,22 +363,6 @@ def test_every_option_is_declared_once_with_its_default() -> None:
     declared_options = {p.name: p.default for p in PARAMETERS if p.option}
     assert set(declared_options) == {f.name for f in fields(Options)}
     assert options() == Options()
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "host=db password=hun ter2 dbname=litellm",  # libpq: missing "=" after "ter2"
-        "postgresql://litellm:hun@ter2@127.0.0.1:1/litellm",  # an unescaped '@' in the password
-    ],
-)
-def test_a_malformed_database_url_is_refused_without_showing_any_of_it(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbook.db.connect import resolve
-
-    monkeypatch.setenv("DATABASE_URL", url)
-    with pytest.raises(DatabaseConfigError) as err:
-        resolve()
-    assert "ter2" not in str(err.value) and "hun" not in str(err.value)
 
 
 def test_a_fingerprint_without_the_previews_cutoff_is_refused_before_connecting(tmp_path: Path) -> None:
