@@ -30,8 +30,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.rows import insert, statuses
-from tests.test_controls import SLOW_UPDATES
+from tests.rows import SLOW_UPDATES, insert, statuses
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

@@ -1,5 +1,5 @@
-"""What the notebooks show: every table render.py draws is whole, every chart's count axes
-read as distinct integers."""
+"""What the notebooks show: every table render.py draws is whole; every chart is a PNG of its
+size, none for a dry run or an empty table, and its count axes read as distinct integers."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 from runbook import Target, inspect, options, preview, sweep, undo
 from runbook.db.ledger import recent_runs
 from runbook.notebook import render
-from runbook.notebook.charts import inspect_figure, sweep_figure
+from runbook.notebook.charts import inspect_figure, inspect_png, show_inspect_charts, show_sweep_chart, sweep_figure, sweep_png
 from runbook.ops.inspection import Count, InspectReport
 from runbook.ops.sweep import BatchResult, SweepResult
+from tests.pictures import png_size
 from tests.rows import insert
 
 if TYPE_CHECKING:
@@ -64,6 +65,45 @@ def test_every_table_has_as_many_cells_in_each_row_as_headers(conn: psycopg.Conn
     # The plain-text twins have their header line, a rule and one line per row.
     assert len(shown["sweep"].plain.splitlines()) == 1 + 2 + 3
     assert len(shown["recent runs"].plain.splitlines()) == 1 + 2 + 1
+
+
+# -- charts ------------------------------------------------------------------------------
+
+
+def test_inspect_and_sweep_charts_are_pngs(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(7):
+        insert(conn, status="queued", age_days=3 + 20 * i)
+    insert(conn, status=None, age_days=40)
+    insert(conn, status="queued", age_days=40, purpose="batch")
+    report = inspect(conn, Target(), options())
+    png = inspect_png(report)
+    assert png_size(png) == (1200, 360) and len(png) > 20_000
+    assert show_inspect_charts(report) == png
+
+    result = sweep(conn, Target(), options(batch_size=2, dry_run=False))
+    assert [b.changed for b in result.batches] == [2, 2, 2]
+    png = sweep_png(result)
+    assert png_size(png) == (1000, 340)
+    assert show_sweep_chart(result) == png
+    fig = sweep_figure(result)
+    rows, ms = fig.axes
+    assert [bar.get_height() for bar in rows.patches] == [2, 2, 2]
+    assert [bar.get_x() + bar.get_width() / 2 for bar in rows.patches] == [1, 2, 3]  # at the batch numbers
+    (line,) = ms.get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert list(line.get_ydata()) == [b.seconds * 1000 for b in result.batches]
+    title = rows.get_title()
+    assert "6 rows in 3 batches" in title and "stopped: done" in title
+
+
+def test_no_chart_for_a_dry_run_or_an_empty_table(conn: psycopg.Connection) -> None:
+    assert show_inspect_charts(inspect(conn, Target(), options())) is None
+    dry = sweep(conn, Target(), options())
+    assert show_sweep_chart(dry) is None
+    with pytest.raises(ValueError, match="no per-batch chart"):
+        sweep_png(dry)
+    empty = sweep(conn, Target(), options(dry_run=False))
+    assert empty.batches == [] and show_sweep_chart(empty) is None
 
 
 # -- chart ticks -------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The sweep notebook's control panel, progress reporting and charts, on the real test database.
+"""The sweep notebook's control panel in JupyterLab: Execute only after a confirmed preview of the
+current settings, exactly the previewed rows, one run per Execute, Stop, and fields that are the
+declared sweep parameters.
 
 The panel is driven as JupyterLab would drive it, without a browser: widget values are
 set and buttons clicked through ipywidgets' own API, and the database says what happened.
@@ -6,32 +8,21 @@ set and buttons clicked through ipywidgets' own API, and the database says what 
 
 from __future__ import annotations
 
+import math
 import re
-import struct
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 import pytest
 
 import runbook.notebook.run as rb
-from runbook import Target, inspect, logs, options, sweep
-from runbook.notebook.charts import inspect_png, show_inspect_charts, show_sweep_chart, sweep_figure, sweep_png
-from runbook.notebook.panel import SweepPanel, sweep_panel
-from runbook.notebook.progress import ProgressBar, measure, progress_reporter
-from runbook.notebook.render import progress_line
-from runbook.ops.sweep import BatchResult, SweepResult
-from tests.rows import db_now, insert, state, statuses
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Makes every UPDATE of the table take a while, so a sweep can be watched and stopped.
-SLOW_UPDATES = """
-CREATE FUNCTION runbook_test_slow() RETURNS trigger LANGUAGE plpgsql AS
-  $$ BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$;
-CREATE TRIGGER runbook_test_slow BEFORE UPDATE ON "LiteLLM_ManagedObjectTable"
-  FOR EACH ROW EXECUTE FUNCTION runbook_test_slow();
-"""
+from runbook.errors import ParameterError
+from runbook.notebook.panel import FIELDS, SweepPanel, field, sweep_panel
+from runbook.rules.params import declared
+from tests.pictures import PNG_SIGNATURE
+from tests.rows import SLOW_UPDATES, db_now, insert, state, statuses
 
 
 @pytest.fixture
@@ -57,6 +48,11 @@ def preview_ids(panel: SweepPanel) -> list[str]:
 
 def changed_ids(before: dict[str, str | None], after: dict[str, str | None]) -> set[str]:
     return {k for k in after if before.get(k) != after[k]}
+
+
+def _ledger_ids(conn: psycopg.Connection, run_id: str) -> set[str]:
+    rows = conn.execute("SELECT object_id FROM litellm_runbook.changes WHERE run_id = %s", [run_id]).fetchall()
+    return {str(r[0]) for r in rows}
 
 
 def test_controls_are_built_only_in_jupyterlab(run: rb.Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,11 +199,6 @@ def test_execute_refuses_when_a_previewed_row_completed_meanwhile(run: rb.Run, c
     assert not panel.running and panel.execute_button.disabled
 
 
-def _ledger_ids(conn: psycopg.Connection, run_id: str) -> set[str]:
-    rows = conn.execute("SELECT object_id FROM litellm_runbook.changes WHERE run_id = %s", [run_id]).fetchall()
-    return {str(r[0]) for r in rows}
-
-
 def test_stop_ends_the_sweep_after_the_batch_in_flight(run: rb.Run, conn: psycopg.Connection) -> None:
     conn.execute(SLOW_UPDATES)
     ids = [insert(conn, status="queued", age_days=10 + i) for i in range(30)]
@@ -293,126 +284,12 @@ def test_sweep_panel_returns_the_panel_widget(run: rb.Run) -> None:
     assert {"stale after days", "fixed cutoff", "batch size", "max batches", "max seconds", "Preview", "Execute"} <= set(texts)
 
 
-# -- progress -----------------------------------------------------------------------
-
-
-def _result(candidates: int, batch_rows: list[int], ms: float = 45.0) -> tuple[SweepResult, BatchResult]:
-    result = SweepResult(target={}, options={}, cutoff_utc=datetime(2026, 1, 1), dry_run=False, candidates_at_start=candidates)
-    for n, rows in enumerate(batch_rows, 1):
-        result.batches.append(BatchResult(n, rows, rows, ms / 1000, "2026-01-01T00:00:00.000Z"))
-        result.changed += rows
-    return result, result.batches[-1]
-
-
-def test_progress_line_reads_like_the_log_should() -> None:
-    result, batch = _result(4365, [1000, 1000, 1000])
-    assert progress_line(measure(result, batch, elapsed_s=1.0)) == (
-        "batch 3: 1,000 rows in 45 ms; 3,000/4,365 (69%), 3,000 rows/s, ~0 s left"
-    )
-    assert progress_line(measure(result, batch, elapsed_s=300.0)).endswith("10 rows/s, ~2 min left")
-    # a later pass can find more than the snapshot had: never more than 100 %
-    over, last = _result(2, [2, 1])
-    assert measure(over, last, 1.0).percent == 100.0 and measure(over, last, 1.0).total == 3
-
-
-def test_headless_progress_prints_the_first_and_last_batch_and_then_every_few_seconds(
-    conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]
-) -> None:
-    logs.show_on_stdout()  # as start() does: the lines are log records
-    for i in range(7):
-        insert(conn, status="queued", age_days=10 + i)
-    sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=progress_reporter(False))
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(";")[0].split(" in ")[0] for line in lines] == ["batch 1: 2 rows", "batch 4: 1 row"]
-    assert lines[-1].split("; ")[1].startswith("7/7 (100%)")
-
-
-def test_headless_progress_prints_one_line_per_batch_when_asked(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
-    logs.show_on_stdout()  # as start() does: the lines are log records
-    for i in range(5):
-        insert(conn, status="queued", age_days=10 + i)
-    sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=progress_reporter(False, every_s=0))
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
-    assert [line.split(";")[0].split(" in ")[0] for line in lines] == ["batch 1: 2 rows", "batch 2: 2 rows", "batch 3: 1 row"]
-    assert [line.split("; ")[1].split(",")[0] for line in lines] == ["2/5 (40%)", "4/5 (80%)", "5/5 (100%)"]
-    assert all(re.search(r"[\d,]+ rows/s, ~\d+ s left$", line) for line in lines)
-
-
-def test_progress_bar_follows_the_sweep(conn: psycopg.Connection) -> None:
-    for i in range(5):
-        insert(conn, status="queued", age_days=10 + i)
-    bar = ProgressBar()
-    result = sweep(conn, Target(), options(batch_size=2, dry_run=False), on_batch=bar)
-    bar.finish(result)
-    assert (bar.bar.value, bar.bar.max) == (5, 5)
-    assert re.fullmatch(r"5 of 5 rows \(100%\) · 3 batches · [\d,]+ rows/s · stopped: done", bar.label.value)
-    assert bar.bar.bar_style == "success"
-
-
-def test_interactive_reporter_shows_nothing_for_a_dry_run(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
-    insert(conn, status="queued", age_days=10)
-    result = sweep(conn, Target(), options(), on_batch=progress_reporter(True))
-    assert result.dry_run and capsys.readouterr().out == ""
-
-
-# -- charts -------------------------------------------------------------------------
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    assert png.startswith(PNG_SIGNATURE) and png[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", png[16:24])
-    return int(width), int(height)
-
-
-def test_inspect_and_sweep_charts_are_pngs(conn: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
-    for i in range(7):
-        insert(conn, status="queued", age_days=3 + 20 * i)
-    insert(conn, status=None, age_days=40)
-    insert(conn, status="queued", age_days=40, purpose="batch")
-    report = inspect(conn, Target(), options())
-    png = inspect_png(report)
-    assert _png_size(png) == (1200, 360) and len(png) > 20_000
-    assert show_inspect_charts(report) == png
-
-    result = sweep(conn, Target(), options(batch_size=2, dry_run=False))
-    assert [b.changed for b in result.batches] == [2, 2, 2]
-    png = sweep_png(result)
-    assert _png_size(png) == (1000, 340)
-    assert show_sweep_chart(result) == png
-    fig = sweep_figure(result)
-    rows, ms = fig.axes
-    assert [bar.get_height() for bar in rows.patches] == [2, 2, 2]
-    assert [bar.get_x() + bar.get_width() / 2 for bar in rows.patches] == [1, 2, 3]  # at the batch numbers
-    (line,) = ms.get_lines()
-    assert list(line.get_xdata()) == [1, 2, 3]
-    assert list(line.get_ydata()) == [b.seconds * 1000 for b in result.batches]
-    title = rows.get_title()
-    assert "6 rows in 3 batches" in title and "stopped: done" in title
-
-
-def test_no_chart_for_a_dry_run_or_an_empty_table(conn: psycopg.Connection) -> None:
-    assert show_inspect_charts(inspect(conn, Target(), options())) is None
-    dry = sweep(conn, Target(), options())
-    assert show_sweep_chart(dry) is None
-    with pytest.raises(ValueError, match="no per-batch chart"):
-        sweep_png(dry)
-    empty = sweep(conn, Target(), options(dry_run=False))
-    assert empty.batches == [] and show_sweep_chart(empty) is None
-
-
 # -- the panel's fields come from the parameter declaration ------------------------------
 
 
 def test_every_panel_field_is_a_declared_sweep_parameter_with_its_default_and_bounds(run: rb.Run) -> None:
     """Label, tooltip, bounds and default of each setting are the declaration's: a field
     that is not a sweep parameter, or shows another default or range, fails here."""
-    import math
-
-    from runbook.errors import ParameterError
-    from runbook.notebook.panel import FIELDS, field
-    from runbook.rules.params import declared
-
     sweep_parameters = declared("sweep")
     panel = SweepPanel(run)
     assert list(panel.fields) == list(FIELDS) and set(FIELDS) <= set(sweep_parameters)
