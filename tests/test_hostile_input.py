@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runbook import ParameterError, Target, options
-from runbook.sql import candidates, undo
 from runbook.rules.params import refuse_secrets
+from runbook.sql import candidates, undo
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 FIELDS = ("table", "schema", "key_column", "time_column", "status_column", "purpose_column")

@@ -16,11 +16,11 @@ from psycopg import conninfo, sql
 
 from runbook import Target, options, sweep
 from runbook.db.embedded import bundled_bin
-from runbook.errors import SweepInProgressError, UnknownRunError
-from runbook.tools.runner import execute
 from runbook.db.lock import lock_key, target_lock
-from runbook.tools.migrations import apply_migrations
+from runbook.errors import SweepInProgressError, UnknownRunError
 from runbook.ops.undo import undo
+from runbook.tools.migrations import apply_migrations
+from runbook.tools.runner import execute
 from tests.fix_db import TEMPLATE
 from tests.rows import insert, state, statuses
 

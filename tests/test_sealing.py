@@ -17,10 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runbook.db.connect import Database
-from runbook.tools.runner import NOTEBOOK_DIR, kernel_pids
 from runbook.audit.record import read_record
 from runbook.audit.sealing import verify
+from runbook.db.connect import Database
+from runbook.tools.runner import NOTEBOOK_DIR, kernel_pids
 from tests.rows import insert
 
 ROOT = NOTEBOOK_DIR.parent

@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..db.transactions import Conn
 from ..rules.params import Options, _run_id
 from ..rules.target import Target
 from ..version import PROJECT_DIR, __version__
-from ..db.transactions import Conn
 
 __all__ = [
     "RECORD_KEY", "new_run_id", "check_run_id", "operator", "database_identity", "code_revision", "run_record", "read_record",

@@ -31,15 +31,15 @@ from typing import Any
 import psycopg
 
 from ..db import ledger
-from ..version import PROJECT_DIR
 from ..db.connect import Database, connect
 from ..db.lock import lock_key
-from .record import RECORD_KEY, read_record
 from ..db.transactions import Conn
 from ..rules.states import Kind
 from ..rules.target import Target
 from ..sql import catalog
 from ..sql import ledger as q
+from ..version import PROJECT_DIR
+from .record import RECORD_KEY, read_record
 
 __all__ = ["run_dir", "seal", "seal_record_file", "verify", "Verified"]
 

@@ -29,9 +29,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import psycopg
 from psycopg import conninfo
 
-from .embedded import EmbeddedServer, default_home
 from ..errors import DatabaseConfigError, ParameterError, PoolerError
 from ..rules.target import _check_identifier
+from .embedded import EmbeddedServer, default_home
 
 __all__ = [
     "DEMO_DATABASE", "SEARCH_PATH", "Database", "resolve", "connect", "connect_like", "redact", "refuse_transaction_pooler",

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from ..errors import BlindHealthError
-from .transactions import Conn
+from ..rules.target import Target
 from ..sql.candidates import table
 from ..sql.catalog import health_signals, health_visibility
-from ..rules.target import Target
+from .transactions import Conn
 
 __all__ = ["HealthLimits", "Health", "check_health", "blind_signals", "refuse_blind"]
 

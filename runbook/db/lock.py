@@ -14,11 +14,11 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..errors import SweepInProgressError
+from ..rules.target import Target
 from ..sql import catalog
 from .connect import refuse_transaction_pooler
-from ..errors import SweepInProgressError
 from .transactions import Conn
-from ..rules.target import Target
 
 __all__ = ["lock_key", "holder", "target_lock"]
 

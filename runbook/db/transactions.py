@@ -9,10 +9,10 @@ from typing import Any
 
 import psycopg
 
-from ..sql import catalog
 from ..errors import TargetNotFoundError
 from ..rules.params import check_cutoff_recent
 from ..rules.target import Target
+from ..sql import catalog
 
 __all__ = ["read_only", "check_target", "db_now_utc", "resolve_cutoff"]
 

@@ -11,10 +11,9 @@ another. Everything else in a notebook, and in the README, is written by hand.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
-
-import json
 
 from ..rules.params import PARAMETERS, parameters_cell, tuning_cell
 from ..rules.states import Kind

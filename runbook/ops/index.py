@@ -11,11 +11,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .inspection import index_suggestion
-from .live import check_writable
 from ..db.transactions import Conn, check_target
 from ..rules.target import Target
-from ..sql.index import create_index as create_statement, drop_index, index_name, index_state, no_statement_timeout
+from ..sql.index import create_index as create_statement
+from ..sql.index import drop_index, index_name, index_state, no_statement_timeout
+from .inspection import index_suggestion
+from .live import check_writable
 
 __all__ = ["IndexResult", "create_index"]
 

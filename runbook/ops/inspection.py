@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..db.connect import redact
+from ..db.transactions import Conn, check_target, db_now_utc, read_only, resolve_cutoff
+from ..rules.params import Options
+from ..rules.target import KNOWN_STATUSES, Target
 from ..sql import catalog
 from ..sql.candidates import breakdown, next_batch_plan
 from ..sql.index import create_index
-from ..db.connect import redact
-from ..rules.params import Options
-from ..db.transactions import Conn, check_target, db_now_utc, read_only, resolve_cutoff
-from ..rules.target import KNOWN_STATUSES, Target
 
 __all__ = ["Count", "InspectReport", "inspect", "index_suggestion"]
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..sql import candidates
-from ..rules.params import Options
 from ..db.transactions import Conn, check_target, read_only, resolve_cutoff
+from ..rules.params import Options
 from ..rules.target import Target
+from ..sql import candidates
 
 __all__ = ["PreviewRow", "PreviewReport", "preview", "fingerprint", "ROW_HEADERS"]
 

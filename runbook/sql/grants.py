@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from .ledger import LEDGER_SCHEMA as SCHEMA
 from ..rules.target import Target, _check_identifier
+from .ledger import LEDGER_SCHEMA as SCHEMA
 
 __all__ = ["owner_setup_sql", "grants_sql", "ledger_policies_sql", "COLUMNS_READ"]
 

@@ -142,8 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..db.connect import resolve
     from ..audit.sealing import verify
+    from ..db.connect import resolve
 
     failed = 0
     for name in args.paths:
@@ -172,8 +172,8 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 
 def cmd_grants(args: argparse.Namespace) -> int:
-    from ..sql.grants import grants_sql, owner_setup_sql
     from ..rules.target import Target
+    from ..sql.grants import grants_sql, owner_setup_sql
 
     target = Target(schema=args.schema)  # a bad name stops here, before anything is printed
     print(f"-- 1. as the database owner: the ledger schema, owned by {args.ledger_owner}")

@@ -24,12 +24,12 @@ from types import FrameType
 from typing import Any
 
 from .. import logs
+from ..audit import sealing
+from ..audit.record import check_run_id, read_record
+from ..audit.sealing import seal
 from ..db.connect import Database, resolve
 from ..errors import ParameterError, RunbookError
 from ..rules.params import check_parameters, check_path, declared
-from ..audit.record import check_run_id, read_record
-from ..audit import sealing
-from ..audit.sealing import seal
 
 __all__ = ["NOTEBOOKS", "NOTEBOOK_DIR", "Executed", "execute", "default_run_dir", "kernel_pids"]
 
