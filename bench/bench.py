@@ -65,7 +65,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import runbook  # noqa: E402
-from runbook.sql import candidates  # noqa: E402
+from runbook.sql import candidates as candidate_sql  # noqa: E402
 from runbook.tools.demo import reset_database  # noqa: E402
 from runbook.db.embedded import EmbeddedServer  # noqa: E402
 from runbook.audit.record import read_record  # noqa: E402
@@ -792,15 +792,15 @@ class ProfilingConnection(psycopg.Connection[tuple[Any, ...]]):
         self.explain_batches = explain_batches
         self.timings = {}
         self.plans = []
-        snap = candidates.snapshot(target)
+        snap = candidate_sql.snapshot(target)
         self._kinds = [
-            ("batch_update", candidates.batch_update(target)),
-            ("snapshot_next (keyset step)", candidates.snapshot_next()),
+            ("batch_update", candidate_sql.batch_update(target)),
+            ("snapshot_next (keyset step)", candidate_sql.snapshot_next()),
             ("snapshot: CREATE TEMP TABLE AS (full scan)", snap[1]),
             ("snapshot: CREATE INDEX", snap[2]),
             ("snapshot: ANALYZE", snap[3]),
             ("snapshot: DROP TABLE", snap[0]),
-            ("candidate_count (full scan)", candidates.candidate_count(target)),
+            ("candidate_count (full scan)", candidate_sql.candidate_count(target)),
         ]
 
     def kind(self, query: Any) -> str:

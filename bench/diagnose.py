@@ -12,7 +12,7 @@ rows; the table compares their statement time and commit time per batch.
 
 Alternatives (each sets exactly the same rows, the candidates of its slice):
 
-    current   candidates.batch_update as it is in this checkout (lock CTE with
+    current   candidate_sql.batch_update as it is in this checkout (lock CTE with
               FOR UPDATE SKIP LOCKED, UPDATE with the predicate re-checked, ledger INSERTs)
     syncoff   the same statement in a transaction with SET LOCAL synchronous_commit = off
     noledger  the lock CTE and UPDATE (by ctid) without the ledger INSERTs
@@ -41,46 +41,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench  # noqa: E402
 import runbook  # noqa: E402
-from runbook.sql import candidates  # noqa: E402
+from runbook.sql import candidates as candidate_sql  # noqa: E402
 from runbook.db.embedded import EmbeddedServer  # noqa: E402
 
 Builder = Callable[[runbook.Target], sql.Composed]
 
 
 def _lock_cte(t: runbook.Target) -> sql.Composed:
-    """The lock step of candidates.batch_update: FOR UPDATE SKIP LOCKED, found by primary key."""
+    """The lock step of candidate_sql.batch_update: FOR UPDATE SKIP LOCKED, found by primary key."""
     return sql.SQL(
         "WITH locked AS (SELECT c.ctid AS tid, c.{status} FROM {table} AS c "
         "WHERE c.{key} = ANY(%(ids)s::text[]) AND {pred_c} FOR UPDATE SKIP LOCKED)"
     ).format(
         key=sql.Identifier(t.key_column),
         status=sql.Identifier(t.status_column),
-        table=candidates.table(t),
-        pred_c=candidates.predicate(t, "c"),
+        table=candidate_sql.table(t),
+        pred_c=candidate_sql.predicate(t, "c"),
     )
 
 
 def current(t: runbook.Target) -> sql.Composed:
-    return candidates.batch_update(t)
+    return candidate_sql.batch_update(t)
 
 
 def noledger(t: runbook.Target) -> sql.Composed:
-    """candidates.batch_update without the ledger INSERTs (lock by primary key, update by ctid)."""
+    """candidate_sql.batch_update without the ledger INSERTs (lock by primary key, update by ctid)."""
     return _lock_cte(t) + sql.SQL(
         " UPDATE {table} AS u SET {status} = %(new_status)s FROM locked WHERE u.ctid = locked.tid AND {pred_u}"
     ).format(
-        table=candidates.table(t),
+        table=candidate_sql.table(t),
         status=sql.Identifier(t.status_column),
-        pred_u=candidates.predicate(t, "u"),
+        pred_u=candidate_sql.predicate(t, "u"),
     )
 
 
 def nolock(t: runbook.Target) -> sql.Composed:
     return sql.SQL("UPDATE {table} SET {status} = %(new_status)s WHERE {key} = ANY(%(ids)s::text[]) AND {pred}").format(
-        table=candidates.table(t),
+        table=candidate_sql.table(t),
         status=sql.Identifier(t.status_column),
         key=sql.Identifier(t.key_column),
-        pred=candidates.predicate(t),
+        pred=candidate_sql.predicate(t),
     )
 
 
@@ -122,7 +122,7 @@ def run(server: EmbeddedServer, candidates: int, batch_size: int, names: Sequenc
                 ledger.start_run(conn, run_id=run_id, kind="sweep", target="public." + target.table, operator=operator(), parameters={})
                 t0 = time.monotonic()
                 with conn.transaction():
-                    for stmt in candidates.snapshot(target):
+                    for stmt in candidate_sql.snapshot(target):
                         conn.execute(stmt, params)
                 snapshot_s = time.monotonic() - t0
                 admin.execute("CHECKPOINT")
@@ -139,7 +139,7 @@ def run(server: EmbeddedServer, candidates: int, batch_size: int, names: Sequenc
                         if name in PRELUDE:
                             conn.execute(PRELUDE[name])
                         step = conn.execute(
-                            candidates.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": batch_size}
+                            candidate_sql.snapshot_next(), {"after_t": after[0], "after_k": after[1], "batch_size": batch_size}
                         ).fetchall()
                         if not step:
                             break
@@ -157,10 +157,10 @@ def run(server: EmbeddedServer, candidates: int, batch_size: int, names: Sequenc
                     j += 1
                 loop_s = time.monotonic() - started
                 t0 = time.monotonic()
-                left = bench.one(conn, candidates.candidate_count(target), params)
+                left = bench.one(conn, candidate_sql.candidate_count(target), params)
                 count_s = time.monotonic() - t0
                 t0 = time.monotonic()
-                bench.one(conn, candidates.candidate_count(target), params)
+                bench.one(conn, candidate_sql.candidate_count(target), params)
                 count2_s = time.monotonic() - t0
                 if changed_total != candidates or left != 0:
                     raise SystemExit(f"changed {changed_total:,}, {left} left; expected {candidates:,} and 0")
@@ -173,7 +173,7 @@ def run(server: EmbeddedServer, candidates: int, batch_size: int, names: Sequenc
                                 ids = [
                                     str(r[0])
                                     for r in conn.execute(
-                                        sql.SQL("SELECT k FROM {} ORDER BY t, k LIMIT %s").format(candidates.SNAPSHOT_TABLE),
+                                        sql.SQL("SELECT k FROM {} ORDER BY t, k LIMIT %s").format(candidate_sql.SNAPSHOT_TABLE),
                                         [batch_size],
                                     )
                                 ]
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = EmbeddedServer(args.home)
         with bench.connect(server.dsn(bench.BASE_DB)) as conn:
             candidates = int(
-                bench.one(conn, candidates.candidate_count(runbook.Target()), {
+                bench.one(conn, candidate_sql.candidate_count(runbook.Target()), {
                     **runbook.Target().predicate_params(),
                     "cutoff": bench.db_now_utc(conn) - timedelta(days=bench.STALE_DAYS),
                 })
