@@ -119,7 +119,10 @@ def run(server: EmbeddedServer, candidates: int, batch_size: int, names: Sequenc
                 params: dict[str, Any] = {**target.predicate_params(), "cutoff": cutoff, "new_status": target.new_status}
                 run_id = f"diagnose-{uuid.uuid4().hex[:8]}"
                 ledger.ensure(conn)
-                ledger.start_run(conn, run_id=run_id, kind="sweep", target="public." + target.table, operator=operator(), parameters={})
+                ledger.start_run(
+                    conn, run_id=run_id, kind="sweep", target="public." + target.table, operator=operator(), parameters={},
+                    identity={"kind": "sweep", "target": "public." + target.table},
+                )
                 t0 = time.monotonic()
                 with conn.transaction():
                     for stmt in candidate_sql.snapshot(target):
