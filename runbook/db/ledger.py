@@ -42,7 +42,9 @@ __all__ = [
 ]  # fmt: skip
 
 # What a resumed run id must match (start_run): a run is one kind of work on one target.
-IDENTITY_KEYS = ("kind", "target", "cutoff", "stale_after_days", "undoes_run_id", "session_user", "current_user", "os_user")
+IDENTITY_KEYS = (
+    "kind", "target", "rule", "cutoff", "stale_after_days", "undoes_run_id", "session_user", "current_user", "os_user",
+)  # fmt: skip
 
 # The statements that create the ledger (idempotent), and that upgrade an older one (by missing column).
 ddl = q.ddl
@@ -117,7 +119,7 @@ def start_run(
     Writes the run's ``runs`` row, or reopens it (``finished_at`` back to NULL). Re-using a
     run id continues that run (after a crash, say): its batches keep counting. ``identity``
     (``IDENTITY_KEYS``) must then equal the recorded one: a run id names one kind of work
-    on one target, with one cutoff, one undone run, one database role and OS user. Raises
+    on one target (table and rule), with one cutoff, one undone run, one database role and OS user. Raises
     ParameterError naming run_id, writing nothing, when it differs or was never recorded.
     """
     with conn.transaction():

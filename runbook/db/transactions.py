@@ -39,7 +39,7 @@ def check_target(conn: Conn, target: Target) -> None:
                 f"table {target.schema}.{target.table} does not exist in this database "
                 "(is this LiteLLM's database? is DATABASE_URL set?)"
             )
-        wanted = [target.key_column, target.time_column, target.status_column, target.purpose_column]
+        wanted = target.columns
         present = {r[0] for r in conn.execute(catalog.table_columns(), {"oid": row[0]})}
         missing = [c for c in wanted if c not in present]
         if missing:

@@ -32,7 +32,8 @@ from ..ops.sweep import SweepResult, sweep
 from ..ops.undo import UndoResult, undo
 from ..rules.params import Options, check_parameters
 from ..rules.states import Kind, Status, StopReason
-from ..rules.target import Target
+from ..rules.target import DEFAULT_TARGET, Target
+from ..rules.targets import target_named
 from . import render
 from .charts import show_inspect_charts, show_sweep_chart
 from .progress import progress_reporter
@@ -243,7 +244,7 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
         kind=kind,
         run_id=rid,
         opts=opts,
-        target=Target(schema=database.schema),
+        target=target_named(ids["target"], database.schema),
         database=database,
         conn=conn,
         started_at=utc_now("seconds"),
@@ -254,7 +255,8 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
     mode = f"fixed cutoff {opts.cutoff.isoformat()} UTC" if opts.cutoff else f"older than {opts.stale_after_days:g} days"
     lines = [
         f"run {rid} · {kind} · database {database.describe()} · PostgreSQL {run.identity['server_version']}",
-        f"target {run.target.schema}.{run.target.table}: {run.target.purpose} rows {mode}, batch size {opts.batch_size:,}",
+        f"target {'' if run.target.name == DEFAULT_TARGET else run.target.name + ' on '}{run.target.schema}.{run.target.table}: "
+        f"{run.target.purpose} rows {mode}, batch size {opts.batch_size:,}",
     ]
     writes = kind in (Kind.SWEEP, Kind.UNDO, Kind.INDEX)
     if kind == Kind.UNDO:

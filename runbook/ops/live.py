@@ -32,7 +32,7 @@ from ..db.transactions import Conn
 from ..errors import ConnectionLostError, ReadOnlyError, SweepInProgressError
 from ..rules.params import Options
 from ..rules.states import Kind, StopReason
-from ..rules.target import Target
+from ..rules.target import DEFAULT_TARGET, Target
 from ..sql import candidates, catalog
 from ..sql import ledger as ledger_sql
 from .stops import Stop, Stopper, interrupt_guard
@@ -115,6 +115,9 @@ def run_identity(conn: Conn, target: Target, opts: Options, kind: Kind, undoes_r
     return {
         "kind": kind,
         "target": f"{target.schema}.{target.table}",
+        # The catalogue's target on that table; None for the default one, as runs recorded
+        # before the catalogue existed hold it.
+        "rule": None if target.name == DEFAULT_TARGET else target.name,
         "cutoff": opts.cutoff.isoformat() + "Z" if sweep_rule and opts.cutoff else None,
         "stale_after_days": opts.stale_after_days if sweep_rule and not opts.cutoff else None,
         "undoes_run_id": undoes_run_id,

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 
 from ..errors import ParameterError
 from .states import Kind
+from .targets import check_target_name
 
 __all__ = [
     "MAX_BATCH_SIZE",
@@ -38,7 +39,6 @@ __all__ = [
     "check_int",
     "check_number",
     "check_bool",
-    "check_status",
     "check_cutoff",
     "check_cutoff_recent",
     "Options",
@@ -86,17 +86,6 @@ class _Abbreviated(str):
 def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ParameterError(name, value, "True or False (papermill: -p NAME True)")
-    return value
-
-
-def check_status(name: str, value: object) -> str:
-    """A status literal: 1-64 printable ASCII characters without quotes or whitespace."""
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= 64
-        or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in value)
-    ):
-        raise ParameterError(name, value, "a status of 1-64 letters, digits, '_', '-' or '.'")
     return value
 
 
@@ -269,6 +258,9 @@ _WRITE = _kinds(Kind.SWEEP, Kind.UNDO)
 _SWEEP = _kinds(Kind.SWEEP)
 
 PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("target", str, "stale_responses",
+              "what to clean: a target of python -m runbook targets (default: LiteLLM's stale response objects)",
+              frozenset(Kind), rule=check_target_name, option=False),
     Parameter("stale_after_days", float, 7.0,
               "rows older than this many days are stale, at least 1 (LiteLLM default 7)", _SELECT,
               low=1, high=3650, unit="days"),
@@ -316,7 +308,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("health_pause_s", float, 2.0, "seconds between health checks while paused", _WRITE,
               low=0.05, high=600, unit="seconds", tuning=True),
     Parameter("allow_blind_health", bool, False,
-              "True writes although this role cannot see a health signal (lag, vacuum); the record says so", _WRITE),
+              "True writes although this role cannot see a health signal (lag, vacuum); the record says so", _WRITE,
+              tuning=True),
     Parameter("target_batch_ms", float, 0.0,
               "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP,
               low=0, high=600_000, unit="milliseconds (0 keeps batch_size fixed)", tuning=True),
@@ -346,8 +339,6 @@ def parameters_cell(kind: str) -> str:
     return "\n".join(p.line() for p in declared(kind).values() if not p.tuning)
 
 
-TUNING_HEADER = "# Tuning: set like any parameter (-p NAME VALUE); start() checks them with the others."
-
 
 def tuning_cell(kind: str) -> str:
     """The source of notebook ``kind``'s ``tuning`` cell, just above its parameters cell:
@@ -355,7 +346,7 @@ def tuning_cell(kind: str) -> str:
     Papermill injects its parameters after the parameters cell, so ``-p`` overrides these
     too (papermill only logs them as unknown). '' when the notebook has none."""
     lines = [p.line() for p in declared(kind).values() if p.tuning]
-    return "\n".join([TUNING_HEADER, *lines]) if lines else ""
+    return "\n".join(lines)
 
 
 def check_names(kind: str, names: Iterable[str]) -> None:
@@ -404,12 +395,13 @@ def check_parameters(kind: str, params: Mapping[str, object]) -> tuple[Options, 
     """Everything an operator passed to notebook ``kind``, checked before anything runs:
     no credential (by name or value), only declared names, valid values.
 
-    Returns the Options and the run ids as given (``run_id``; for undo also
-    ``undo_run_id``), '' where empty. Raises ParameterError; writes nothing."""
+    Returns the Options and the names the run goes by: ``target`` and the run ids
+    (``run_id``; for undo also ``undo_run_id``), '' where empty. Raises ParameterError;
+    writes nothing."""
     refuse_secrets(params)
     check_names(kind, params)
     spec = declared(kind)
-    ids = {name: str(spec[name].check(name, params.get(name, ""))) for name in spec if not spec[name].option}
+    ids = {name: str(spec[name].check(name, params.get(name, spec[name].default))) for name in spec if not spec[name].option}
     return options(**{k: v for k, v in params.items() if spec[k].option}), ids
 
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ParameterError
-from .params import check_status
 
-__all__ = ["PRODUCTION_TERMINAL_STATUSES", "KNOWN_STATUSES", "Target"]
+__all__ = ["PRODUCTION_TERMINAL_STATUSES", "KNOWN_STATUSES", "DEFAULT_TARGET", "Target", "check_status"]
+
+DEFAULT_TARGET = "stale_responses"  # the name of the rule the default Target() holds
 
 PRODUCTION_TERMINAL_STATUSES: tuple[str, ...] = (
     "completed",
@@ -61,14 +62,26 @@ def _check_identifier(name: str, value: object) -> str:
     return value
 
 
+def check_status(name: str, value: object) -> str:
+    """A status literal: 1-64 printable ASCII characters without quotes or whitespace."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 64
+        or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in value)
+    ):
+        raise ParameterError(name, value, "a status of 1-64 letters, digits, '_', '-' or '.'")
+    return value
+
+
 @dataclass(frozen=True)
 class Target:
     """A table and the rule that makes one of its rows a sweep candidate.
 
     A row is a candidate when ``purpose_column = purpose``, ``status_column`` is not one
-    of ``terminal_statuses`` (a NULL status is never a candidate, as in production) and
-    ``time_column < cutoff``. The sweep sets ``status_column = new_status``.
-    Raises ParameterError for a malformed name or status.
+    of ``terminal_statuses`` (a NULL status is never a candidate, as in production),
+    ``unprocessed_column`` (when set) is false, and ``time_column < cutoff``. The sweep
+    sets ``status_column = new_status``. ``name`` is the rule's name in the catalogue of
+    targets (``runbook.rules.targets``). Raises ParameterError for a malformed name or status.
     """
 
     table: str = "LiteLLM_ManagedObjectTable"
@@ -80,10 +93,15 @@ class Target:
     purpose: str = "response"
     terminal_statuses: tuple[str, ...] = field(default=PRODUCTION_TERMINAL_STATUSES)
     new_status: str = "stale_expired"
+    unprocessed_column: str | None = None  # a boolean column that must be false (batch jobs: batch_processed)
+    name: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
         for name in ("table", "schema", "key_column", "time_column", "status_column", "purpose_column"):
             _check_identifier(name, getattr(self, name))
+        if self.unprocessed_column is not None:
+            _check_identifier("unprocessed_column", self.unprocessed_column)
+        _check_identifier("name", self.name)
         check_status("purpose", self.purpose)
         check_status("new_status", self.new_status)
         statuses = self.terminal_statuses
@@ -103,11 +121,23 @@ class Target:
         """The bound values the predicate's placeholders expect (except the cutoff)."""
         return {"purpose": self.purpose, "terminal": list(self.terminal_statuses)}
 
+    @property
+    def columns(self) -> list[str]:
+        """The columns the rule reads (inspect, preview and the sweep need SELECT on them)."""
+        named = [self.key_column, self.status_column, self.time_column, self.purpose_column]
+        return named + ([self.unprocessed_column] if self.unprocessed_column else [])
+
     def describe(self) -> dict[str, Any]:
-        return {
+        """What the target is, for records and fingerprints. The default target's is what it
+        always was (so a fingerprint approved before the catalogue existed still holds);
+        any other target adds its name and its extra condition."""
+        out: dict[str, Any] = {
             "schema": self.schema,
             "table": f"{self.schema}.{self.table}",
             "purpose": self.purpose,
             "terminal_statuses": list(self.terminal_statuses),
             "new_status": self.new_status,
         }
+        if self.name != DEFAULT_TARGET or self.unprocessed_column:
+            out.update(name=self.name, unprocessed_column=self.unprocessed_column)
+        return out

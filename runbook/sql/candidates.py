@@ -54,15 +54,21 @@ def predicate(target: Target, alias: str | None = None) -> sql.Composed:
     """The candidate rule. Placeholders: %(purpose)s, %(terminal)s, %(cutoff)s.
 
     ``<> ALL(array)`` is ``NOT IN (list)`` with one bound parameter; like NOT IN it is
-    never true for a NULL status. %(cutoff)s is bound as a naive UTC ``timestamp``.
+    never true for a NULL status. %(cutoff)s is bound as a naive UTC ``timestamp``. A
+    target with an ``unprocessed_column`` (batch jobs) also needs it false, as LiteLLM's
+    ``batch_processed = false``.
     """
-    return sql.SQL(
+    rule = sql.SQL(
         "{purpose} = %(purpose)s AND {status} <> ALL(%(terminal)s::text[]) AND {time} < %(cutoff)s::timestamp"
     ).format(
         purpose=_col(target, "purpose_column", alias),
         status=_col(target, "status_column", alias),
         time=_col(target, "time_column", alias),
     )
+    if target.unprocessed_column is None:
+        return rule
+    flag = sql.Identifier(alias, target.unprocessed_column) if alias else sql.Identifier(target.unprocessed_column)
+    return sql.SQL("{} AND {} = false").format(rule, flag)
 
 
 def next_batch(target: Target) -> sql.Composed:

@@ -27,7 +27,8 @@ from .ledger import LEDGER_SCHEMA as SCHEMA
 
 __all__ = ["owner_setup_sql", "grants_sql", "ledger_policies_sql", "COLUMNS_READ"]
 
-# Target fields naming the columns inspect, preview, sweep and undo read.
+# Target fields naming the columns inspect, preview, sweep and undo read (``Target.columns``
+# adds a target's unprocessed column).
 COLUMNS_READ = ("key_column", "status_column", "time_column", "purpose_column")
 
 
@@ -82,7 +83,7 @@ def grants_sql(target: Target, database: str, reader: str, sweeper: str) -> list
     ledger_schema = sql.Identifier(SCHEMA)
     r, s = sql.Identifier(reader), sql.Identifier(sweeper)
     db = sql.Identifier(database)
-    columns = sql.SQL(", ").join(sql.Identifier(getattr(target, c)) for c in COLUMNS_READ)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in target.columns)
     out: list[sql.Composed] = []
     for role in (r, s):
         out += [

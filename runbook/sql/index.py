@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from ..rules.target import Target
+from ..rules.target import DEFAULT_TARGET, Target
 from .candidates import table
 
 __all__ = ["index_name", "create_index", "drop_index", "index_state", "no_statement_timeout"]
 
 
 def index_name(target: Target) -> str:
-    """The partial index's name: ``<table>_runbook_stale_idx``, cut to PostgreSQL's 63 bytes."""
-    return f"{target.table}_runbook_stale_idx"[:63]
+    """The partial index's name: ``<table>_runbook_stale_idx`` for the default target,
+    ``<table>_runbook_<target>_idx`` for another; cut to PostgreSQL's 63 bytes."""
+    rule = "stale" if target.name == DEFAULT_TARGET else target.name
+    return f"{target.table}_runbook_{rule}_idx"[:63]
 
 
 def create_index(target: Target) -> sql.Composed:
@@ -29,8 +31,11 @@ def create_index(target: Target) -> sql.Composed:
     """
     return sql.SQL(
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({time}, {key}) "
-        "WHERE {purpose} = {purpose_value} AND {status} NOT IN ({terminal})"
+        "WHERE {purpose} = {purpose_value} AND {status} NOT IN ({terminal}){unprocessed}"
     ).format(
+        unprocessed=sql.SQL(" AND {} = false").format(sql.Identifier(target.unprocessed_column))
+        if target.unprocessed_column
+        else sql.SQL(""),
         name=sql.Identifier(index_name(target)),
         table=table(target),
         time=sql.Identifier(target.time_column),

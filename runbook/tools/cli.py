@@ -6,6 +6,7 @@
                                              one notebook headless, into the run folder
     python -m runbook verify RUN.ipynb ...   an executed notebook still matches its seal
     python -m runbook notebooks [--write]    parameters cells and README table vs runbook/rules/params.py
+    python -m runbook targets                what the runbook can clean, and how LiteLLM itself does
     python -m runbook db start|stop|status|url|destroy
 """
 
@@ -171,11 +172,22 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    from ..rules.targets import CATALOGUE
+    from ..sql.index import index_name
+
+    for entry in CATALOGUE.values():
+        t = entry.target
+        print(f"{entry.name}\n  table    {t.schema}.{t.table}\n  rule     {entry.rule}\n  action   {entry.action}")
+        print(f"  LiteLLM  {entry.litellm}\n  index    {entry.index} ({index_name(t)})")
+    return 0
+
+
 def cmd_grants(args: argparse.Namespace) -> int:
-    from ..rules.target import Target
+    from ..rules.targets import target_named
     from ..sql.grants import grants_sql, owner_setup_sql
 
-    target = Target(schema=args.schema)  # a bad name stops here, before anything is printed
+    target = target_named(args.target, args.schema)  # a bad name stops here, before anything is printed
     print(f"-- 1. as the database owner: the ledger schema, owned by {args.ledger_owner}")
     for stmt in owner_setup_sql(args.database, args.ledger_owner):
         print(stmt.as_string(None) + ";")
@@ -229,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     grants.add_argument("--sweeper", default="litellm_runbook_sweeper")
     grants.add_argument("--ledger-owner", default="litellm_runbook_owner")
     grants.add_argument("--schema", default="public", help="the schema of LiteLLM's tables (DATABASE_URL's ?schema=)")
+    grants.add_argument("--target", default="stale_responses", help="the target the roles work on (python -m runbook targets)")
     grants.set_defaults(func=cmd_grants)
+    targets = sub.add_parser("targets", help="list the targets: table, rule, action, LiteLLM's own job, index")
+    targets.set_defaults(func=cmd_targets)
     led = sub.add_parser("ledger", help="create the ledger schema and tables (as the ledger owner)")
     led.add_argument("action", choices=["init"])
     led.set_defaults(func=cmd_ledger)

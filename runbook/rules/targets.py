@@ -1,0 +1,81 @@
+"""The catalogue of targets: each a named rule on one of LiteLLM's tables, as data.
+
+``python -m runbook targets`` lists them; every notebook takes ``target`` (default
+``stale_responses``, the rule the runbook has always swept). Adding a target is an entry
+here plus its tests: the SQL, the sweep, the ledger and undo follow from its ``Target``.
+
+    stale_responses  background "response" objects that never reached a terminal status
+                     (litellm-enterprise CheckResponsesCost._expire_stale_rows, PR #25227)
+    stale_batches    unprocessed batch jobs that never reached a terminal status: LiteLLM's
+                     give-up rule (litellm-enterprise CheckBatchCost._expire_if_old_and_unfinished),
+                     which it applies one job at a time, at most 50 per hourly poll
+
+Both are marked ``stale_expired``, never deleted; undo puts the previous status back.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from ..errors import ParameterError
+from .target import DEFAULT_TARGET, Target
+
+__all__ = ["Entry", "CATALOGUE", "target_named", "check_target_name"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One target as ``python -m runbook targets`` shows it."""
+
+    target: Target
+    rule: str  # the rule in words, as LiteLLM's own job selects the rows
+    action: str
+    litellm: str  # LiteLLM's own job, its setting and default, or "none: LiteLLM never cleans this"
+    index: str  # the index the rule can use
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+
+CATALOGUE: dict[str, Entry] = {
+    e.name: e
+    for e in (
+        Entry(
+            Target(),
+            "file_purpose = 'response', status not terminal (NULL never), created_at older than the cutoff, oldest first",
+            "mark stale_expired",
+            "CheckResponsesCost, every poll: MANAGED_OBJECT_STALENESS_CUTOFF_DAYS (default 7), batches of "
+            "STALE_OBJECT_CLEANUP_BATCH_SIZE (default 1000)",
+            "none by default (a full scan per pass); inspect suggests a partial index on (created_at, id)",
+        ),
+        Entry(
+            Target(purpose="batch", unprocessed_column="batch_processed", name="stale_batches"),
+            "file_purpose = 'batch', batch_processed = false, status not terminal (NULL never), created_at older "
+            "than the cutoff, oldest first",
+            "mark stale_expired",
+            "CheckBatchCost, one job at a time as its hourly poll (50 jobs) meets it: 2 x "
+            "MANAGED_OBJECT_STALENESS_CUTOFF_DAYS (default 14 days; pass stale_after_days 14 to match)",
+            "none by default (a full scan per pass); inspect suggests a partial index on (created_at, id)",
+        ),
+    )
+}
+
+
+def check_target_name(name: str, value: object) -> str:
+    """``value`` if it names a target of the catalogue; ParameterError naming the known
+    ones (and the closest, for a typo) otherwise."""
+    if isinstance(value, str) and value in CATALOGUE:
+        return value
+    known = ", ".join(CATALOGUE)
+    close = difflib.get_close_matches(value, list(CATALOGUE), n=1, cutoff=0.6) if isinstance(value, str) else []
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ParameterError(name, value, f"{hint}one of the targets: {known} (python -m runbook targets lists them)")
+
+
+def target_named(name: str = DEFAULT_TARGET, schema: str = "public") -> Target:
+    """The catalogue's target ``name`` on the tables of ``schema``; ParameterError for an
+    unknown name."""
+    base = CATALOGUE[check_target_name("target", name)].target
+    return base if schema == base.schema else Target(**{**base.__dict__, "schema": schema})

@@ -1,0 +1,159 @@
+"""The catalogue of targets: each selects exactly the rows LiteLLM's own job would, the default
+stays the rule it always was, an unknown name is refused naming the known ones, and a run of one
+target is never resumed as another."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from runbook import ParameterError, Target, inspect, options, preview, sweep, undo
+from runbook.rules.params import check_parameters
+from runbook.rules.targets import CATALOGUE, target_named
+from runbook.tools.runner import execute
+from tests.rows import TABLE, db_now, insert, state, statuses
+from tests.runs import LIVE
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = ("completed", "complete", "failed", "expired", "cancelled", "stale_expired")
+
+# LiteLLM's give-up rule for batch jobs (litellm-enterprise 0.1.83, CheckBatchCost): a job
+# older than GIVE_UP_POLLING_AFTER, unprocessed and not terminal, set stale_expired one at a
+# time; here as one statement over all of them, its cutoff bound as timestamptz like LiteLLM's.
+BATCH_GIVE_UP_SQL = f"""
+SELECT id FROM {TABLE}
+WHERE file_purpose = 'batch' AND batch_processed = false
+  AND status NOT IN ('completed', 'complete', 'failed', 'expired', 'cancelled', 'stale_expired')
+  AND created_at < %s::timestamptz
+"""
+
+
+def _batch_mix(conn: psycopg.Connection) -> dict[str, str]:
+    """Batch jobs and responses of every kind the give-up rule must tell apart."""
+    rows = {
+        "queued_old": insert(conn, status="validating", age_days=20, purpose="batch"),
+        "in_progress_old": insert(conn, status="in_progress", age_days=15, purpose="batch"),
+        "finalizing_just_old": insert(conn, status="finalizing", age_days=14 + 1 / 24, purpose="batch"),
+        "in_progress_just_young": insert(conn, status="in_progress", age_days=14 - 1 / 24, purpose="batch"),
+        "processed_old": insert(conn, status="in_progress", age_days=30, purpose="batch"),
+        "completed_old": insert(conn, status="completed", age_days=30, purpose="batch"),
+        "null_old": insert(conn, status=None, age_days=30, purpose="batch"),
+        "response_old": insert(conn, status="queued", age_days=30, purpose="response"),
+        "fine_tune_old": insert(conn, status="running", age_days=30, purpose="fine-tune"),
+        "hostile_key": insert(conn, status="validating", age_days=16, purpose="batch", id="b'; DROP TABLE x; --\u00e9"),
+    }
+    conn.execute(f"UPDATE {TABLE} SET batch_processed = true WHERE id = %s", [rows["processed_old"]])
+    return rows
+
+
+def _litellm_gives_up(dsn: str, days: float) -> set[str]:
+    """The ids LiteLLM's give-up rule selects, asked in a UTC session as LiteLLM means it."""
+    with psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC") as utc:
+        cutoff = (db_now(utc) - timedelta(days=days)).replace(tzinfo=timezone.utc)
+        return {str(r[0]) for r in utc.execute(BATCH_GIVE_UP_SQL, [cutoff])}
+
+
+def test_the_catalogue_lists_every_target_with_its_table_rule_action_litellm_job_and_index() -> None:
+    done = subprocess.run([sys.executable, "-m", "runbook", "targets"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    blocks = done.stdout.split("\n" + "stale_batches\n")
+    assert blocks[0].startswith("stale_responses\n") and len(blocks) == 2
+    for name, block in zip(("stale_responses", "stale_batches"), blocks):
+        assert "table    public.LiteLLM_ManagedObjectTable" in block
+        assert "action   mark stale_expired" in block
+        assert "LiteLLM  " in block and "index    " in block
+    assert "batch_processed = false" in blocks[1] and "2 x MANAGED_OBJECT_STALENESS_CUTOFF_DAYS" in blocks[1]
+    assert set(CATALOGUE) == {"stale_responses", "stale_batches"}
+
+
+def test_the_default_target_is_the_rule_it_always_was() -> None:
+    assert target_named() == Target() == target_named("stale_responses")
+    assert Target().describe() == {
+        "schema": "public", "table": "public.LiteLLM_ManagedObjectTable", "purpose": "response",
+        "terminal_statuses": list(TERMINAL), "new_status": "stale_expired",
+    }  # fmt: skip
+    assert target_named("stale_batches", "tenant2").schema == "tenant2"
+
+
+@pytest.mark.parametrize("kind", ["inspect", "preview", "sweep", "undo", "index"])
+def test_an_unknown_target_is_refused_naming_the_known_ones(kind: str) -> None:
+    with pytest.raises(ParameterError) as err:
+        check_parameters(kind, {"target": "stale_response"})
+    assert err.value.name == "target" and err.value.value == "stale_response"
+    assert "did you mean stale_responses?" in str(err.value)
+    assert "one of the targets: stale_responses, stale_batches" in str(err.value)
+    _, ids = check_parameters(kind, {})
+    assert ids["target"] == "stale_responses"
+
+
+def test_the_runner_refuses_an_unknown_target_before_anything_is_written(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
+    insert(conn, status="queued", age_days=10)
+    before = state(conn)
+    done = subprocess.run(
+        [sys.executable, "-m", "runbook", "run", "sweep", "-p", "target", "spend_logz", "-p", "dry_run", "False",
+         "--run-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env={"DATABASE_URL": dsn, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "parameter target='spend_logz' is not allowed" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert state(conn) == before
+
+
+def test_stale_batches_changes_exactly_the_jobs_litellm_gives_up_on_in_bounded_batches(conn: psycopg.Connection, dsn: str) -> None:
+    rows = _batch_mix(conn)
+    expected = _litellm_gives_up(dsn, 14)
+    assert expected == {rows[k] for k in ("queued_old", "in_progress_old", "finalizing_just_old", "hostile_key")}
+    before = state(conn)
+    target = target_named("stale_batches")
+    # In a session whose TimeZone is not UTC, as LiteLLM's own cutoff would shift in.
+    with psycopg.connect(dsn, autocommit=True, options="-c TimeZone=Asia/Kathmandu") as nepal:
+        report = inspect(nepal, target, options(stale_after_days=14))
+        assert report.candidates == len(expected)
+        seen = preview(nepal, target, options(stale_after_days=14, batch_size=100))
+        assert {r.id for r in seen.rows} == expected
+        result = sweep(nepal, target, options(stale_after_days=14, batch_size=3, workers=1, **LIVE), run_id="batches-1")
+    assert (result.stop_reason, result.changed) == ("done", len(expected))
+    assert [b.changed for b in result.batches] == [3, 1]
+    assert result.target["name"] == "stale_batches"
+    after = state(conn)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == expected
+    for key in changed:  # the status only
+        assert after[key][9] == "stale_expired" and after[key][:9] + after[key][10:] == before[key][:9] + before[key][10:]
+    assert conn.execute("SELECT count(*) FROM litellm_runbook.changes WHERE run_id = 'batches-1'").fetchone() == (4,)
+
+    restored = undo(conn, Target(), options(**LIVE), of_run_id="batches-1", run_id="batches-undo")
+    assert (restored.stop_reason, restored.restored) == ("done", 4)
+    assert state(conn) == before
+
+
+def test_a_run_of_one_target_is_not_resumed_as_another(conn: psycopg.Connection) -> None:
+    rows = _batch_mix(conn)
+    sweep(conn, Target(), options(max_batches=1, batch_size=1, workers=1, **LIVE), run_id="one-rule")
+    before = statuses(conn)
+    with pytest.raises(ParameterError, match=r"rule=None.*rule='stale_batches'"):
+        sweep(conn, target_named("stale_batches"), options(batch_size=1, workers=1, **LIVE), run_id="one-rule")
+    assert statuses(conn) == before
+    assert before[rows["response_old"]] == "stale_expired"
+
+
+def test_the_sweep_notebook_takes_its_target_as_a_parameter(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
+    rows = _batch_mix(conn)
+    expected = _litellm_gives_up(dsn, 14)
+    done = execute(
+        "sweep", {"target": "stale_batches", "stale_after_days": 14, "dry_run": False, "run_id": "nb-batches"}, tmp_path,
+        env={"DATABASE_URL": dsn, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.ok, done.error
+    assert done.record is not None
+    assert done.record["parameters"]["target"] == "stale_batches"
+    assert done.record["target"]["name"] == "stale_batches"
+    assert done.record["outcome"]["sweep"]["changed"] == len(expected)
+    assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == expected
+    assert statuses(conn)[rows["completed_old"]] == "completed"
