@@ -121,3 +121,20 @@ def test_target_rejects_names_that_are_not_plain_identifiers(field: str, value: 
 def test_target_new_status_must_be_terminal() -> None:
     with pytest.raises(ParameterError, match="new_status='swept' is not allowed: one of terminal_statuses"):
         Target(new_status="swept")
+
+
+def test_inspect_says_when_the_databases_timezone_shifts_litellms_own_cutoff(conn: psycopg.Connection, dsn: str) -> None:
+    insert(conn, status="queued", age_days=10)
+    report = inspect(conn, Target(), options())  # the fixture's sessions run in UTC
+    assert not [w for w in report.warnings if "TimeZone" in w]
+    with psycopg.connect(dsn, autocommit=True, options="-c TimeZone=Asia/Kathmandu") as nepal:
+        shifted = [w for w in inspect(nepal, Target(), options()).warnings if "TimeZone" in w]
+    assert shifted == [
+        "The database's TimeZone is Asia/Kathmandu (UTC+05:45 now): LiteLLM's own jobs bind their cutoff as timestamptz "
+        "against these timestamp-without-time-zone columns, so their cutoff falls 5.75 hour(s) later than the one they "
+        "mean. This runbook binds its cutoff in UTC: it selects the rows LiteLLM means to, not the ones it does."
+    ]
+    with psycopg.connect(dsn, autocommit=True, options="-c TimeZone=America/Anchorage") as alaska:
+        (west,) = [w for w in inspect(alaska, Target(), options()).warnings if "TimeZone" in w]
+    assert "(UTC-09:00 now)" in west or "(UTC-08:00 now)" in west  # daylight saving time
+    assert "hour(s) earlier than the one they mean" in west

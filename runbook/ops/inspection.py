@@ -114,6 +114,7 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         plan_rows = conn.execute(next_batch_plan(target), params).fetchone()
         suggestion = index_suggestion(target, conn)
         wal_row = conn.execute(catalog.max_wal_size()).fetchone()
+        zone_row = conn.execute(catalog.session_timezone()).fetchone()
         database = redact(conn.info.dsn)
     plan_doc = plan_rows[0] if plan_rows else []
     if isinstance(plan_doc, str):
@@ -132,6 +133,17 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
     # ~18 KB when checkpoints run during the sweep (full-page images).
     estimated_wal = candidates * 10 * 1024
     warnings: list[str] = []
+    zone, offset = (str(zone_row[0]), int(zone_row[1])) if zone_row else ("UTC", 0)
+    if offset:
+        # LiteLLM binds its cutoff as timestamptz; the column is timestamp without time zone
+        # holding UTC, so PostgreSQL reads the column in the session's TimeZone.
+        hours = f"{abs(offset) / 3600:g} hour(s) {'later' if offset > 0 else 'earlier'}"
+        warnings.append(
+            f"The database's TimeZone is {zone} (UTC{'+' if offset > 0 else '-'}{abs(offset) // 3600:02d}:"
+            f"{abs(offset) % 3600 // 60:02d} now): LiteLLM's own jobs bind their cutoff as timestamptz against these "
+            f"timestamp-without-time-zone columns, so their cutoff falls {hours} than the one they mean. "
+            "This runbook binds its cutoff in UTC: it selects the rows LiteLLM means to, not the ones it does."
+        )
     by_status = _group(rows, 1)
     known = {*KNOWN_STATUSES, *target.terminal_statuses, target.new_status, "NULL"}
     unknown = [c for c in by_status if c.label not in known]

@@ -37,6 +37,12 @@ def now_utc() -> sql.SQL:
     return sql.SQL("SELECT (statement_timestamp() AT TIME ZONE 'UTC')")
 
 
+def session_timezone() -> sql.SQL:
+    """One row: this session's TimeZone (the server's, database's or role's default unless
+    the client set one, as LiteLLM's does not) and its offset from UTC now, in seconds."""
+    return sql.SQL("SELECT current_setting('TimeZone'), extract(timezone FROM statement_timestamp())::int")
+
+
 def table_oid() -> sql.SQL:
     """The oid of table %(table)s in schema %(schema)s; no row when there is none."""
     return sql.SQL(
