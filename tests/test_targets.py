@@ -157,3 +157,18 @@ def test_the_sweep_notebook_takes_its_target_as_a_parameter(conn: psycopg.Connec
     assert done.record["outcome"]["sweep"]["changed"] == len(expected)
     assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == expected
     assert statuses(conn)[rows["completed_old"]] == "completed"
+
+
+def test_the_demo_names_what_each_target_would_do_and_writes_nothing(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook import Database
+    from runbook.tools.demo import what_targets_would_do
+
+    _batch_mix(conn)  # one stale response; five unprocessed, non-terminal batch jobs older than 7 days
+    insert(conn, status="queued", age_days=9)
+    before = state(conn)
+    assert what_targets_would_do(Database(dsn, "test")) == [
+        "stale_responses  mark stale_expired: 2 row(s) of public.LiteLLM_ManagedObjectTable older than 7 days",
+        "stale_batches    mark stale_expired: 5 row(s) of public.LiteLLM_ManagedObjectTable older than 7 days",
+    ]
+    assert state(conn) == before
+    assert conn.execute("SELECT to_regclass('litellm_runbook.runs')").fetchone() == (None,)  # not even a ledger

@@ -90,6 +90,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"embedded PostgreSQL running in {server.home}")
     _load_demo(server, args.rows)
     env = _demo_env(server)
+    from ..db.connect import Database
+    from .demo import what_targets_would_do
+
+    print("what each target would do (python -m runbook run sweep -p target NAME; dry runs):")
+    for line in what_targets_would_do(Database(env["DATABASE_URL"], "demo")):
+        print(f"  {line}")
     plan: list[tuple[Kind, dict[str, Any]]] = [
         (Kind.INSPECT, {"batch_size": args.batch_size}),
         (Kind.PREVIEW, {"batch_size": args.batch_size}),

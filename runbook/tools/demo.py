@@ -11,10 +11,13 @@ from __future__ import annotations
 from psycopg import conninfo
 
 from ..db.connect import Database, connect
+from ..ops.sweep import sweep
+from ..rules.params import Options, options
+from ..rules.targets import CATALOGUE, target_named
 from ..sql import demo as q
 from .migrations import apply_migrations
 
-__all__ = ["reset_database", "load_demo_rows"]
+__all__ = ["reset_database", "load_demo_rows", "what_targets_would_do"]
 
 _STATUS_WEIGHTS = [
     # (status, cumulative upper bound of random())
@@ -48,3 +51,19 @@ def load_demo_rows(dsn: str, rows: int = 20_000, seed: float = 0.42) -> int:
             inserted = conn.execute(q.insert_rows(_STATUS_WEIGHTS), {"rows": rows}).rowcount
         conn.execute(q.analyze_table())
     return inserted
+
+
+def what_targets_would_do(database: Database, opts: Options | None = None) -> list[str]:
+    """One line per target of the catalogue: what a sweep of it would do now, from a dry run
+    (``opts``, default: the notebooks' defaults). Reads only."""
+    opts = opts or options()
+    lines = []
+    with connect(database, purpose="demo-targets") as conn:
+        for name, entry in CATALOGUE.items():
+            result = sweep(conn, target_named(name, database.schema), opts)
+            rows = result.candidates_at_start
+            lines.append(
+                f"{name:16s} {entry.action}: {rows:,} row(s) of {result.target['table']} older than "
+                f"{opts.stale_after_days:g} days"
+            )
+    return lines
