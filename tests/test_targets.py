@@ -172,3 +172,29 @@ def test_the_demo_names_what_each_target_would_do_and_writes_nothing(conn: psyco
     ]
     assert state(conn) == before
     assert conn.execute("SELECT to_regclass('litellm_runbook.runs')").fetchone() == (None,)  # not even a ledger
+
+
+@pytest.mark.parametrize(("name", "per_hour"), [("stale_responses", 1000), ("stale_batches", 50)])
+def test_inspect_of_every_target_sizes_the_table_and_compares_litellms_pace_with_the_sweeps(
+    conn: psycopg.Connection, name: str, per_hour: int
+) -> None:
+    _batch_mix(conn)
+    for i in range(6):
+        insert(conn, status="queued", age_days=20 + i)
+    target = target_named(name)
+    first = inspect(conn, target, options(stale_after_days=14))
+    assert first.candidates == {"stale_responses": 7, "stale_batches": 4}[name]
+    assert first.table_bytes >= 8192 and first.toast_bytes >= 0
+    assert first.litellm_hours == first.candidates / per_hour
+    assert (first.measured_rows_per_s, first.sweep_seconds) == (None, None)  # no sweep measured yet, not even a ledger
+    sweep(conn, target, options(stale_after_days=14, **LIVE))
+    conn.execute(f"ANALYZE {TABLE}")
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    insert(conn, status="queued", age_days=30, purpose={"stale_responses": "response", "stale_batches": "batch"}[name])
+    again = inspect(conn, target, options(stale_after_days=14))
+    assert again.candidates == 1 and again.litellm_hours == 1 / per_hour
+    assert again.measured_rows_per_s is not None and again.measured_rows_per_s > 0
+    assert again.sweep_seconds is not None and abs(again.sweep_seconds - 1 / again.measured_rows_per_s) <= 0.1
+    assert again.dead_tuples >= first.candidates  # the sweep's old row versions, until VACUUM
+    shown = {k: v for k, v in again.to_dict().items() if k in ("table_bytes", "dead_tuples", "litellm_hours")}
+    assert set(shown) == {"table_bytes", "dead_tuples", "litellm_hours"}

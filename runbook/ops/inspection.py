@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..db.connect import redact
 from ..db.transactions import Conn, check_target, db_now_utc, read_only, resolve_cutoff
 from ..rules.params import Options
 from ..rules.target import KNOWN_STATUSES, Target
+from ..rules.targets import CATALOGUE
 from ..sql import catalog
+from ..sql import ledger as ledger_sql
 from ..sql.candidates import breakdown, next_batch_plan
 from ..sql.index import create_index
 
@@ -56,6 +58,13 @@ class InspectReport:
     index_suggestion: str
     estimated_wal_bytes: int = 0
     max_wal_size_bytes: int = 0
+    table_bytes: int = 0  # the heap
+    toast_bytes: int = 0  # TOAST, with its index
+    dead_tuples: int = 0
+    last_vacuum: datetime | None = None  # the latest VACUUM or autovacuum, if any
+    litellm_hours: float | None = None  # LiteLLM's own job, at its defaults, to drain these candidates
+    measured_rows_per_s: float | None = None  # this table's finished sweeps in the ledger, if any
+    sweep_seconds: float | None = None  # the candidates at that measured rate
     warnings: list[str] = field(default_factory=list)
     unknown_statuses: list[Count] = field(default_factory=list)  # not in KNOWN_STATUSES nor the rule's
 
@@ -114,6 +123,11 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         plan_rows = conn.execute(next_batch_plan(target), params).fetchone()
         suggestion = index_suggestion(target, conn)
         wal_row = conn.execute(catalog.max_wal_size()).fetchone()
+        stats = conn.execute(catalog.table_stats(), {"schema": target.schema, "table": target.table}).fetchone()
+        rate_row = None
+        present = conn.execute(ledger_sql.ledger_present()).fetchone()
+        if present and present[0]:
+            rate_row = conn.execute(ledger_sql.sweep_rate(), {"target": f"{target.schema}.{target.table}"}).fetchone()
         zone_row = conn.execute(catalog.session_timezone()).fetchone()
         database = redact(conn.info.dsn)
     plan_doc = plan_rows[0] if plan_rows else []
@@ -180,7 +194,17 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
             "every batch. This runbook's sweep scans once. To make every search cheap, an index can be built "
             f"without blocking writes: {suggestion}"
         )
+    entry = CATALOGUE.get(target.name)
+    per_hour = entry.litellm_rows_per_hour if entry and entry.target.table == target.table else None
+    rate = float(rate_row[0]) / float(rate_row[1]) if rate_row and rate_row[0] and rate_row[1] else None
     return InspectReport(
+        table_bytes=int(stats[0]) if stats else 0,
+        toast_bytes=int(stats[1]) if stats else 0,
+        dead_tuples=int(stats[2]) if stats else 0,
+        last_vacuum=stats[3].astimezone(timezone.utc).replace(tzinfo=None) if stats and stats[3] else None,
+        litellm_hours=candidates / per_hour if per_hour else None,
+        measured_rows_per_s=round(rate, 1) if rate else None,
+        sweep_seconds=round(candidates / rate, 1) if rate else None,
         target=target.describe(),
         database=database,
         now_utc=now,

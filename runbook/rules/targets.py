@@ -33,6 +33,7 @@ class Entry:
     action: str
     litellm: str  # LiteLLM's own job, its setting and default, or "none: LiteLLM never cleans this"
     index: str  # the index the rule can use
+    litellm_rows_per_hour: int | None  # how fast LiteLLM's own job drains a backlog at its defaults; None: never
 
     @property
     def name(self) -> str:
@@ -49,6 +50,7 @@ CATALOGUE: dict[str, Entry] = {
             "CheckResponsesCost, every poll: MANAGED_OBJECT_STALENESS_CUTOFF_DAYS (default 7), batches of "
             "STALE_OBJECT_CLEANUP_BATCH_SIZE (default 1000)",
             "none by default (a full scan per pass); inspect suggests a partial index on (created_at, id)",
+            1000,  # one bounded UPDATE of 1,000 rows per hourly poll
         ),
         Entry(
             Target(purpose="batch", unprocessed_column="batch_processed", name="stale_batches"),
@@ -58,6 +60,7 @@ CATALOGUE: dict[str, Entry] = {
             "CheckBatchCost, one job at a time as its hourly poll (50 jobs) meets it: 2 x "
             "MANAGED_OBJECT_STALENESS_CUTOFF_DAYS (default 14 days; pass stale_after_days 14 to match)",
             "none by default (a full scan per pass); inspect suggests a partial index on (created_at, id)",
+            50,  # at most the 50 jobs of one hourly poll, each after a provider API call
         ),
     )
 }

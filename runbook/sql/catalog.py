@@ -43,6 +43,19 @@ def session_timezone() -> sql.SQL:
     return sql.SQL("SELECT current_setting('TimeZone'), extract(timezone FROM statement_timestamp())::int")
 
 
+def table_stats() -> sql.SQL:
+    """One row for table %(table)s in schema %(schema)s: its heap bytes, its TOAST bytes
+    (with the TOAST index), dead tuples and the latest VACUUM or autovacuum
+    (``pg_stat_all_tables``; NULL when never)."""
+    return sql.SQL(
+        "SELECT pg_relation_size(c.oid), coalesce(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0),"
+        " coalesce(s.n_dead_tup, 0), greatest(s.last_vacuum, s.last_autovacuum)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid"
+        " WHERE n.nspname = %(schema)s AND c.relname = %(table)s"
+    )
+
+
 def table_oid() -> sql.SQL:
     """The oid of table %(table)s in schema %(schema)s; no row when there is none."""
     return sql.SQL(

@@ -16,7 +16,7 @@ __all__ = [
     "LEDGER_SCHEMA", "ddl", "records_ddl", "upgrade_ddl", "missing_columns", "tables_present", "schema_exists",
     "ddl_lock", "may_write", "grants_for", "run_for_update", "insert_run", "reopen_run", "last_batch",
     "synchronous_commit_on", "finish_run", "run_info", "recent_runs", "ledger_batches", "run_summary",
-    "run_target", "insert_record", "first_seal",
+    "run_target", "insert_record", "first_seal", "ledger_present", "sweep_rate",
 ]  # fmt: skip
 
 LEDGER_SCHEMA = "litellm_runbook"
@@ -220,6 +220,20 @@ def recent_runs() -> sql.Composed:
         " (SELECT string_agg(u.run_id, ', ') FROM {runs} u WHERE u.undoes_run_id = r.run_id)"
         " FROM {runs} r WHERE r.kind = 'sweep' ORDER BY r.started_at DESC LIMIT %(limit)s"
     ).format(runs=_t("runs"))
+
+
+def ledger_present() -> sql.Composed:
+    """One row: whether the ledger's ``runs`` table exists (a dry run never creates it)."""
+    return sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(sql.Literal(f"{LEDGER_SCHEMA}.runs"))
+
+
+def sweep_rate() -> sql.Composed:
+    """One row: rows changed and seconds taken by the finished sweeps of table %(target)s
+    (``schema.table``) that changed any row; NULLs when there were none."""
+    return sql.SQL(
+        "SELECT sum(rows_changed), sum(extract(epoch FROM finished_at - started_at)) FROM {}"
+        " WHERE kind = 'sweep' AND target = %(target)s AND finished_at IS NOT NULL AND rows_changed > 0"
+    ).format(_t("runs"))
 
 
 def ledger_batches() -> sql.Composed:
