@@ -198,3 +198,30 @@ def test_inspect_of_every_target_sizes_the_table_and_compares_litellms_pace_with
     assert again.dead_tuples >= first.candidates  # the sweep's old row versions, until VACUUM
     shown = {k: v for k, v in again.to_dict().items() if k in ("table_bytes", "dead_tuples", "litellm_hours")}
     assert set(shown) == {"table_bytes", "dead_tuples", "litellm_hours"}
+
+
+def test_the_grants_of_a_target_let_its_sweeper_do_exactly_that_target(conn: psycopg.Connection, dsn: str) -> None:
+    """``python -m runbook grants --target stale_batches``: the sweeper role may read the
+    target's extra column and sweep it; with the default target's grants it may not."""
+    from tests.roles import create_roles, drop_roles
+
+    rows = _batch_mix(conn)
+    expected = _litellm_gives_up(dsn, 14)
+    roles = create_roles(conn, dsn)  # the default target's grants: no batch_processed
+    try:
+        before = state(conn)
+        with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                sweep(c, target_named("stale_batches"), options(stale_after_days=14, **LIVE))
+        assert state(conn) == before
+    finally:
+        drop_roles(conn)
+    roles = create_roles(conn, dsn, target_named("stale_batches"))
+    try:
+        with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+            result = sweep(c, target_named("stale_batches"), options(stale_after_days=14, **LIVE), run_id="granted")
+        assert (result.stop_reason, result.changed) == ("done", len(expected))
+        assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == expected
+        assert statuses(conn)[rows["response_old"]] == "queued"
+    finally:
+        drop_roles(conn)

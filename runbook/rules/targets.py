@@ -16,7 +16,7 @@ Both are marked ``stale_expired``, never deleted; undo puts the previous status 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import ParameterError
 from .target import DEFAULT_TARGET, Target
@@ -81,4 +81,4 @@ def target_named(name: str = DEFAULT_TARGET, schema: str = "public") -> Target:
     """The catalogue's target ``name`` on the tables of ``schema``; ParameterError for an
     unknown name."""
     base = CATALOGUE[check_target_name("target", name)].target
-    return base if schema == base.schema else Target(**{**base.__dict__, "schema": schema})
+    return base if schema == base.schema else replace(base, schema=schema)
