@@ -225,3 +225,25 @@ def test_the_grants_of_a_target_let_its_sweeper_do_exactly_that_target(conn: psy
         assert statuses(conn)[rows["response_old"]] == "queued"
     finally:
         drop_roles(conn)
+
+
+def test_one_sweep_of_the_table_at_a_time_whatever_the_target(conn: psycopg.Connection, dsn: str) -> None:
+    """Both targets are rules on LiteLLM_ManagedObjectTable: the table's lock is theirs too."""
+    from runbook.db.lock import target_lock
+    from runbook.errors import SweepInProgressError
+
+    _batch_mix(conn)
+    before = state(conn)
+    with psycopg.connect(dsn, autocommit=True) as holder, target_lock(holder, Target()):
+        with pytest.raises(SweepInProgressError, match="another sweep or undo of public.LiteLLM_ManagedObjectTable"):
+            sweep(conn, target_named("stale_batches"), options(stale_after_days=14, **LIVE))
+    assert state(conn) == before
+
+
+def test_a_fingerprint_binds_the_target_not_only_the_ids() -> None:
+    from datetime import datetime
+
+    from runbook.ops.preview import fingerprint
+
+    cutoff, ids = datetime(2026, 11, 1), ["a", "b"]
+    assert fingerprint(Target().describe(), cutoff, ids) != fingerprint(target_named("stale_batches").describe(), cutoff, ids)
