@@ -267,8 +267,6 @@ def _reconcile(conn: Conn, target: Target, result: RunResult, run: LiveRun, wait
     try:
         fresh = connect_like(conn, "reconcile", wait_s=wait_s)
     except psycopg.OperationalError:
-        fresh = None
-    if fresh is None:
         result.stop_detail += "; could not reconnect to check which acknowledged batches the ledger holds"
         return (
             f"{len(result.batches)} other batch(es) were acknowledged, but the server could not be reached again to check "

@@ -50,12 +50,10 @@ from .preview import fingerprint
 from .rounds import Keys, Round, run_round, with_retries
 from .stops import Stop, wait_until_healthy
 
-__all__ = ["BatchResult", "SweepResult", "sweep", "FAILED_STOP_REASONS"]
+__all__ = ["BatchResult", "SweepResult", "sweep"]
 
 log = logs.get(__name__)
 
-# Kept for callers that test membership; ``StopReason(x).failed`` says the same.
-FAILED_STOP_REASONS = tuple(r for r in StopReason if r.failed)
 _MAX_PASSES = 5
 _START: tuple[Any, str] = (datetime.min, "")  # a keyset before every snapshot entry
 OnBatch = Callable[["SweepResult", BatchResult], None]

@@ -25,11 +25,7 @@ from psycopg import sql
 from ..rules.target import Target, _check_identifier
 from .ledger import LEDGER_SCHEMA as SCHEMA
 
-__all__ = ["owner_setup_sql", "grants_sql", "ledger_policies_sql", "COLUMNS_READ"]
-
-# Target fields naming the columns inspect, preview, sweep and undo read (``Target.columns``
-# adds a target's unprocessed column).
-COLUMNS_READ = ("key_column", "status_column", "time_column", "purpose_column")
+__all__ = ["owner_setup_sql", "grants_sql", "ledger_policies_sql"]
 
 
 def owner_setup_sql(database: str, ledger_owner: str) -> list[sql.Composed]:
