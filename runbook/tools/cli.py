@@ -45,12 +45,13 @@ def _demo_exists(server: EmbeddedServer) -> bool:
 
 
 def _load_demo(server: EmbeddedServer, rows: int) -> None:
-    from .demo import load_demo_rows, reset_database
+    from .demo import load_demo_rows, load_retention_rows, reset_database
     from .migrations import migrations_version
 
     dsn = reset_database(server.dsn(), DEMO_DATABASE)
     loaded = load_demo_rows(dsn, rows)
-    print(f"demo database '{DEMO_DATABASE}': LiteLLM schema from litellm-proxy-extras {migrations_version()}, {loaded:,} rows")
+    more = "".join(f", {n:,} in {table}" for table, n in load_retention_rows(dsn, rows).items())
+    print(f"demo database '{DEMO_DATABASE}': LiteLLM schema from litellm-proxy-extras {migrations_version()}, {loaded:,} rows{more}")
 
 
 def _parse_value(raw: str) -> Any:

@@ -17,7 +17,7 @@ from ..rules.targets import CATALOGUE, target_named
 from ..sql import demo as q
 from .migrations import apply_migrations
 
-__all__ = ["reset_database", "load_demo_rows", "what_targets_would_do"]
+__all__ = ["reset_database", "load_demo_rows", "load_retention_rows", "what_targets_would_do"]
 
 _STATUS_WEIGHTS = [
     # (status, cumulative upper bound of random())
@@ -50,6 +50,35 @@ def load_demo_rows(dsn: str, rows: int = 20_000, seed: float = 0.42) -> int:
             conn.execute(q.set_seed(), {"seed": seed})
             inserted = conn.execute(q.insert_rows(_STATUS_WEIGHTS), {"rows": rows}).rowcount
         conn.execute(q.analyze_table())
+    return inserted
+
+
+def load_retention_rows(dsn: str, rows: int = 20_000, seed: float = 0.42) -> dict[str, int]:
+    """Fill LiteLLM's other growing tables, the retention targets'; return the rows inserted
+    per table name.
+
+    Writes, in one transaction: ``rows`` spend logs (``"LiteLLM_SpendLogs"``, "startTime" over
+    the last 60 days; ``messages``, ``response`` and ``proxy_server_request`` 0.5-4 KB of JSON,
+    already ``'{}'`` in about 20 % of the rows, ``messages`` NULL in a few), one or two
+    ``"LiteLLM_SpendLogToolIndex"`` rows for about 30 % of those requests, ``rows // 10``
+    health checks (``"LiteLLM_HealthCheckTable"``, over 60 days), ``rows // 20``
+    ``"LiteLLM_AuditLog"`` entries and ``rows // 10`` ``"LiteLLM_ErrorLogs"`` rows (over 120
+    days); then ANALYZEs those five tables. Nothing else is written.
+
+    The same ``seed`` writes the same rows, keys included, with every time at the same
+    distance from the moment of loading: so loading twice into one database with one seed
+    fails on the primary keys (and writes nothing).
+    """
+    with connect(Database(dsn, "demo"), purpose="demo") as conn:
+        with conn.transaction():
+            conn.execute(q.set_seed(), {"seed": seed})
+            spend = conn.execute(q.insert_spend_logs(), {"rows": rows}).fetchone()
+            assert spend is not None
+            inserted = {q.SPEND_LOGS: int(spend[0]), q.TOOL_INDEX: int(spend[1])}
+            inserted[q.HEALTH_CHECKS] = conn.execute(q.insert_health_checks(), {"rows": rows // 10}).rowcount
+            inserted[q.AUDIT_LOG] = conn.execute(q.insert_audit_log(), {"rows": rows // 20}).rowcount
+            inserted[q.ERROR_LOGS] = conn.execute(q.insert_error_logs(), {"rows": rows // 10}).rowcount
+        conn.execute(q.analyze_tables(list(inserted)))
     return inserted
 
 
