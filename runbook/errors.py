@@ -12,6 +12,7 @@
     ├── TooManyCandidatesError  more candidates than max_rows; nothing written
     ├── PreviewMismatchError    the first batch is not the approved preview's; nothing written
     ├── UnknownRunError         undo was given a run id the ledger does not know
+    ├── ArchiveError            an archive file is missing, unreadable or not what the ledger sealed
     ├── ConnectionLostError     the server went away mid-run; names the batch that rolled back
     └── EmbeddedServerError     the embedded PostgreSQL could not be initialised or started
 
@@ -33,6 +34,7 @@ __all__ = [
     "TooManyCandidatesError",
     "PreviewMismatchError",
     "UnknownRunError",
+    "ArchiveError",
     "ConnectionLostError",
     "EmbeddedServerError",
 ]
@@ -96,6 +98,11 @@ class PreviewMismatchError(RunbookError):
 
 class UnknownRunError(RunbookError):
     """Undo was asked for a run the ledger has no record of."""
+
+
+class ArchiveError(RunbookError):
+    """An archive file a run's ledger names is missing, unreadable, or its sha256 differs
+    from the one its batch committed: restore refuses before it writes anything."""
 
 
 class ConnectionLostError(RunbookError):

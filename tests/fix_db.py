@@ -76,6 +76,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ["DATABASE_URL"] = nbval_dsn
     _scratch = Path(tempfile.mkdtemp(prefix="litellm-runbook-runs-"))
     os.environ["RUNBOOK_RUN_DIR"] = str(_scratch)
+    os.environ["RUNBOOK_ARCHIVE_DIR"] = str(_scratch / "archive")
     # Never let a test fall back to (and start) the user's own embedded demo server.
     os.environ["RUNBOOK_HOME"] = str(home / "no-default-server")
 

@@ -131,7 +131,7 @@ def test_a_role_that_may_not_upgrade_an_older_ledger_is_told_who_must(conn: psyc
                 sweep(sweeper, Target(), options(allow_blind_health=True, **LIVE))
         assert str(err.value) == (
             "the ledger in schema litellm_runbook was created by an older version of the runbook and role rb_sweeps may not "
-            "upgrade it (must be owner of table changes); a sweep never runs without its ledger. Ask the ledger's owner to run: "
+            "upgrade it (must be owner of table batches); a sweep never runs without its ledger. Ask the ledger's owner to run: "
             "python -m runbook ledger init"
         )
         assert state(conn) == before

@@ -26,7 +26,7 @@ from runbook.audit.record import read_record
 from runbook.notebook.cells import NOTEBOOKS, stale_cells
 from runbook.ops.preview import preview
 from runbook.ops.sweep import sweep
-from runbook.rules.params import PARAMETERS, declared, parameters_cell, refuse_secrets, tuning_cell
+from runbook.rules.params import CELLS, PARAMETERS, cell_source, declared, refuse_secrets
 from runbook.rules.target import Target
 from runbook.tools.runner import NOTEBOOK_DIR, execute
 from tests.rows import db_now, insert, state, statuses
@@ -141,7 +141,7 @@ def test_every_notebook_parameters_cell_is_generated_from_the_declaration() -> N
     for kind in NOTEBOOKS:
         # `papermill --help-notebook` breaks on a help text holding '='.
         assert all("=" not in p.help for p in declared(kind).values())
-        cells = [parameters_cell(kind), tuning_cell(kind)]
+        cells = [cell_source(kind, cell) for cell in CELLS]
         assert sum(len(c.splitlines()) for c in cells) == len(declared(kind))
         assert all(len(c.splitlines()) <= 12 for c in cells), "a notebook's cells stay short"
 

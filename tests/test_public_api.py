@@ -20,7 +20,7 @@ PUBLIC = {
     # the exception tree, whole
     "RunbookError", "ParameterError", "DatabaseConfigError", "TargetNotFoundError", "ReadOnlyError", "PoolerError",
     "BlindHealthError", "LedgerUnavailableError", "SweepInProgressError", "TooManyCandidatesError",
-    "PreviewMismatchError", "UnknownRunError", "ConnectionLostError", "EmbeddedServerError",
+    "PreviewMismatchError", "UnknownRunError", "ArchiveError", "ConnectionLostError", "EmbeddedServerError",
 }  # fmt: skip
 
 

@@ -4,6 +4,7 @@ target is never resumed as another."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import timedelta, timezone
@@ -63,12 +64,28 @@ def test_the_catalogue_lists_every_target_with_its_table_rule_action_litellm_job
     assert done.returncode == 0, done.stderr
     blocks = done.stdout.split("\n" + "stale_batches\n")
     assert blocks[0].startswith("stale_responses\n") and len(blocks) == 2
+    blocks[1] = blocks[1].split("\nspend_logs\n")[0]
+    by_name = dict(re.findall(r"^(\w+)\n((?:  .*\n?)+)", done.stdout, re.M))
     for name, block in zip(("stale_responses", "stale_batches"), blocks):
         assert "table    public.LiteLLM_ManagedObjectTable" in block
         assert "action   mark stale_expired" in block
         assert "LiteLLM  " in block and "index    " in block
     assert "batch_processed = false" in blocks[1] and "2 x MANAGED_OBJECT_STALENESS_CUTOFF_DAYS" in blocks[1]
-    assert set(CATALOGUE) == {"stale_responses", "stale_batches"}
+    assert list(CATALOGUE) == [
+        "stale_responses", "stale_batches", "spend_logs", "spend_log_tool_index", "health_checks", "audit_log",
+        "error_logs", "spend_log_payloads",
+    ]  # fmt: skip
+    for name, table, action in [
+        ("spend_logs", "LiteLLM_SpendLogs", "delete, archived first"),
+        ("spend_log_tool_index", "LiteLLM_SpendLogToolIndex", "delete, archived first"),
+        ("health_checks", "LiteLLM_HealthCheckTable", "delete, archived first"),
+        ("audit_log", "LiteLLM_AuditLog", "delete, archived first"),
+        ("error_logs", "LiteLLM_ErrorLogs", "delete, archived first"),
+        ("spend_log_payloads", "LiteLLM_SpendLogs", "clear messages, response, proxy_server_request"),
+    ]:
+        assert f"table    public.{table}" in by_name[name] and f"action   {action}" in by_name[name], by_name[name]
+    for never in ("audit_log", "error_logs", "spend_log_payloads"):
+        assert "LiteLLM  none: LiteLLM never cleans this" in by_name[never]
 
 
 def test_the_default_target_is_the_rule_it_always_was() -> None:
@@ -169,6 +186,13 @@ def test_the_demo_names_what_each_target_would_do_and_writes_nothing(conn: psyco
     assert what_targets_would_do(Database(dsn, "test")) == [
         "stale_responses  mark stale_expired: 2 row(s) of public.LiteLLM_ManagedObjectTable older than 7 days",
         "stale_batches    mark stale_expired: 5 row(s) of public.LiteLLM_ManagedObjectTable older than 7 days",
+        "spend_logs       delete, archived first: 0 row(s) of public.LiteLLM_SpendLogs older than 7 days",
+        "spend_log_tool_index delete, archived first: 0 row(s) of public.LiteLLM_SpendLogToolIndex older than 7 days",
+        "health_checks    delete, archived first: 0 row(s) of public.LiteLLM_HealthCheckTable older than 7 days",
+        "audit_log        delete, archived first: 0 row(s) of public.LiteLLM_AuditLog older than 7 days",
+        "error_logs       delete, archived first: 0 row(s) of public.LiteLLM_ErrorLogs older than 7 days",
+        "spend_log_payloads clear messages, response, proxy_server_request to '{}' (the spend row stays), previous "
+        "values archived first: 0 row(s) of public.LiteLLM_SpendLogs older than 7 days",
     ]
     assert state(conn) == before
     assert conn.execute("SELECT to_regclass('litellm_runbook.runs')").fetchone() == (None,)  # not even a ledger

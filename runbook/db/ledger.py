@@ -38,7 +38,7 @@ from .transactions import Conn
 
 __all__ = [
     "SCHEMA", "ensure", "ddl", "upgrade_ddl", "start_run", "finish_run", "run_info", "recent_runs", "grants_for",
-    "IDENTITY_KEYS", "missing_columns",
+    "IDENTITY_KEYS", "missing_columns", "archived_batches",
 ]  # fmt: skip
 
 # What a resumed run id must match (start_run): a run is one kind of work on one target.
@@ -175,8 +175,16 @@ def run_info(conn: Conn, run_id: str) -> dict[str, Any] | None:
     row = conn.execute(q.run_info(), {"run_id": run_id}).fetchone()
     if row is None:
         return None
-    keys = ("run_id", "kind", "target", "undoes_run_id", "stop_reason", "rows_changed")
+    keys = ("run_id", "kind", "target", "undoes_run_id", "stop_reason", "rows_changed", "rule")
     return dict(zip(keys, row, strict=True))
+
+
+def archived_batches(conn: Conn, run_id: str) -> list[dict[str, Any]]:
+    """Run ``run_id``'s committed batches, newest first, with their archive file, sha256 and
+    rows (None for a batch written without an archive). Reads only."""
+    rows = conn.execute(q.archived_batches(), {"run_id": run_id}).fetchall()
+    keys = ("batch", "rows_changed", "archive_file", "archive_sha256", "archive_rows")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def recent_runs(conn: Conn, limit: int = 20) -> list[dict[str, Any]]:

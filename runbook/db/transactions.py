@@ -14,7 +14,7 @@ from ..rules.params import check_cutoff_recent
 from ..rules.target import Target
 from ..sql import catalog
 
-__all__ = ["read_only", "check_target", "db_now_utc", "resolve_cutoff"]
+__all__ = ["read_only", "check_target", "table_columns", "db_now_utc", "resolve_cutoff"]
 
 # Rows come back as tuples of whatever the server sent; the callers know the shapes.
 Conn = psycopg.Connection[Any]
@@ -44,6 +44,15 @@ def check_target(conn: Conn, target: Target) -> None:
         missing = [c for c in wanted if c not in present]
         if missing:
             raise TargetNotFoundError(f"table {target.schema}.{target.table} has no column(s) {missing}")
+
+
+def table_columns(conn: Conn, target: Target) -> list[tuple[str, str, bool]]:
+    """The target table's columns in order: name, type (as SQL writes it), generated. Reads only."""
+    with read_only(conn):
+        row = conn.execute(catalog.table_oid(), {"schema": target.schema, "table": target.table}).fetchone()
+        if row is None or row[0] is None:
+            raise TargetNotFoundError(f"table {target.schema}.{target.table} does not exist in this database")
+        return [(str(r[0]), str(r[1]), bool(r[2])) for r in conn.execute(catalog.column_types(), {"oid": row[0]})]
 
 
 def db_now_utc(conn: Conn) -> datetime:

@@ -2,7 +2,7 @@
 README's table of every parameter.
 
 Each notebook's cell tagged ``parameters`` is exactly ``params.parameters_cell(kind)``, and
-the cell tagged ``tuning`` just above it (sweep and undo) ``params.tuning_cell(kind)``; the
+the cells tagged ``health`` and ``tuning`` above it (sweep and undo) ``params.cell_source``; the
 README's table between ``TABLE_BEGIN`` and ``TABLE_END`` is ``parameters_table()``.
 ``python -m runbook notebooks --write`` rewrites whatever differs, and a test fails while
 anything differs, so a parameter cannot be documented in one place and missing in
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..rules.params import PARAMETERS, parameters_cell, tuning_cell
+from ..rules.params import CELLS, PARAMETERS, cell_source
 from ..rules.states import Kind
 from ..version import PROJECT_DIR
 
@@ -38,27 +38,32 @@ def _tagged(nb: Any, tag: str) -> list[Any]:
 
 
 def _sync(nb: Any, kind: str) -> bool:
-    """Make ``nb``'s parameters cell, and its tuning cell right above it, what the
-    declaration says; True when anything changed."""
+    """Make ``nb``'s generated cells (``params.CELLS``, in that order, the parameters cell
+    last) what the declaration says; True when anything changed."""
     import nbformat
 
-    (params,) = _tagged(nb, "parameters") or [None]
-    if params is None or len(_tagged(nb, "parameters")) != 1:
+    if len(_tagged(nb, "parameters")) != 1:
         raise ValueError("a notebook has exactly one cell tagged 'parameters'")
     changed = False
-    if params.source != parameters_cell(kind):
-        params.source, changed = parameters_cell(kind), True
-    tuning = _tagged(nb, "tuning")
-    wanted = tuning_cell(kind)
-    if wanted and not tuning:
-        cell = nbformat.v4.new_code_cell(wanted, metadata={"tags": ["tuning"]})
-        nb.cells.insert(nb.cells.index(params), cell)
-        changed = True
-    elif tuning and not wanted:
-        nb.cells.remove(tuning[0])
-        changed = True
-    elif tuning and tuning[0].source != wanted:
-        tuning[0].source, changed = wanted, True
+    above = None  # the generated cell each next one goes below
+    for tag in CELLS:
+        wanted = cell_source(kind, tag)
+        present = _tagged(nb, tag)
+        cell = present[0] if present else None
+        if cell is not None and not wanted and tag != "parameters":
+            nb.cells.remove(cell)
+            changed = True
+            continue
+        if cell is None:
+            if not wanted:
+                continue
+            cell = nbformat.v4.new_code_cell(wanted, metadata={"tags": [tag]})
+            at = nb.cells.index(_tagged(nb, "parameters")[0]) if above is None else nb.cells.index(above) + 1
+            nb.cells.insert(at, cell)
+            changed = True
+        elif cell.source != wanted:
+            cell.source, changed = wanted, True
+        above = cell
     return changed
 
 

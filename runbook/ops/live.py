@@ -57,20 +57,36 @@ class BatchResult:
     wal_bytes: int = 0  # WAL the server wrote during the batch (all sessions), before its commit
 
 
-def check_writable(conn: Conn, target: Target) -> None:
-    """ReadOnlyError unless this session can UPDATE the table on a primary."""
+def _needs(target: Target, restore: bool) -> list[tuple[str, str | None]]:
+    """The privileges a live run of ``target`` needs: (privilege, column or None for the table).
+    A sweep marks (UPDATE of the status), deletes, or clears (UPDATE of the payloads);
+    delete and clear read whole rows into the archive; an undo of a delete inserts them back."""
+    if target.marks:
+        return [("UPDATE", target.status_column)]
+    if restore:
+        return [("INSERT", None)] if target.action == "delete" else [("UPDATE", c) for c in target.payload_columns]
+    act = [("DELETE", None)] if target.action == "delete" else [("UPDATE", c) for c in target.payload_columns]
+    return [("SELECT", None), *act]
+
+
+def check_writable(conn: Conn, target: Target, restore: bool = False) -> None:
+    """ReadOnlyError unless this session can make the target's change on a primary (with
+    ``restore``: undo it)."""
     table = candidates.table(target).as_string(conn)
-    row = conn.execute(catalog.write_privileges(), {"table": table, "column": target.status_column}).fetchone()
+    row = conn.execute(catalog.write_privileges(), {"table": table, "column": target.key_column}).fetchone()
     assert row is not None
     if row[0]:
         raise ReadOnlyError("the server is a read-only standby (pg_is_in_recovery() is true): refused, nothing written")
     if row[1] == "on":
         raise ReadOnlyError("default_transaction_read_only is on for this session: refused, nothing written")
-    if not row[2]:
-        raise ReadOnlyError(
-            f"role {row[3]} may not UPDATE {table}.{target.status_column}: refused, nothing written "
-            f"(GRANT SELECT, UPDATE ({target.status_column}) ON {table} TO {row[3]}; or run inspect/preview only)"
-        )
+    for privilege, column in _needs(target, restore):
+        held = conn.execute(catalog.privilege(), {"table": table, "column": column, "privilege": privilege}).fetchone()
+        if not (held and held[0]):
+            what = f"{privilege} {table}" + (f".{column}" if column else "")
+            grant = f"GRANT {privilege}" + (f" ({column})" if column else "") + f" ON {table} TO {row[3]}"
+            raise ReadOnlyError(
+                f"role {row[3]} may not {what}: refused, nothing written ({grant}; or run inspect/preview only)"
+            )
     if not row[4]:
         raise ReadOnlyError(
             f"role {row[3]} may not create temporary tables (the candidate snapshot): refused, nothing written "
@@ -142,7 +158,7 @@ def live_run(
     # First: through a transaction pooler nothing below may run (its search_path is only
     # pinned per read-only transaction, and the ledger's creation would not be refused).
     refuse_transaction_pooler(conn, f"a live sweep or undo of {target.schema}.{target.table}")
-    check_writable(conn, target)
+    check_writable(conn, target, restore=kind is Kind.UNDO)
     ledger.ensure(conn)
     with target_lock(conn, target), interrupt_guard() as interrupted:
         first = ledger.start_run(

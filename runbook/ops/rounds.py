@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -27,22 +28,32 @@ from typing import Any, Generic, TypeVar
 import psycopg
 
 from .. import logs
+from ..audit import archive
 from ..db.transactions import Conn
 from ..db.workers import Workers
 from ..rules.params import Options
 from ..rules.states import StopReason
 from ..rules.target import Target
-from ..sql import candidates
+from ..sql import candidates, removal
 from .live import BatchResult, set_batch_settings, utc_now
 from .stops import Stop, canceled_text, cancelled_by_request
 
-__all__ = ["Keys", "Tried", "Round", "with_retries", "run_round"]
+__all__ = ["Keys", "Archiving", "Tried", "Round", "with_retries", "run_round"]
 
 log = logs.get(__name__)
 
 RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected)
 T = TypeVar("T")
 Keys = list[tuple[Any, Any]]  # snapshot entries: (created_at, id)
+
+
+@dataclass(frozen=True)
+class Archiving:
+    """How a delete or clear batch archives its rows: the folder (None: ``archive=False``,
+    no archive) and the table's json/jsonb columns (whose SQL NULLs each line names)."""
+
+    root: Path | None
+    json_columns: tuple[str, ...]
 
 
 class _Aborted(Exception):
@@ -98,20 +109,43 @@ def with_retries(
 
 def write_batch(
     conn: Conn, target: Target, opts: Options, params: dict[str, Any], keys: Keys, batch: int, run_id: str,
-    abort: threading.Event,
+    abort: threading.Event, archiving: Archiving | None = None,
 ) -> tuple[int, int]:  # fmt: skip
-    """One batch in its own transaction: the rows of ``keys`` updated and ledgered.
-    Returns (rows changed, WAL bytes the server wrote meanwhile, every session's).
-    Writes nothing when ``abort`` is set before its UPDATE starts."""
+    """One batch in its own transaction: the rows of ``keys`` still candidates changed
+    (marked, deleted or cleared, as the target says) and ledgered. Returns (rows changed,
+    WAL bytes the server wrote meanwhile, every session's). Writes nothing when ``abort``
+    is set before its statement starts.
+
+    A delete or clear batch first locks its rows and writes them to the archive (a file,
+    fsynced) before the statement that removes them and records the file's sha256 runs:
+    no row is removed unless its archive file is on disk. RuntimeError (the batch rolls
+    back) should the removal not match the rows archived."""
+    ids = [str(k[1]) for k in keys]
     with conn.transaction():
         wal_start = set_batch_settings(conn, opts)
         if abort.is_set():
             raise _Aborted()  # rolls the transaction back
-        row = conn.execute(
-            candidates.batch_update(target),
-            {**params, "ids": [str(k[1]) for k in keys], "run_id": run_id, "batch": batch, "wal_start": wal_start},
-        ).fetchone()
-    return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+        if target.marks:
+            row = conn.execute(
+                candidates.batch_update(target),
+                {**params, "ids": ids, "run_id": run_id, "batch": batch, "wal_start": wal_start},
+            ).fetchone()
+            return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+        assert archiving is not None, "a delete or clear target needs its Archiving"
+        locked = conn.execute(removal.archive_rows(target, archiving.json_columns), {**params, "ids": ids}).fetchone()
+        assert locked is not None
+        tids, lines, count = str(locked[0]), str(locked[1]), int(locked[2])
+        saved = archive.write_batch(archiving.root, run_id, batch, lines, count) if archiving.root and count else None
+        statement = removal.delete_batch(target) if target.action == "delete" else removal.clear_batch(target)
+        row = conn.execute(statement, {
+            "tids": tids, "run_id": run_id, "batch": batch, "wal_start": wal_start,
+            "archive_file": saved.name if saved else None, "archive_sha256": saved.sha256 if saved else None,
+            "archive_rows": saved.rows if saved else None,
+        }).fetchone()  # fmt: skip
+        assert row is not None
+        if int(row[0]) != count:
+            raise RuntimeError(f"batch {batch}: {row[0]} rows {target.action}d but {count} locked and archived; rolled back")
+    return int(row[0]), int(row[1] or 0)
 
 
 @dataclass(frozen=True)
@@ -130,7 +164,7 @@ _Job = Tried[tuple[BatchResult, Keys]]  # a job's outcome: its batch and keys wh
 
 def run_round(
     pool: Workers[_Job], chunks: list[tuple[int, Keys]], *, target: Target, opts: Options, params: dict[str, Any],
-    run_id: str,
+    run_id: str, archiving: Archiving | None = None,
 ) -> Round:  # fmt: skip
     """Write ``chunks`` (batch number, keys) at once, one per connection of ``pool``.
 
@@ -145,7 +179,7 @@ def run_round(
         def attempt(n: int) -> tuple[Keys, int, int]:
             tries.append(n)  # a retry after a timeout takes half the rows each time
             used = keys[: max(1, len(keys) >> n)]
-            return (used, *write_batch(c, target, opts, params, used, number, run_id, pool.abort))
+            return (used, *write_batch(c, target, opts, params, used, number, run_id, pool.abort, archiving))
 
         tried = with_retries(attempt, opts, f"batch {number}", pool.abort)
         if tried.value is None:

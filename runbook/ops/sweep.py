@@ -1,9 +1,13 @@
-"""Sweep: mark stale rows in bounded batches, each batch its own short transaction.
+"""Sweep: mark, delete or clear stale rows in bounded batches, each batch its own short transaction.
 
-What it writes: ``status = new_status`` on candidate rows, at most ``batch_size`` per
-transaction, oldest first, and for each batch its ledger rows in the same statement
-(``runbook.db.ledger``); nothing else. With ``dry_run=True`` (the default) it writes
-nothing and reports what it would do.
+What it writes: the target's action on candidate rows (``status = new_status``; the row
+deleted; its payload columns set to ``'{}'``), at most ``batch_size`` per transaction,
+oldest first, and for each batch its ledger rows in the same statement
+(``runbook.db.ledger``). A delete or clear batch first writes its rows, whole, to an
+archive file (``runbook.audit.archive``) and fsyncs it; its ledger row names the file and
+its sha256. With ``vacuum=True``, a delete or clear that changed rows ends with
+``VACUUM (ANALYZE)`` of the table. With ``dry_run=True`` (the default) it writes nothing
+and reports what it would do.
 
 How, top-down (``_Sweep``): a run is up to five *passes*; a pass snapshots the candidates
 into a temp table (one scan, ``sql.candidates``) and drains it in *rounds*; a round writes
@@ -34,20 +38,23 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
+
 from .. import logs
 from ..audit.record import new_run_id
 from ..db.health import HealthLimits, blind_signals, refuse_blind
-from ..db.transactions import Conn, check_target, read_only, resolve_cutoff
+from ..audit.archive import archive_root
+from ..db.transactions import Conn, check_target, read_only, resolve_cutoff, table_columns
 from ..db.workers import Workers
 from ..errors import PreviewMismatchError, TooManyCandidatesError
 from ..rules.pacing import next_batch_size
 from ..rules.params import Options
 from ..rules.states import Kind, StopReason
 from ..rules.target import Target
-from ..sql import candidates, catalog
+from ..sql import candidates, catalog, maintenance
 from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, live_run, set_batch_settings
 from .preview import fingerprint
-from .rounds import Keys, Round, run_round, with_retries
+from .rounds import Archiving, Keys, Round, run_round, with_retries
 from .stops import Stop, wait_until_healthy
 
 __all__ = ["BatchResult", "SweepResult", "sweep"]
@@ -83,6 +90,10 @@ class SweepResult:
     metrics_file: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. a metrics file that could not be written
     health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
+    action: str = "mark"  # what the sweep does to a candidate: mark, delete or clear
+    archive_dir: str | None = None  # delete and clear: the archive folder; None when archive=False or marking
+    dead_tuples: int | None = None  # delete and clear: the table's dead tuples after the sweep (statistics)
+    vacuum: dict[str, Any] | None = None  # what vacuum=True did: seconds, dead tuples after, or its error
 
     @property
     def rows_changed(self) -> int:
@@ -133,22 +144,55 @@ def sweep(
         return _dry_run(conn, target, opts, params, cutoff, blind, started)
 
     rid = run_id or new_run_id()
+    archiving = _archiving(conn, target, opts)
     result = SweepResult(
         target=target.describe(), options=opts.to_dict(), cutoff_utc=cutoff, dry_run=False,
-        candidates_at_start=0, run_id=rid, health_blind=blind,
+        candidates_at_start=0, run_id=rid, health_blind=blind, action=target.action,
+        archive_dir=str(archiving.root) if archiving and archiving.root else None,
     )  # fmt: skip
     metrics = MetricsFile(opts, rid, Kind.SWEEP, target, started)
     parameters = parameters or opts.to_dict()
     with live_run(conn, target, opts, kind=Kind.SWEEP, run_id=rid, parameters=parameters, should_stop=should_stop) as run:
         try:
             with Workers[Any](conn, opts.workers) as pool:
-                stop = _Sweep(conn, pool, target, opts, params, result, run, metrics, on_batch).run()
+                stop = _Sweep(conn, pool, target, opts, params, result, run, metrics, on_batch, archiving).run()
         except BaseException as exc:  # a refusal, an error between rounds, a second Ctrl-C
             stop = Stop.of_error(exc, "a statement of the sweep")
         error = end_run(conn, target, run, result, stop, metrics, started, remaining=result.remaining)
     if error is not None:
         raise error
+    if not target.marks:
+        _after_removal(conn, target, opts, result)
     return result
+
+
+def _archiving(conn: Conn, target: Target, opts: Options) -> Archiving | None:
+    """How this run's batches archive (None for a mark target)."""
+    if target.marks:
+        return None
+    json_columns = tuple(name for name, type_, _ in table_columns(conn, target) if type_ in ("json", "jsonb"))
+    if not opts.archive:
+        log.warning(f"archive=False: {target.table} rows are {target.action}ed without an archive; undo cannot restore them")
+    return Archiving(archive_root(opts.archive_dir) if opts.archive else None, json_columns)
+
+
+def _after_removal(conn: Conn, target: Target, opts: Options, result: SweepResult) -> None:
+    """Read the dead tuples the sweep left and, with ``vacuum`` and rows changed, VACUUM
+    (ANALYZE) the table (its own statement, outside any transaction). A VACUUM that fails
+    (not the table's owner) is a warning in the result, never the run's failure."""
+    if opts.vacuum and result.changed:
+        t0 = time.monotonic()
+        try:
+            conn.execute(maintenance.vacuum_analyze(target))
+            result.vacuum = {"seconds": round(time.monotonic() - t0, 3)}
+        except psycopg.Error as exc:
+            result.vacuum = {"error": f"{type(exc).__name__}: {exc.diag.message_primary}"}
+            result.warnings.append(f"the vacuum of {target.table} asked for (vacuum=True) failed: {result.vacuum['error']}")
+    with read_only(conn):
+        row = conn.execute(catalog.table_stats(), {"schema": target.schema, "table": target.table}).fetchone()
+    result.dead_tuples = int(row[2]) if row else None
+    if result.vacuum is not None and "seconds" in result.vacuum:
+        result.vacuum["dead_tuples_after"] = result.dead_tuples
 
 
 def _blind_health(conn: Conn, opts: Options) -> list[str]:
@@ -187,10 +231,11 @@ class _Sweep:
 
     def __init__(
         self, conn: Conn, pool: Workers[Any], target: Target, opts: Options, params: dict[str, Any],
-        result: SweepResult, run: LiveRun, metrics: MetricsFile, on_batch: OnBatch | None,
+        result: SweepResult, run: LiveRun, metrics: MetricsFile, on_batch: OnBatch | None, archiving: Archiving | None,
     ) -> None:  # fmt: skip
         self.conn, self.pool, self.target, self.opts, self.params = conn, pool, target, opts, params
         self.result, self.run_, self.metrics, self.on_batch = result, run, metrics, on_batch
+        self.archiving = archiving
         self.next_batch = run.first_batch
         row = conn.execute(catalog.run_start()).fetchone()
         self.began: datetime = row[0] if row else datetime.min
@@ -255,7 +300,8 @@ class _Sweep:
             if not chunks:
                 return changed, None
             done = run_round(
-                self.pool, chunks, target=self.target, opts=self.opts, params=self.params, run_id=str(self.result.run_id)
+                self.pool, chunks, target=self.target, opts=self.opts, params=self.params, run_id=str(self.result.run_id),
+                archiving=self.archiving,
             )
             self.next_batch += len(chunks)
             self._keep(done)

@@ -1,4 +1,10 @@
-"""Undo: put back the previous status of exactly the rows one run changed.
+"""Undo: put back exactly what one run changed: the previous status, or the archived rows.
+
+A delete or clear run is undone from its archive (``runbook.ops.restore``): the deleted
+rows inserted back exactly as they were (a row whose key exists again is left alone and
+counted), the cleared payloads put back where the columns still hold ``'{}'``. Every
+archive file its ledger names is checked against the sha256 its batch committed before
+anything is written. What follows is the undo of a mark run.
 
 What it writes: for each object the ledger says run ``of_run_id`` changed, when that
 run's change is the object's latest change in the ledger (by any run on the table,
@@ -24,9 +30,11 @@ from ..db.transactions import Conn, check_target, read_only
 from ..errors import LedgerUnavailableError, UnknownRunError
 from ..rules.params import Options
 from ..rules.states import Kind, StopReason
-from ..rules.target import Target
+from ..rules.target import DEFAULT_TARGET, Target
+from ..rules.targets import CATALOGUE
 from ..sql import catalog
 from ..sql import undo as undo_sql
+from .restore import restore_from_archive, verify_archive
 from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, live_run, set_batch_settings, utc_now
 from .rounds import with_retries
 from .stops import Stop, wait_until_healthy
@@ -110,8 +118,23 @@ def undo(
                 f"run_id={of_run_id!r} swept {info['target']}, not {target.schema}.{target.table}: "
                 "undo it on the schema it swept (DATABASE_URL's ?schema= option)"
             )
-        if opts.dry_run:
+        ran = info["rule"] or DEFAULT_TARGET
+        if ran != target.name and (ran not in CATALOGUE or CATALOGUE[ran].target.action != target.action):
+            # Two mark targets of one table are undone alike (from the ledger's statuses);
+            # a delete is undone by re-inserting, a clear by restoring payloads: never swapped.
+            raise UnknownRunError(
+                f"run_id={of_run_id!r} swept target {info['rule'] or DEFAULT_TARGET}, not {target.name}: "
+                f"undo it with -p target {info['rule'] or DEFAULT_TARGET}"
+            )
+        if not target.marks:
+            files = verify_archive(conn, of_run_id, opts)
+        if opts.dry_run and target.marks:
             total, restorable, since, undone, later = _counts(conn, target, False, params)
+    if opts.dry_run and not target.marks:
+        archived = sum(f.rows for f in files)
+        result = UndoResult(of_run_id, None, True, archived, archived, stop_reason=StopReason.DRY_RUN)
+        result.seconds = round(time.monotonic() - started, 4)
+        return result
     if opts.dry_run:
         result = UndoResult(of_run_id, None, True, total, restorable, changed_since=since, later_run=later, already_undone=undone)
         result.stop_reason = StopReason.DRY_RUN
@@ -129,7 +152,11 @@ def undo(
     metrics = MetricsFile(opts, rid, Kind.UNDO, target, started)
     with live_run(conn, target, opts, kind=Kind.UNDO, run_id=rid, parameters=parameters, undoes_run_id=of_run_id) as run:
         try:
-            stop = _restore(conn, target, opts, params, result, run)
+            if target.marks:
+                stop = _restore(conn, target, opts, params, result, run)
+            else:
+                result.rows_in_ledger = result.restorable = sum(f.rows for f in files)
+                stop = restore_from_archive(conn, target, opts, files, result, run)
         except BaseException as exc:  # an error between batches, a second Ctrl-C
             stop = Stop.of_error(exc, "a statement of the undo")
         error = end_run(conn, target, run, result, stop, metrics, started, remaining=None)

@@ -33,8 +33,9 @@ __all__ = [
     "Parameter",
     "PARAMETERS",
     "declared",
+    "CELLS",
+    "cell_source",
     "parameters_cell",
-    "tuning_cell",
     "check_names",
     "check_int",
     "check_number",
@@ -178,6 +179,9 @@ class Options:
     max_batch_wal_bytes: int = 0  # 0: the server's wal_buffers / workers
     workers: int = 2  # batches written at once, each on its own connection
     allow_blind_health: bool = False  # sweep although a health signal cannot be read
+    archive: bool = True  # delete and clear: every row archived before its batch commits
+    archive_dir: str = ""  # '': archive/ of the checkout ($RUNBOOK_ARCHIVE_DIR)
+    vacuum: bool = False  # after a delete or clear, VACUUM (ANALYZE) the table
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -195,8 +199,8 @@ class Parameter:
 
     A number is checked against its range (``low``..``high``, inclusive; ``unit`` names what
     a float counts); anything else by its ``rule``. ``option``: an ``Options`` field of the
-    same name and default (False for the run ids, which name runs). ``tuning``: listed in
-    the notebook's tuning cell, not its parameters cell (see ``parameters_cell``)."""
+    same name and default (False for the run ids, which name runs). ``cell``: the notebook
+    cell that lists it (``CELLS``): ``parameters``, or ``tuning`` / ``health`` above it."""
 
     name: str
     type: type
@@ -208,7 +212,7 @@ class Parameter:
     unit: str = ""
     rule: Callable[[str, object], object] | None = None
     option: bool = True
-    tuning: bool = False
+    cell: str = "parameters"
 
     def check(self, name: str, value: object) -> object:
         """The validated value; ParameterError naming ``name``, the value and the rule."""
@@ -279,43 +283,51 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("dry_run", bool, True, "True writes nothing and only reports; False does the work",
               _kinds(Kind.SWEEP, Kind.UNDO, Kind.INDEX)),
     Parameter("max_rows", int, 1_000_000, "refuse to start when there are more candidates than this", _SWEEP,
-              low=1, high=10**9),
+              low=1, high=10**9, cell="tuning"),
+    Parameter("archive", bool, True,
+              "delete and clear targets: archive every row before its batch commits; False deletes without (recorded)",
+              _SWEEP),
+    Parameter("vacuum", bool, False,
+              "after a delete or clear that changed rows, VACUUM (ANALYZE) the table (never by default)", _SWEEP),
     Parameter("expect_fingerprint", str, "",
               "an approved preview's fingerprint, with its cutoff; refuse if the first batch differs", _SWEEP,
               rule=check_fingerprint),
     Parameter("stop_file", str, "",
               "path (relative: to where you ran the command); the run stops at the next batch boundary once it exists", _WRITE,
-              rule=check_path),
+              rule=check_path, cell="tuning"),
+    Parameter("archive_dir", str, "",
+              "folder of the archive (relative: to where you ran the command); empty: archive/ of the checkout", _WRITE,
+              rule=check_path, cell="tuning"),
     Parameter("metrics_dir", str, "",
               "folder for a Prometheus textfile of this run (relative: to where you ran the command); empty for none", _WRITE,
-              rule=check_path, tuning=True),
+              rule=check_path, cell="tuning"),
     Parameter("lock_timeout_s", float, 5.0, "seconds a batch may wait for a row lock before it rolls back", _WRITE,
-              low=0.01, high=600, unit="seconds", tuning=True),
+              low=0.01, high=600, unit="seconds", cell="tuning"),
     Parameter("statement_timeout_s", float, 60.0, "seconds a batch statement may run before it rolls back", _WRITE,
-              low=0.1, high=3600, unit="seconds", tuning=True),
+              low=0.1, high=3600, unit="seconds", cell="tuning"),
     Parameter("max_retries", int, 3,
               "retries of a batch after a lock or statement timeout, each with half the rows; then the run stops", _WRITE,
-              low=0, high=10, tuning=True),
+              low=0, high=10, cell="tuning"),
     Parameter("pause_s", float, 0.0, "seconds to sleep between rounds of batches", _SWEEP,
-              low=0, high=60, unit="seconds", tuning=True),
+              low=0, high=60, unit="seconds", cell="tuning"),
     Parameter("max_replication_lag_bytes", int, 64 * 1024 * 1024,
               "pause while the slowest standby is more than this many bytes of WAL behind (64 MiB)", _WRITE,
-              low=0, high=2**50, tuning=True),
+              low=0, high=2**50, cell="health"),
     Parameter("max_lock_waiters", int, 0, "pause while more sessions than this wait on locks on the table", _WRITE,
-              low=0, high=10_000, tuning=True),
+              low=0, high=10_000, cell="health"),
     Parameter("pause_during_vacuum", bool, True,
-              "pause while a VACUUM of the table runs (not one the sweep itself started)", _WRITE, tuning=True),
+              "pause while a VACUUM of the table runs (not one the sweep itself started)", _WRITE, cell="health"),
     Parameter("health_pause_s", float, 2.0, "seconds between health checks while paused", _WRITE,
-              low=0.05, high=600, unit="seconds", tuning=True),
+              low=0.05, high=600, unit="seconds", cell="health"),
     Parameter("allow_blind_health", bool, False,
               "True writes although this role cannot see a health signal (lag, vacuum); the record says so", _WRITE,
-              tuning=True),
+              cell="health"),
     Parameter("target_batch_ms", float, 0.0,
               "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP,
-              low=0, high=600_000, unit="milliseconds (0 keeps batch_size fixed)", tuning=True),
+              low=0, high=600_000, unit="milliseconds (0 keeps batch_size fixed)", cell="tuning"),
     Parameter("max_batch_wal_bytes", int, 0,
               "WAL budget of a batch in bytes; 0 is the server's wal_buffers divided by workers", _SWEEP,
-              low=0, high=2**50, tuning=True),
+              low=0, high=2**50, cell="tuning"),
     Parameter("run_id", str, "", "names this run in its record and the ledger; generated when empty",
               _kinds(Kind.INSPECT, Kind.PREVIEW, Kind.SWEEP, Kind.INDEX), rule=_run_id, option=False),
     Parameter("run_id", str, "",
@@ -333,20 +345,24 @@ def declared(kind: str) -> dict[str, Parameter]:
     return {p.name: p for p in PARAMETERS if kind in p.notebooks}
 
 
+# The generated cells of a notebook, top to bottom: papermill injects its parameters after
+# the one tagged parameters, so -p overrides the cells above it too.
+CELLS = ("tuning", "health", "parameters")
+
+
+def cell_source(kind: str, cell: str) -> str:
+    """The source of notebook ``kind``'s cell tagged ``cell`` (``CELLS``): its parameters'
+    ``name: type = default  # help`` lines; '' when it has none. The ``parameters`` cell
+    holds what an operator sets on most runs (what ``papermill --help-notebook`` lists);
+    ``tuning`` timeouts, retries, budgets and folders; ``health`` the health throttle."""
+    if cell not in CELLS:
+        raise ParameterError("cell", cell, f"one of {list(CELLS)}")
+    return "\n".join(p.line() for p in declared(kind).values() if p.cell == cell)
+
+
 def parameters_cell(kind: str) -> str:
-    """The source of notebook ``kind``'s ``parameters`` cell: what an operator sets on most
-    runs, and what ``papermill --help-notebook`` lists."""
-    return "\n".join(p.line() for p in declared(kind).values() if not p.tuning)
-
-
-
-def tuning_cell(kind: str) -> str:
-    """The source of notebook ``kind``'s ``tuning`` cell, just above its parameters cell:
-    timeouts, retries, health thresholds, batch budgets and metrics, with their defaults.
-    Papermill injects its parameters after the parameters cell, so ``-p`` overrides these
-    too (papermill only logs them as unknown). '' when the notebook has none."""
-    lines = [p.line() for p in declared(kind).values() if p.tuning]
-    return "\n".join(lines)
+    """The source of notebook ``kind``'s ``parameters`` cell (``cell_source``)."""
+    return cell_source(kind, "parameters")
 
 
 def check_names(kind: str, names: Iterable[str]) -> None:

@@ -22,16 +22,40 @@ from ..rules.target import Target
 from .ledger import LEDGER_SCHEMA
 
 __all__ = [
-    "SNAPSHOT_TABLE", "table", "names", "predicate", "next_batch", "next_batch_and_count", "next_batch_plan",
+    "SNAPSHOT_TABLE", "EMPTY", "table", "names", "key_text", "key_match", "predicate", "next_batch", "next_batch_and_count", "next_batch_plan",
     "candidate_count", "breakdown", "snapshot", "snapshot_next", "batch_update",
 ]  # fmt: skip
 
 SNAPSHOT_TABLE = sql.Identifier("pg_temp", "runbook_candidates")
+EMPTY = sql.SQL("{}::jsonb").format(sql.Literal("{}"))  # LiteLLM's empty payload, its columns' default
 
 
 def _col(target: Target, column: str, alias: str | None) -> sql.Composable:
-    name = getattr(target, column)
+    return _id(getattr(target, column), alias)
+
+
+def _id(name: str, alias: str | None) -> sql.Identifier:
     return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+
+
+def key_text(target: Target, alias: str | None = None) -> sql.Composable:
+    """A row's key as one text: the key column itself, or for a composite key the JSON
+    array of its columns (``["req-1", "web_search"]``). Snapshots, previews, fingerprints
+    and batches name rows by it."""
+    if not target.more_key_columns:
+        return _id(target.key_column, alias)
+    return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(_id(c, alias) for c in target.key_columns))
+
+
+def key_match(target: Target, alias: str) -> sql.Composed:
+    """True for the rows of ``alias`` whose key is one of %(ids)s (``key_text`` values), in a
+    form the primary key's index serves."""
+    if not target.more_key_columns:
+        return sql.SQL("{} = ANY(%(ids)s::text[])").format(_id(target.key_column, alias))
+    parts = sql.SQL(", ").join(sql.SQL("i.k::jsonb->>{}").format(sql.Literal(n)) for n in range(len(target.key_columns)))
+    return sql.SQL("({}) IN (SELECT {} FROM unnest(%(ids)s::text[]) AS i(k))").format(
+        sql.SQL(", ").join(_id(c, alias) for c in target.key_columns), parts
+    )
 
 
 def table(target: Target) -> sql.Identifier:
@@ -40,42 +64,49 @@ def table(target: Target) -> sql.Identifier:
 
 
 def names(target: Target) -> dict[str, sql.Composable]:
-    """The identifiers every statement formats in: {table}, {key}, {time}, {status}, {purpose}."""
+    """What every statement formats in: {table}, {key} (the first key column), {keytext}
+    (``key_text``), {time}, {status} and {purpose} (``NULL::text`` for a target whose rule
+    reads no status or purpose)."""
+    none = sql.SQL("NULL::text")
     return {
         "table": table(target),
         "key": sql.Identifier(target.key_column),
+        "keytext": key_text(target),
         "time": sql.Identifier(target.time_column),
-        "status": sql.Identifier(target.status_column),
-        "purpose": sql.Identifier(target.purpose_column),
+        "status": sql.Identifier(target.status_column) if target.status_rule and target.status_column else none,
+        "purpose": sql.Identifier(target.purpose_column) if target.purpose_column else none,
     }
 
 
 def predicate(target: Target, alias: str | None = None) -> sql.Composed:
-    """The candidate rule. Placeholders: %(purpose)s, %(terminal)s, %(cutoff)s.
+    """The candidate rule. Placeholders: %(cutoff)s, and %(purpose)s, %(terminal)s where the
+    target's rule reads them.
 
     ``<> ALL(array)`` is ``NOT IN (list)`` with one bound parameter; like NOT IN it is
     never true for a NULL status. %(cutoff)s is bound as a naive UTC ``timestamp``. A
     target with an ``unprocessed_column`` (batch jobs) also needs it false, as LiteLLM's
-    ``batch_processed = false``.
+    ``batch_processed = false``; one with ``payload_columns`` needs one of them to hold
+    something other than NULL or ``'{}'``.
     """
-    rule = sql.SQL(
-        "{purpose} = %(purpose)s AND {status} <> ALL(%(terminal)s::text[]) AND {time} < %(cutoff)s::timestamp"
-    ).format(
-        purpose=_col(target, "purpose_column", alias),
-        status=_col(target, "status_column", alias),
-        time=_col(target, "time_column", alias),
-    )
-    if target.unprocessed_column is None:
-        return rule
-    flag = sql.Identifier(alias, target.unprocessed_column) if alias else sql.Identifier(target.unprocessed_column)
-    return sql.SQL("{} AND {} = false").format(rule, flag)
+    parts: list[sql.Composable] = []
+    if target.purpose_column:
+        parts.append(sql.SQL("{} = %(purpose)s").format(_col(target, "purpose_column", alias)))
+    if target.status_rule:
+        parts.append(sql.SQL("{} <> ALL(%(terminal)s::text[])").format(_col(target, "status_column", alias)))
+    parts.append(sql.SQL("{} < %(cutoff)s::timestamp").format(_col(target, "time_column", alias)))
+    if target.unprocessed_column is not None:
+        parts.append(sql.SQL("{} = false").format(_id(target.unprocessed_column, alias)))
+    if target.payload_columns:
+        held = sql.SQL(" OR ").join(sql.SQL("{} <> {}").format(_id(c, alias), EMPTY) for c in target.payload_columns)
+        parts.append(sql.SQL("({})").format(held))
+    return sql.SQL(" AND ").join(parts)
 
 
 def next_batch(target: Target) -> sql.Composed:
     """The rows the next batch takes, oldest first: what preview shows. %(batch_size)s."""
     return sql.SQL(
-        "SELECT {key}, {status}, {time}, {purpose} FROM {table} WHERE {pred} "
-        "ORDER BY {time}, {key} LIMIT %(batch_size)s"
+        "SELECT {keytext}, {status}, {time}, {purpose} FROM {table} WHERE {pred} "
+        "ORDER BY {time}, {keytext} LIMIT %(batch_size)s"
     ).format(
         **names(target),
         pred=predicate(target),
@@ -89,9 +120,8 @@ def next_batch_and_count(target: Target) -> sql.Composed:
     index: each scan reads the whole heap.
     """
     return sql.SQL(
-        "WITH c AS MATERIALIZED (SELECT {key}, {status}, {time}, {purpose} FROM {table} WHERE {pred}) "
-        "SELECT {key}, {status}, {time}, {purpose}, (SELECT count(*) FROM c) FROM c "
-        "ORDER BY {time}, {key} LIMIT %(batch_size)s"
+        "WITH c AS MATERIALIZED (SELECT {keytext} AS k, {status} AS s, {time} AS t, {purpose} AS p FROM {table} "
+        "WHERE {pred}) SELECT k, s, t, p, (SELECT count(*) FROM c) FROM c ORDER BY t, k LIMIT %(batch_size)s"
     ).format(**names(target), pred=predicate(target))
 
 
@@ -136,7 +166,7 @@ def snapshot(target: Target) -> list[sql.Composed]:
     """
     return [
         sql.SQL("DROP TABLE IF EXISTS {snap}").format(snap=SNAPSHOT_TABLE),
-        sql.SQL("CREATE TEMP TABLE {name} AS SELECT {time} AS t, {key} AS k FROM {table} WHERE {pred}").format(
+        sql.SQL("CREATE TEMP TABLE {name} AS SELECT {time} AS t, {keytext} AS k FROM {table} WHERE {pred}").format(
             **names(target), name=sql.Identifier("runbook_candidates"), pred=predicate(target)
         ),
         sql.SQL("CREATE INDEX ON {snap} (t, k)").format(snap=SNAPSHOT_TABLE),

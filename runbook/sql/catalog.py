@@ -13,7 +13,7 @@ from __future__ import annotations
 from psycopg import sql
 
 __all__ = [
-    "read_only_pinned", "run_start", "now_utc", "table_oid", "table_columns", "write_privileges", "batch_settings",
+    "read_only_pinned", "run_start", "now_utc", "table_oid", "table_columns", "column_types", "privilege", "write_privileges", "batch_settings",
     "current_user", "roles", "server_identity", "system_identifier", "max_wal_size", "relation_exists",
     "try_advisory_lock", "advisory_unlock", "lock_holder", "sessions_of_run", "terminate_backend",
     "health_visibility", "health_signals",
@@ -69,6 +69,24 @@ def table_columns() -> sql.SQL:
     return sql.SQL("SELECT attname FROM pg_attribute WHERE attrelid = %(oid)s AND attnum > 0 AND NOT attisdropped")
 
 
+def column_types() -> sql.SQL:
+    """The columns of the relation with oid %(oid)s in order, dropped ones left out: name,
+    type as SQL writes it (``format_type``), whether it is generated (never inserted)."""
+    return sql.SQL(
+        "SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '' FROM pg_attribute"
+        " WHERE attrelid = %(oid)s AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    )
+
+
+def privilege() -> sql.SQL:
+    """One row, one boolean: this role holds privilege %(privilege)s on table %(table)s
+    (``schema.table`` as SQL would quote it), or on its column %(column)s when that is not NULL."""
+    return sql.SQL(
+        "SELECT CASE WHEN %(column)s::text IS NULL THEN has_table_privilege(%(table)s, %(privilege)s)"
+        " ELSE has_column_privilege(%(table)s, %(column)s::text, %(privilege)s) END"
+    )
+
+
 def write_privileges() -> sql.SQL:
     """Whether this session may write the target, one row: in recovery (a standby),
     ``default_transaction_read_only`` ('on'/'off'), may UPDATE column %(column)s of
@@ -83,11 +101,14 @@ def write_privileges() -> sql.SQL:
 
 def batch_settings() -> sql.SQL:
     """Set this transaction's ``lock_timeout`` to %(lock_timeout)s and ``statement_timeout``
-    to %(statement_timeout)s (texts such as '500ms'), and ``synchronous_commit`` off. One
-    row: the three settings as set, then the server's WAL insert position (a ``pg_lsn``)."""
+    to %(statement_timeout)s (texts such as '500ms'), ``synchronous_commit`` off and
+    ``extra_float_digits`` 3. One row: the first three settings as set, the server's WAL
+    insert position (a ``pg_lsn``), then the fourth setting."""
+    # extra_float_digits 3: a float archived by to_jsonb is written exactly (shortest
+    # round-trip form) whatever the role's setting, so a restored row equals the deleted one.
     return sql.SQL(
         "SELECT set_config('lock_timeout', %(lock_timeout)s, true), set_config('statement_timeout', %(statement_timeout)s, true),"
-        " set_config('synchronous_commit', 'off', true), pg_current_wal_insert_lsn()"
+        " set_config('synchronous_commit', 'off', true), pg_current_wal_insert_lsn(), set_config('extra_float_digits', '3', true)"
     )
 
 

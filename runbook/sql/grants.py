@@ -71,6 +71,22 @@ def ledger_policies_sql(reader: str, sweeper: str) -> list[sql.Composed]:
     return out
 
 
+def _action_grants(target: Target, table: sql.Identifier, sweeper: sql.Identifier) -> list[sql.Composed]:
+    """What the sweeper needs to apply the target's action and undo it: UPDATE of the status
+    (mark); whole rows read into the archive, DELETE and INSERT (delete); UPDATE of the
+    payload columns (clear)."""
+    if target.marks:
+        assert target.status_column is not None
+        return [sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(sql.Identifier(target.status_column), table, sweeper)]
+    if target.action == "delete":
+        return [sql.SQL("GRANT SELECT, DELETE, INSERT ON {} TO {}").format(table, sweeper)]
+    payloads = sql.SQL(", ").join(sql.Identifier(c) for c in target.payload_columns)
+    return [
+        sql.SQL("GRANT SELECT ON {} TO {}").format(table, sweeper),
+        sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(payloads, table, sweeper),
+    ]
+
+
 def grants_sql(target: Target, database: str, reader: str, sweeper: str) -> list[sql.Composed]:
     """The grants for ``reader`` and ``sweeper``; run by the table's owner and the ledger owner."""
     for name, value in (("reader", reader), ("sweeper", sweeper)):
@@ -92,7 +108,7 @@ def grants_sql(target: Target, database: str, reader: str, sweeper: str) -> list
     out += [
         # ctid: a batch's UPDATE finds each row it locked by its ctid (candidates.batch_update).
         sql.SQL("GRANT SELECT (ctid) ON {} TO {}").format(table, s),
-        sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(sql.Identifier(target.status_column), table, s),
+        *_action_grants(target, table, s),
         sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(db, s),
         sql.SQL("GRANT INSERT, UPDATE ON {} TO {}").format(sql.Identifier(SCHEMA, "runs"), s),
         sql.SQL("GRANT INSERT ON {}, {}, {} TO {}").format(

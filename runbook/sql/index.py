@@ -27,8 +27,15 @@ def create_index(target: Target) -> sql.Composed:
 
     Built with literals (an index predicate cannot take parameters) from validated
     statuses; CONCURRENTLY so that it does not block LiteLLM's writes while it builds.
-    No placeholders.
+    No placeholders. A target whose rule reads no status (delete and clear targets) gets a
+    plain index on (time, key): its rule is the age alone.
     """
+    if not target.status_rule:
+        return sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({time}, {keys})").format(
+            name=sql.Identifier(index_name(target)), table=table(target), time=sql.Identifier(target.time_column),
+            keys=sql.SQL(", ").join(sql.Identifier(k) for k in target.key_columns),
+        )  # fmt: skip
+    assert target.purpose_column is not None and target.status_column is not None
     return sql.SQL(
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({time}, {key}) "
         "WHERE {purpose} = {purpose_value} AND {status} NOT IN ({terminal}){unprocessed}"

@@ -16,7 +16,7 @@ __all__ = [
     "LEDGER_SCHEMA", "ddl", "records_ddl", "upgrade_ddl", "missing_columns", "tables_present", "schema_exists",
     "ddl_lock", "may_write", "grants_for", "run_for_update", "insert_run", "reopen_run", "last_batch",
     "synchronous_commit_on", "finish_run", "run_info", "recent_runs", "ledger_batches", "run_summary",
-    "run_target", "insert_record", "first_seal", "ledger_present", "sweep_rate",
+    "run_target", "insert_record", "first_seal", "ledger_present", "sweep_rate", "archived_batches",
 ]  # fmt: skip
 
 LEDGER_SCHEMA = "litellm_runbook"
@@ -43,7 +43,8 @@ def ddl() -> list[sql.Composed]:
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
             "run_id text NOT NULL REFERENCES {} (run_id), batch integer NOT NULL, rows_changed integer NOT NULL,"
-            " committed_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (run_id, batch))"
+            " committed_at timestamptz NOT NULL DEFAULT clock_timestamp(), archive_file text, archive_sha256 text,"
+            " archive_rows integer, PRIMARY KEY (run_id, batch))"
         ).format(_t("batches"), _t("runs")),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
@@ -76,6 +77,12 @@ def upgrade_ddl() -> dict[str, list[sql.Composed]]:
     """
     changes = _t("changes")
     return {
+        "batches.archive_sha256": [
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS archive_file text, ADD COLUMN IF NOT EXISTS archive_sha256 text,"
+                " ADD COLUMN IF NOT EXISTS archive_rows integer"
+            ).format(_t("batches"))
+        ],
         "runs.identity": [sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS identity jsonb").format(_t("runs"))],
         "records.sha256": [records_ddl()],
         "changes.seq": [
@@ -97,10 +104,10 @@ def upgrade_ddl() -> dict[str, list[sql.Composed]]:
 
 def missing_columns() -> sql.SQL:
     """The columns of ``upgrade_ddl()`` the ledger lacks, one row each: name, in order.
-    Placeholders: %(runs)s, %(records)s, %(changes)s, the tables' ``schema.table`` names."""
+    Placeholders: %(runs)s, %(records)s, %(changes)s, %(batches)s, the tables' ``schema.table`` names."""
     return sql.SQL(
         "SELECT w.name FROM (VALUES ('runs.identity', %(runs)s, 'identity'), ('records.sha256', %(records)s, 'sha256'),"
-        " ('changes.seq', %(changes)s, 'seq'))"
+        " ('changes.seq', %(changes)s, 'seq'), ('batches.archive_sha256', %(batches)s, 'archive_sha256'))"
         " AS w(name, rel, col) WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(w.rel)"
         " AND a.attname = w.col AND NOT a.attisdropped) ORDER BY w.name"
     )
@@ -206,9 +213,12 @@ def finish_run() -> sql.Composed:
 
 
 def run_info() -> sql.Composed:
-    """Run %(run_id)s's ``runs`` row: run_id, kind, target, undoes_run_id, stop_reason, rows_changed."""
+    """Run %(run_id)s's ``runs`` row: run_id, kind, target, undoes_run_id, stop_reason, rows_changed,
+    and the catalogue's target it ran (``identity->>'rule'``; NULL: the default target)."""
     return sql.SQL(
-        "SELECT run_id, kind, target, undoes_run_id, stop_reason, rows_changed FROM {} WHERE run_id = %(run_id)s"
+        # to_jsonb(r): a ledger from before runs.identity existed still answers (NULL).
+        "SELECT run_id, kind, target, undoes_run_id, stop_reason, rows_changed, to_jsonb(r)->'identity'->>'rule'"
+        " FROM {} AS r WHERE run_id = %(run_id)s"
     ).format(_t("runs"))
 
 
@@ -234,6 +244,15 @@ def sweep_rate() -> sql.Composed:
         "SELECT sum(rows_changed), sum(extract(epoch FROM finished_at - started_at)) FROM {}"
         " WHERE kind = 'sweep' AND target = %(target)s AND finished_at IS NOT NULL AND rows_changed > 0"
     ).format(_t("runs"))
+
+
+def archived_batches() -> sql.Composed:
+    """The committed batches of run %(run_id)s, newest first: batch, rows_changed,
+    archive_file, archive_sha256, archive_rows (NULLs for a batch written without an archive)."""
+    return sql.SQL(
+        "SELECT batch, rows_changed, archive_file, archive_sha256, archive_rows FROM {} WHERE run_id = %(run_id)s"
+        " ORDER BY batch DESC"
+    ).format(_t("batches"))
 
 
 def ledger_batches() -> sql.Composed:

@@ -1,0 +1,207 @@
+"""Delete and clear targets: exactly the rows LiteLLM's own statement selects, archived before
+they go, in bounded batches, nothing else touched; undo gives the table back, row for row and
+column for column; a damaged archive is refused; a batch killed between its archive and its
+commit deletes nothing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from runbook import ArchiveError, options, preview, sweep, undo
+from runbook.rules.targets import target_named
+from tests.retention import TABLES, fill, litellm_deletes, snapshot
+from tests.rows import db_now
+from tests.runs import LIVE
+
+DELETE_TARGETS = {
+    "spend_logs": "LiteLLM_SpendLogs",
+    "spend_log_tool_index": "LiteLLM_SpendLogToolIndex",
+    "health_checks": "LiteLLM_HealthCheckTable",
+    "audit_log": "LiteLLM_AuditLog",
+    "error_logs": "LiteLLM_ErrorLogs",
+}
+
+
+def _cutoff(conn: psycopg.Connection) -> datetime:
+    return (db_now(conn) - timedelta(days=30)).replace(microsecond=0)
+
+
+def _fill_all(conn: psycopg.Connection, cutoff: datetime) -> None:
+    for table in TABLES:
+        fill(conn, table, cutoff)
+
+
+def _batches(conn: psycopg.Connection, run_id: str) -> list[tuple[int, int, str | None, str | None]]:
+    return conn.execute(
+        "SELECT batch, rows_changed, archive_file, archive_sha256 FROM litellm_runbook.batches WHERE run_id = %s ORDER BY batch",
+        [run_id],
+    ).fetchall()
+
+
+@pytest.mark.parametrize("name", list(DELETE_TARGETS))
+def test_a_delete_target_removes_exactly_litellms_rows_archived_in_bounded_batches_and_undo_gives_them_back(
+    name: str, conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    table = DELETE_TARGETS[name]
+    cutoff = _cutoff(conn)
+    _fill_all(conn, cutoff)
+    # A database whose TimeZone is not UTC: LiteLLM's own cutoff would shift by 5.5 hours here.
+    conn.execute(f"ALTER DATABASE {psycopg.conninfo.conninfo_to_dict(dsn)['dbname']} SET TimeZone = 'Asia/Kolkata'")
+    expected = litellm_deletes(dsn, table, cutoff)
+    before = snapshot(conn)
+    assert 0 < len(expected) < len(before[table])
+
+    target = target_named(name)
+    archive = tmp_path / "archive"
+    opts = options(cutoff=cutoff.isoformat() + "Z", batch_size=7, workers=2, archive_dir=str(archive), **LIVE)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        result = sweep(c, target, opts, run_id=f"del-{name}"[:36])
+    after = snapshot(conn)
+
+    assert result.stop_reason == "done" and result.changed == len(expected)
+    assert set(before[table]) - set(after[table]) == expected  # exactly LiteLLM's rows, whatever the TimeZone
+    assert set(after[table]) <= set(before[table])
+    assert {t: rows for t, rows in after.items() if t != table} == {t: rows for t, rows in before.items() if t != table}
+    batches = _batches(conn, result.run_id or "")
+    assert all(0 < b[1] <= 7 for b in batches) and sum(b[1] for b in batches) == len(expected)
+    archived: list[dict[str, object]] = []
+    for _, rows, file, sha in batches:  # every deleted row is in the archive file its batch names
+        assert file and sha
+        lines = gzip.decompress((archive / file).read_bytes()).decode().splitlines()
+        assert len(lines) == rows
+        archived += [json.loads(line) for line in lines]
+    assert len(archived) == len(expected)
+    assert (os.stat(archive / str(batches[0][2])).st_mode & 0o777) == 0o400  # read-only, the operator's alone
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        dry = undo(c, target, options(archive_dir=str(archive)), of_run_id=result.run_id or "")
+        assert dry.restorable == len(expected) and snapshot(conn) == after
+        back = undo(c, target, options(batch_size=5, archive_dir=str(archive), **LIVE), of_run_id=result.run_id or "")
+    assert back.restored == len(expected) and back.changed_since == 0
+    assert snapshot(conn) == before  # row for row, column for column: SQL NULLs, JSON nulls and floats included
+
+
+def test_clear_empties_exactly_the_stale_payloads_keeps_the_spend_rows_and_undo_puts_them_back(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    cutoff = _cutoff(conn)
+    _fill_all(conn, cutoff)
+    before = snapshot(conn)
+    payloads = ("messages", "response", "proxy_server_request")
+    rows = {
+        r[0]: r[1:]
+        for r in conn.execute('SELECT request_id, "startTime", messages, response, proxy_server_request FROM "LiteLLM_SpendLogs"')
+    }
+    # Not empty: anything but SQL NULL and LiteLLM's '{}' (a JSON null is something: it is cleared too).
+    expected = {
+        r[0] for r in conn.execute(
+            'SELECT request_id FROM "LiteLLM_SpendLogs" WHERE "startTime" < %s AND ('
+            + " OR ".join(f"{c} <> '{{}}'::jsonb" for c in payloads) + ")", [cutoff])
+    }  # fmt: skip
+    assert expected
+    target = target_named("spend_log_payloads")
+    archive = tmp_path / "archive"
+    opts = options(cutoff=cutoff.isoformat() + "Z", batch_size=4, archive_dir=str(archive), **LIVE)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        result = sweep(c, target, opts, run_id="clear-1")
+    assert result.changed == len(expected)
+    now = {
+        r[0]: r[1:]
+        for r in conn.execute('SELECT request_id, "startTime", messages, response, proxy_server_request FROM "LiteLLM_SpendLogs"')
+    }
+    assert now.keys() == rows.keys()  # every spend row stays
+    sql_nulls = {
+        (r[0], c) for c in payloads for r in conn.execute(f'SELECT request_id FROM "LiteLLM_SpendLogs" WHERE {c} IS NULL')
+    }
+    for k, (t, *p) in now.items():
+        if k in expected:  # emptied to '{}', and a SQL NULL stays NULL
+            assert p == [None if (k, c) in sql_nulls else {} for c in payloads], k
+        else:
+            assert [t, *p] == list(rows[k]), k
+    after = snapshot(conn)
+    assert {t: r for t, r in after.items() if t != "LiteLLM_SpendLogs"} == {
+        t: r for t, r in before.items() if t != "LiteLLM_SpendLogs"
+    }
+    assert all(0 < b[1] <= 4 for b in _batches(conn, "clear-1"))
+
+    # A payload written again since the clear is left alone; the others come back.
+    changed = sorted(expected)[0]
+    conn.execute("UPDATE \"LiteLLM_SpendLogs\" SET response = '{\"new\": 1}' WHERE request_id = %s", [changed])
+    with psycopg.connect(dsn, autocommit=True) as c:
+        back = undo(c, target, options(archive_dir=str(archive), **LIVE), of_run_id="clear-1")
+    assert back.restored == len(expected)  # the row's other payload columns were still empty: restored
+    kept = conn.execute('SELECT response FROM "LiteLLM_SpendLogs" WHERE request_id = %s', [changed]).fetchone()
+    assert kept == ({"new": 1},)  # written since the clear: left alone
+    conn.execute("UPDATE \"LiteLLM_SpendLogs\" SET response = %s WHERE request_id = %s", [
+        psycopg.types.json.Jsonb(rows[changed][2]) if rows[changed][2] is not None else None, changed])
+    assert snapshot(conn) == before
+
+
+def test_an_archive_file_changed_after_the_fact_is_refused_and_nothing_is_restored(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_AuditLog", cutoff)
+    archive = tmp_path / "archive"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        result = sweep(c, target_named("audit_log"), options(cutoff=cutoff.isoformat() + "Z", batch_size=10,
+                                                             archive_dir=str(archive), **LIVE), run_id="audit-1")
+    assert result.changed > 10
+    after = snapshot(conn)
+    files = sorted(archive.glob("audit-1/*.jsonl.gz"))
+    damaged = files[-1]
+    original = damaged.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0x01  # one bit
+    damaged.chmod(0o600)
+    damaged.write_bytes(bytes(data))
+    for dry in (True, False):
+        with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(ArchiveError, match=r"sha256 .* but its batch committed"):
+            undo(c, target_named("audit_log"), options(archive_dir=str(archive), dry_run=dry), of_run_id="audit-1")
+    damaged.write_bytes(original)
+    files[0].unlink()
+    with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(ArchiveError, match="cannot be read"):
+        undo(c, target_named("audit_log"), options(archive_dir=str(archive), **LIVE), of_run_id="audit-1")
+    assert snapshot(conn) == after  # nothing restored
+
+
+def test_delete_without_an_archive_must_be_asked_for_is_recorded_and_cannot_be_undone(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_ErrorLogs", cutoff)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        result = sweep(c, target_named("error_logs"), options(cutoff=cutoff.isoformat() + "Z", archive=False, **LIVE),
+                       run_id="noarchive")  # fmt: skip
+        assert result.changed > 0 and result.archive_dir is None and result.options["archive"] is False
+        assert all(b[2] is None for b in _batches(conn, "noarchive"))
+        recorded = conn.execute("SELECT parameters->>'archive' FROM litellm_runbook.runs WHERE run_id = 'noarchive'").fetchone()
+        assert recorded == ("false",)
+        with pytest.raises(ArchiveError, match=r"without an archive \(archive=False\)"):
+            undo(c, target_named("error_logs"), options(**LIVE), of_run_id="noarchive")
+    assert options().archive is True
+
+
+def test_preview_of_a_delete_target_is_exactly_the_next_batch_in_sweep_order(conn: psycopg.Connection, dsn: str) -> None:
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_SpendLogToolIndex", cutoff)
+    target = target_named("spend_log_tool_index")
+    opts = options(cutoff=cutoff.isoformat() + "Z", batch_size=5)
+    total = conn.execute('SELECT count(*) FROM "LiteLLM_SpendLogToolIndex"').fetchone()[0]  # type: ignore[index]
+    with psycopg.connect(dsn, autocommit=True) as c:
+        shown = preview(c, target, opts)
+        result = sweep(c, target, options(cutoff=cutoff.isoformat() + "Z", batch_size=5, workers=1, max_batches=1,
+                                          expect_fingerprint=shown.fingerprint, **LIVE), run_id="tools-1")  # fmt: skip
+    assert result.first_batch_fingerprint == shown.fingerprint
+    remaining = {tuple(r) for r in conn.execute('SELECT request_id, tool_name FROM "LiteLLM_SpendLogToolIndex"')}
+    previewed = [tuple(json.loads(r.id)) for r in shown.rows]
+    assert len(previewed) == 5 and not (set(previewed) & remaining) and len(remaining) == total - 5
+    times = [r.created_at for r in shown.rows]
+    assert times == sorted(times) and all(t < cutoff for t in times)
