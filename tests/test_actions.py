@@ -205,3 +205,59 @@ def test_preview_of_a_delete_target_is_exactly_the_next_batch_in_sweep_order(con
     assert len(previewed) == 5 and not (set(previewed) & remaining) and len(remaining) == total - 5
     times = [r.created_at for r in shown.rows]
     assert times == sorted(times) and all(t < cutoff for t in times)
+
+
+KILLED_SWEEP = """
+import sys, psycopg
+from runbook import options, sweep
+from runbook.rules.targets import target_named
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    sweep(c, target_named("spend_logs"), options(cutoff=sys.argv[2], batch_size=5, workers=1, lock_timeout_s=120,
+          archive_dir=sys.argv[3], dry_run=False), run_id="killed")
+"""
+
+
+def test_a_sweep_killed_between_its_archive_and_its_commit_deletes_nothing_and_its_file_is_never_restored(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_SpendLogs", cutoff)
+    conn.execute("CREATE SCHEMA IF NOT EXISTS litellm_runbook")
+    with psycopg.connect(dsn, autocommit=True) as c:  # the ledger exists, so its batches table can be locked
+        sweep(c, target_named("spend_logs"), options(cutoff=(cutoff - timedelta(days=3650)).isoformat() + "Z", **LIVE))
+    before = snapshot(conn)
+    archive = tmp_path / "archive"
+    with psycopg.connect(dsn) as locker:
+        # The batch's archive is written; its DELETE and ledger row then wait for this lock.
+        locker.execute("LOCK TABLE litellm_runbook.batches IN EXCLUSIVE MODE")
+        child = subprocess.Popen([sys.executable, "-c", KILLED_SWEEP, dsn, cutoff.isoformat() + "Z", str(archive)],
+                                 cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not list(archive.glob("killed/*.jsonl.gz")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(archive.glob("killed/*.jsonl.gz")), "the batch never wrote its archive"
+        while time.monotonic() < deadline and not conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)  # kill -9 between the archive and the commit
+        child.wait(30)
+        locker.rollback()
+    deadline = time.monotonic() + 30
+    others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    while conn.execute(others).fetchone()[0]:  # type: ignore[index]
+        assert time.monotonic() < deadline, "the killed sweep's session never ended"
+        time.sleep(0.05)
+    assert snapshot(conn)["LiteLLM_SpendLogs"] == before["LiteLLM_SpendLogs"]  # nothing deleted
+    assert _batches(conn, "killed") == []  # no committed batch names the file
+    orphan = list(archive.glob("killed/*.jsonl.gz"))
+    assert len(orphan) == 1
+    with psycopg.connect(dsn, autocommit=True) as c:
+        undone = undo(c, target_named("spend_logs"), options(archive_dir=str(archive), **LIVE), of_run_id="killed")
+    assert undone.restored == 0 and undone.rows_in_ledger == 0  # the orphan file is never read
+    assert snapshot(conn) == before

@@ -96,12 +96,14 @@ def _bars(ax: Axes, counts: list[Count], title: str, horizontal: bool) -> None:
 
 
 def inspect_figure(report: InspectReport) -> Figure:
-    """Three panels: rows and candidates by age bucket, by status, by purpose."""
-    fig = _figure(12, 3.6)
-    axes = fig.subplots(1, 3)
-    _bars(axes[0], report.by_age, "by age (created_at)", horizontal=False)
-    _bars(axes[1], report.by_status, "by status (all purposes)", horizontal=True)
-    _bars(axes[2], report.by_purpose, "by purpose", horizontal=True)
+    """Three panels: rows and candidates by age bucket, by status, by purpose (an age rule: by age only)."""
+    marks = report.action == "mark"  # an age rule has no status or purpose to break down by
+    fig = _figure(12 if marks else 5, 3.6)
+    axes = fig.subplots(1, 3) if marks else [fig.subplots(1, 1)]
+    _bars(axes[0], report.by_age, f"by age ({report.target.get('time_column', 'created_at')})", horizontal=False)
+    if marks:
+        _bars(axes[1], report.by_status, "by status (all purposes)", horizontal=True)
+        _bars(axes[2], report.by_purpose, "by purpose", horizontal=True)
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(
         f"{report.candidates:,} candidates of {report.total_rows:,} rows; cutoff {report.cutoff_utc:%Y-%m-%d %H:%M} UTC",

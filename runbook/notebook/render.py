@@ -18,7 +18,7 @@ from .. import logs
 from ..audit.record import RECORD_KEY
 from ..ops.index import IndexResult
 from ..ops.inspection import InspectReport
-from ..ops.preview import ROW_HEADERS, PreviewReport
+from ..ops.preview import PreviewReport
 from ..ops.sweep import BatchResult, SweepResult
 from ..ops.undo import UndoResult
 from ..rules.params import Options
@@ -107,9 +107,8 @@ def notice(text: str, level: str = "warning") -> str:
 
 def preview_rows(report: PreviewReport, max_height_px: int) -> str:
     """A preview's rows as a scrollable HTML table, for the notebook and the panel alike."""
-    rows = [(r.id, r.status, r.created_at, r.purpose) for r in report.rows]
     # Left-aligned like a cell's output table (JupyterLab's widget styles centre tables).
-    html_table = table(list(ROW_HEADERS), rows).replace("<table>", '<table style="margin-left:0">', 1)
+    html_table = table(list(report.headers), report.cells()).replace("<table>", '<table style="margin-left:0">', 1)
     return f'<div class="runbook-preview-rows" style="max-height:{max_height_px}px;overflow:auto">{html_table}</div>'
 
 
@@ -135,11 +134,13 @@ def index_result(result: IndexResult) -> Shown:
 
 def inspect_report(r: InspectReport) -> Shown:
     """Summary, the counts by status, purpose and age, and inspect's warnings."""
+    verb = {"mark": "mark", "delete": "delete", "clear": "clear"}[r.action]
+    litellm: Any = r.litellm_hours if r.litellm_cleans else "never: LiteLLM does not clean this"
     parts = [
         table(
             ["what", "value"],
             [
-                ("candidates (rows the sweep would mark)", r.candidates),
+                (f"candidates (rows the sweep would {verb})", r.candidates),
                 ("batches needed at batch size " + f"{r.batch_size:,}", r.batches_needed),
                 ("oldest candidate", r.oldest_candidate),
                 ("cutoff", r.cutoff_utc),
@@ -149,15 +150,20 @@ def inspect_report(r: InspectReport) -> Shown:
                 ("dead tuples", r.dead_tuples),
                 ("last (auto)vacuum", r.last_vacuum),
                 ("one batch scans the whole table", r.full_scan),
-                ("LiteLLM's own job to drain them, at its defaults (hours)", r.litellm_hours),
+                ("WAL the sweep writes (estimate, MiB)", round(r.estimated_wal_bytes / 2**20, 1)),
+                *([("space it frees for reuse after VACUUM (estimate, MiB)", round(r.frees_bytes / 2**20, 1))] if r.action != "mark" else []),
+                ("LiteLLM's own job to drain them, at its defaults (hours)", litellm),
                 ("this runbook's sweep, at the rate measured here (seconds)", r.sweep_seconds),
             ],
             "Summary",
         ),
-        table(["status", "rows", "candidates"], [(c.label, c.rows, c.candidates) for c in r.by_status], "By status (all purposes)"),
-        table(["file_purpose", "rows", "candidates"], [(c.label, c.rows, c.candidates) for c in r.by_purpose], "By purpose"),
         table(["age", "rows", "candidates"], [(c.label, c.rows, c.candidates) for c in r.by_age], "By age"),
     ]
+    if r.action == "mark":  # an age rule has no status or purpose to break down by
+        parts[1:1] = [
+            table(["status", "rows", "candidates"], [(c.label, c.rows, c.candidates) for c in r.by_status], "By status (all purposes)"),
+            table(["file_purpose", "rows", "candidates"], [(c.label, c.rows, c.candidates) for c in r.by_purpose], "By purpose"),
+        ]
     parts += [notice(w) for w in r.warnings]
     plain = f"{r.candidates:,} candidates, {r.batches_needed:,} batches, oldest {fmt(r.oldest_candidate)}\n" + "\n".join(
         "WARNING: " + w for w in r.warnings
@@ -167,13 +173,16 @@ def inspect_report(r: InspectReport) -> Shown:
 
 def preview_report(p: PreviewReport) -> Shown:
     """The next batch's rows, its fingerprint ready to pass back, and the SQL the sweep runs."""
-    rows = [(row.id, row.status, row.created_at, row.purpose) for row in p.rows]  # plain-text log only
+    rows = p.cells()  # plain-text log only
     head = (
         f"Next batch: {len(p.rows):,} of {p.candidates:,} candidates, oldest first; cutoff "
         f"{fmt(p.cutoff_utc)}; fingerprint {p.fingerprint} (it binds the target, rule, cutoff and these ids). "
         f"To sweep exactly these rows: -p cutoff {p.cutoff_utc.isoformat()}Z -p batch_size {p.batch_size} "
         f"-p expect_fingerprint {p.fingerprint}"
     )
+    if p.action != "mark":
+        size = "unknown (this role may not read whole rows)" if p.archive_bytes is None else f"{p.archive_bytes / 1024:,.1f} KiB of JSON before compression"
+        head += f". Each row is archived whole before it is {p.action}d: this batch's archive is {size}"
     sql_html = "".join(f"<p><b>{_html.escape(k)}</b></p><pre>{_html.escape(v)}</pre>" for k, v in p.sql.items())
     body = (
         notice(head, "info")
@@ -182,7 +191,7 @@ def preview_report(p: PreviewReport) -> Shown:
         + sql_html
         + f"<pre>{_html.escape(repr(p.parameters))}</pre></details>"
     )
-    plain = head + "\n" + text_table(ROW_HEADERS, rows[:20])
+    plain = head + "\n" + text_table(p.headers, rows[:20])
     if len(rows) > 20:
         plain += f"\n... {len(rows) - 20:,} more rows"
     return Shown(body, plain)
@@ -200,6 +209,26 @@ def _batch_rows(batches: list[BatchResult]) -> list[tuple[int, int, int, float, 
     ]
 
 
+def _verb(s: SweepResult) -> str:
+    return {"mark": f"set to {s.target.get('new_status')}", "delete": "deleted", "clear": "cleared"}[s.action]
+
+
+def _ledger_hint(s: SweepResult) -> str:
+    """Where the run's account is: the ledger's changes (mark), or its batches with the
+    archive files, the dead tuples left and the vacuum (delete, clear)."""
+    if s.action == "mark":
+        return f" Ledger: litellm_runbook.changes where run_id = '{s.run_id}'."
+    where = f"archive under {s.archive_dir}/{s.run_id}" if s.archive_dir else "NO archive (archive=False): undo cannot restore"
+    text = f" Ledger: litellm_runbook.batches where run_id = '{s.run_id}' (each batch's archive file and sha256); {where}."
+    if s.dead_tuples is not None:
+        text += f" Dead tuples it left in the table: {s.dead_tuples:,}"
+        if s.vacuum and "seconds" in s.vacuum:
+            text += f"; after VACUUM (ANALYZE) ({s.vacuum['seconds']:.1f} s): {s.vacuum['dead_tuples_after'] or 0:,}."
+        else:
+            text += "; VACUUM (ANALYZE) makes their space reusable: rerun with vacuum=True, or let autovacuum."
+    return text
+
+
 def sweep_result(s: SweepResult) -> Shown:
     """A dry run's estimate, or a live sweep's rows, batches, stop reason and its batches' table."""
     if s.dry_run:
@@ -211,12 +240,12 @@ def sweep_result(s: SweepResult) -> Shown:
     durations = sorted(b.seconds for b in s.batches)
     p50 = durations[len(durations) // 2] if durations else 0.0
     head = (
-        f"{s.changed:,} rows set to {s.target['new_status']} in {len(s.batches):,} batches, {s.seconds:.2f} s "
+        f"{s.changed:,} rows {_verb(s)} in {len(s.batches):,} batches, {s.seconds:.2f} s "
         f"(batch p50 {p50 * 1000:.0f} ms). Stopped: {s.stop_reason}."
         + (f" Remaining candidates: {s.remaining:,}." if s.remaining is not None else "")
         + (f" ({s.stop_detail})" if s.stop_detail else "")
         + f" First batch fingerprint {s.first_batch_fingerprint}."
-        + f" Ledger: litellm_runbook.changes where run_id = '{s.run_id}'."
+        + _ledger_hint(s)
     )
     rows = _batch_rows(s.batches)
     text_headers = [*BATCH_HEADERS[:-1], "committed"]
@@ -235,6 +264,15 @@ def undo_summary(u: UndoResult) -> str:
         f"left alone: {u.changed_since:,} changed since, {u.later_run:,} changed by a later run, "
         f"{u.already_undone:,} already undone"
     )
+    if u.action == "delete":
+        alone = f"left alone: {u.changed_since:,} whose key exists again"
+    elif u.action == "clear":
+        alone = f"left alone: {u.changed_since:,} whose payload columns were written since"
+    if u.action != "mark" and u.dry_run:
+        return (
+            f"DRY RUN, nothing written: run {u.of_run_id} {u.action}d {u.rows_in_ledger:,} rows, all in archive files "
+            "whose sha256 matches the ledger's; a live undo puts them back where they are still gone or empty."
+        )
     if u.dry_run:
         return (
             f"DRY RUN, nothing written: run {u.of_run_id} changed {u.rows_in_ledger:,} rows; {u.restorable:,} can be "
@@ -315,12 +353,12 @@ def panel_preview(report: PreviewReport, opts: Options) -> str:
 def panel_result(result: SweepResult) -> str:
     """The panel's summary of a finished sweep: rows, batches, time, stop reason, ledger."""
     text = (
-        f"{plural(result.changed, 'row')} set to {result.target['new_status']} in {plural(len(result.batches), 'batch')}, "
+        f"{plural(result.changed, 'row')} {_verb(result)} in {plural(len(result.batches), 'batch')}, "
         f"{result.seconds:.2f} s. Stopped: {result.stop_reason}."
         + (f" Remaining candidates: {result.remaining:,}." if result.remaining is not None else "")
         + (f" ({result.stop_detail})" if result.stop_detail else "")
         + (f" Retried: {'; '.join(result.retries)}." if result.retries else "")
-        + f" Ledger: litellm_runbook.changes where run_id = '{result.run_id}'."
+        + _ledger_hint(result)
         + " Run the notebook's last cell (run.finish()) to write the record."
     )
     return notice(text, _level(result.stop_reason))

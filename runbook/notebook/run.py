@@ -256,13 +256,20 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
     lines = [
         f"run {rid} · {kind} · database {database.describe()} · PostgreSQL {run.identity['server_version']}",
         f"target {'' if run.target.name == DEFAULT_TARGET else run.target.name + ' on '}{run.target.schema}.{run.target.table}: "
-        f"{run.target.purpose} rows {mode}, batch size {opts.batch_size:,}",
+        f"{run.target.subject} {mode}, {run.target.verb}{'' if run.target.marks else ' (archived first)'}, "
+        f"batch size {opts.batch_size:,}",
     ]
     writes = kind in (Kind.SWEEP, Kind.UNDO, Kind.INDEX)
     if kind == Kind.UNDO:
         lines[1] = f"undo of run {of_run_id or '(none given)'} on {run.target.schema}.{run.target.table}, batch size {opts.batch_size:,}"
     if writes:
-        lines.append("DRY RUN: nothing will be written" if opts.dry_run else "LIVE: rows will be updated")
+        live = "LIVE: rows will be updated" if run.target.marks else f"LIVE: rows will be {run.target.verb}"
+        if kind == Kind.UNDO and not run.target.marks:
+            live = "LIVE: the run's archived rows will be put back (" + (
+                "re-inserted" if run.target.action == "delete" else "their payloads restored") + ")"
+        if kind == Kind.SWEEP and not run.target.marks:
+            live += f", each archived first under {opts.archive_dir or 'archive/'}" if opts.archive else ", WITHOUT an archive"
+        lines.append("DRY RUN: nothing will be written" if opts.dry_run else live)
     shown = render.started(lines, live=writes and not opts.dry_run)
     render.display(shown)
     log.info(shown.plain)

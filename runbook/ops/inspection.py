@@ -18,7 +18,7 @@ from ..rules.target import KNOWN_STATUSES, Target
 from ..rules.targets import CATALOGUE
 from ..sql import catalog
 from ..sql import ledger as ledger_sql
-from ..sql.candidates import breakdown, next_batch_plan
+from ..sql.candidates import breakdown, next_batch_plan, payload_size
 from ..sql.index import create_index
 
 __all__ = ["Count", "InspectReport", "inspect", "index_suggestion"]
@@ -62,6 +62,9 @@ class InspectReport:
     toast_bytes: int = 0  # TOAST, with its index
     dead_tuples: int = 0
     last_vacuum: datetime | None = None  # the latest VACUUM or autovacuum, if any
+    action: str = "mark"  # what the sweep does to a candidate: mark, delete, clear
+    frees_bytes: int = 0  # delete and clear: space the sweep frees for reuse (after VACUUM), an estimate
+    litellm_cleans: bool = True  # False: nothing in LiteLLM ever cleans this table (or these columns)
     litellm_hours: float | None = None  # LiteLLM's own job, at its defaults, to drain these candidates
     measured_rows_per_s: float | None = None  # this table's finished sweeps in the ledger, if any
     sweep_seconds: float | None = None  # the candidates at that measured rate
@@ -120,6 +123,10 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff, now=now)
         params = {**target.predicate_params(), "cutoff": cutoff, "now": now, "batch_size": opts.batch_size}
         rows = conn.execute(breakdown(target), params).fetchall()
+        indexed = conn.execute(
+            catalog.time_index(), {"schema": target.schema, "table": target.table, "column": target.time_column}
+        ).fetchone()
+        payload_bytes = conn.execute(payload_size(target), params).fetchone() if target.action == "clear" else None
         plan_rows = conn.execute(next_batch_plan(target), params).fetchone()
         suggestion = index_suggestion(target, conn)
         wal_row = conn.execute(catalog.max_wal_size()).fetchone()
@@ -134,18 +141,33 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
     if isinstance(plan_doc, str):
         plan_doc = json.loads(plan_doc)
     plan = plan_doc[0] if plan_doc else {}
-    full_scan = _scans_table_fully(plan, target.table)
+    # A mark rule reads status and purpose too: only its plan tells. An age rule can use any
+    # index leading with its time column (the planner may still scan when most rows are old).
+    full_scan = _scans_table_fully(plan, target.table) if target.status_rule else not (indexed and indexed[0])
 
     candidates = sum(int(r[5]) for r in rows if r[3])
     oldest = min((r[6] for r in rows if r[3]), default=None)
-    of_purpose_stale = [r for r in rows if r[0] == target.purpose and r[4]]
+    of_purpose_stale = [r for r in rows if r[0] == target.purpose and r[4]] if target.status_rule else []
     null_stale = sum(int(r[5]) for r in of_purpose_stale if r[1] is None)
     incomplete_stale = sum(int(r[5]) for r in of_purpose_stale if r[1] == "incomplete")
 
     max_wal = int(wal_row[0]) if wal_row else 0
-    # Measured by bench/bench.py: ~10 KB of WAL per swept row on LiteLLM's six indexes, up to
-    # ~18 KB when checkpoints run during the sweep (full-page images).
-    estimated_wal = candidates * 10 * 1024
+    total = sum(int(r[5]) for r in rows)
+    share = candidates / total if total else 0.0
+    heap, toast = (int(stats[0]), int(stats[1])) if stats else (0, 0)
+    if target.marks:
+        # Measured by bench/bench.py: ~10 KB of WAL per swept row on LiteLLM's six indexes, up
+        # to ~18 KB when checkpoints run during the sweep (full-page images).
+        estimated_wal, frees = candidates * 10 * 1024, 0
+    elif target.action == "delete":
+        # A delete logs ~100 bytes a row, plus a full-page image of every heap and TOAST page it
+        # touches first after a checkpoint: at most the candidates' share of both.
+        frees = int(share * (heap + toast))
+        estimated_wal = candidates * 100 + frees
+    else:
+        # A clear writes a new version of each row (without its payloads) and frees the payloads' TOAST.
+        frees = int(payload_bytes[0] or 0) if payload_bytes else 0
+        estimated_wal = int(share * heap) * 2 + candidates * 200
     warnings: list[str] = []
     zone, offset = (str(zone_row[0]), int(zone_row[1])) if zone_row else ("UTC", 0)
     if offset:
@@ -160,7 +182,7 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         )
     by_status = _group(rows, 1)
     known = {*KNOWN_STATUSES, *target.terminal_statuses, target.new_status, "NULL"}
-    unknown = [c for c in by_status if c.label not in known]
+    unknown = [c for c in by_status if c.label not in known] if target.status_rule else []
     if unknown:
         # The rule is a deny-list: a status LiteLLM starts writing tomorrow is a candidate today.
         listed = ", ".join(f"'{c.label}' ({c.rows:,} rows, {c.candidates:,} candidates)" for c in unknown)
@@ -187,15 +209,22 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
             "and standbys may lag (the sweep pauses). "
             "Consider wal_compression = on, or spreading the work over several runs with max_batches."
         )
-    if full_scan:
+    if full_scan and target.status_rule:
         warnings.append(
             f"Finding one batch scans all of {target.table} (no index on {target.status_column}, "
             f"{target.purpose_column} or {target.time_column}); the production loop repeats that scan for "
             "every batch. This runbook's sweep scans once. To make every search cheap, an index can be built "
             f"without blocking writes: {suggestion}"
         )
+    elif full_scan:
+        warnings.append(
+            f"No index of {target.table} leads with {target.time_column}: finding rows by age scans the whole table "
+            "(a DELETE ... WHERE it < cutoff pasted into psql repeats that scan for every batch). This runbook's sweep "
+            f"scans once per pass. To make every search cheap, an index can be built without blocking writes: {suggestion}"
+        )
     entry = CATALOGUE.get(target.name)
     per_hour = entry.litellm_rows_per_hour if entry and entry.target.table == target.table else None
+    never = bool(entry and entry.target.table == target.table and entry.litellm.startswith("none: LiteLLM never"))
     rate = float(rate_row[0]) / float(rate_row[1]) if rate_row and rate_row[0] and rate_row[1] else None
     return InspectReport(
         table_bytes=int(stats[0]) if stats else 0,
@@ -203,6 +232,9 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         dead_tuples=int(stats[2]) if stats else 0,
         last_vacuum=stats[3].astimezone(timezone.utc).replace(tzinfo=None) if stats and stats[3] else None,
         litellm_hours=candidates / per_hour if per_hour else None,
+        litellm_cleans=not never,
+        action=target.action,
+        frees_bytes=frees,
         measured_rows_per_s=round(rate, 1) if rate else None,
         sweep_seconds=round(candidates / rate, 1) if rate else None,
         target=target.describe(),
@@ -213,7 +245,7 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         candidates=candidates,
         oldest_candidate=oldest,
         batches_needed=math.ceil(candidates / opts.batch_size),
-        total_rows=sum(int(r[5]) for r in rows),
+        total_rows=total,
         by_status=by_status,
         by_purpose=_group(rows, 0),
         by_age=_group(rows, 2, AGE_BUCKETS),

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..db.transactions import Conn, check_target, read_only, resolve_cutoff
+from ..db.transactions import Conn, check_target, read_only, resolve_cutoff, table_columns
 from ..rules.params import Options
 from ..rules.target import Target
-from ..sql import candidates
+from ..sql import candidates, catalog, removal
 
-__all__ = ["PreviewRow", "PreviewReport", "preview", "fingerprint", "ROW_HEADERS"]
+__all__ = ["PreviewRow", "PreviewReport", "preview", "fingerprint", "ROW_HEADERS", "AGE_ROW_HEADERS"]
 
-ROW_HEADERS = ("id", "status", "created_at", "purpose")
+ROW_HEADERS = ("id", "status", "created_at", "purpose")  # a mark target's rows
+AGE_ROW_HEADERS = ("key", "time")  # a delete or clear target's: its rule is the age alone
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,18 @@ class PreviewReport:
     fingerprint: str
     sql: dict[str, str]
     parameters: dict[str, Any]
+    action: str = "mark"
+    archive_bytes: int | None = None  # delete and clear: the next batch's archive lines, uncompressed; None: not readable
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        return ROW_HEADERS if self.action == "mark" else AGE_ROW_HEADERS
+
+    def cells(self) -> list[tuple[Any, ...]]:
+        """The rows as ``headers`` name their columns."""
+        if self.action == "mark":
+            return [(r.id, r.status, r.created_at, r.purpose) for r in self.rows]
+        return [(r.id, r.created_at) for r in self.rows]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +63,7 @@ class PreviewReport:
             "candidates": self.candidates,
             "ids": [r.id for r in self.rows],
             "fingerprint": self.fingerprint,
+            **({} if self.action == "mark" else {"action": self.action, "archive_bytes": self.archive_bytes}),
         }
 
 
@@ -78,9 +92,21 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
             "next batch (this preview)": candidates.next_batch(target).as_string(conn),
             "sweep: candidate snapshot": ";\n".join(s.as_string(conn) for s in candidates.snapshot(target)),
             "sweep: keyset step": candidates.snapshot_next().as_string(conn),
-            "sweep: batch update": candidates.batch_update(target).as_string(conn),
         }
-    rows = [PreviewRow(str(r[0]), None if r[1] is None else str(r[1]), r[2], str(r[3])) for r in found]
+        archive_bytes = None
+        if target.marks:
+            rendered["sweep: batch update"] = candidates.batch_update(target).as_string(conn)
+        else:
+            json_columns = [n for n, t, _ in table_columns(conn, target) if t in ("json", "jsonb")]
+            rendered["sweep: lock and archive the batch's rows"] = removal.archive_rows(target, json_columns).as_string(conn)
+            action = removal.delete_batch(target) if target.action == "delete" else removal.clear_batch(target)
+            rendered[f"sweep: {target.action} them with the batch's ledger row"] = action.as_string(conn)
+            table = candidates.table(target).as_string(conn)
+            readable = conn.execute(catalog.privilege(), {"table": table, "column": None, "privilege": "SELECT"}).fetchone()
+            if readable and readable[0]:
+                row = conn.execute(candidates.next_batch_archive_bytes(target), params).fetchone()
+                archive_bytes = int(row[1]) if row else 0
+    rows = [PreviewRow(str(r[0]), None if r[1] is None else str(r[1]), r[2], "" if r[3] is None else str(r[3])) for r in found]
     return PreviewReport(
         target=target.describe(),
         cutoff_utc=cutoff,
@@ -89,6 +115,8 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
         rows=rows,
         fingerprint=fingerprint(target.describe(), cutoff, [r.id for r in rows]),
         sql=rendered,
+        action=target.action,
+        archive_bytes=archive_bytes,
         parameters={
             "cutoff": cutoff.isoformat(sep=" "),
             "purpose": target.purpose,

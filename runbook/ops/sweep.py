@@ -177,22 +177,25 @@ def _archiving(conn: Conn, target: Target, opts: Options) -> Archiving | None:
 
 
 def _after_removal(conn: Conn, target: Target, opts: Options, result: SweepResult) -> None:
-    """Read the dead tuples the sweep left and, with ``vacuum`` and rows changed, VACUUM
-    (ANALYZE) the table (its own statement, outside any transaction). A VACUUM that fails
-    (not the table's owner) is a warning in the result, never the run's failure."""
+    """Read the dead tuples the sweep left (the statistics', which lag by up to a second or
+    so) and, with ``vacuum`` and rows changed, VACUUM (ANALYZE) the table (its own statement,
+    outside any transaction). A VACUUM that fails (not the table's owner) is a warning in
+    the result, never the run's failure."""
+
+    def dead() -> int | None:
+        with read_only(conn):
+            row = conn.execute(catalog.table_stats(), {"schema": target.schema, "table": target.table}).fetchone()
+        return int(row[2]) if row else None
+
+    result.dead_tuples = dead()
     if opts.vacuum and result.changed:
         t0 = time.monotonic()
         try:
             conn.execute(maintenance.vacuum_analyze(target))
-            result.vacuum = {"seconds": round(time.monotonic() - t0, 3)}
+            result.vacuum = {"seconds": round(time.monotonic() - t0, 3), "dead_tuples_after": dead()}
         except psycopg.Error as exc:
             result.vacuum = {"error": f"{type(exc).__name__}: {exc.diag.message_primary}"}
             result.warnings.append(f"the vacuum of {target.table} asked for (vacuum=True) failed: {result.vacuum['error']}")
-    with read_only(conn):
-        row = conn.execute(catalog.table_stats(), {"schema": target.schema, "table": target.table}).fetchone()
-    result.dead_tuples = int(row[2]) if row else None
-    if result.vacuum is not None and "seconds" in result.vacuum:
-        result.vacuum["dead_tuples_after"] = result.dead_tuples
 
 
 def _blind_health(conn: Conn, opts: Options) -> list[str]:

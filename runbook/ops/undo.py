@@ -64,6 +64,7 @@ class UndoResult:
     retries: list[str] = field(default_factory=list)  # batches retried after a lock or statement timeout
     pauses: list[dict[str, Any]] = field(default_factory=list)  # waits for the database to be healthy
     health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
+    action: str = "mark"  # the undone run's: mark (statuses from the ledger), delete or clear (rows from the archive)
 
     @property
     def rows_changed(self) -> int:
@@ -132,7 +133,7 @@ def undo(
             total, restorable, since, undone, later = _counts(conn, target, False, params)
     if opts.dry_run and not target.marks:
         archived = sum(f.rows for f in files)
-        result = UndoResult(of_run_id, None, True, archived, archived, stop_reason=StopReason.DRY_RUN)
+        result = UndoResult(of_run_id, None, True, archived, archived, stop_reason=StopReason.DRY_RUN, action=target.action)
         result.seconds = round(time.monotonic() - started, 4)
         return result
     if opts.dry_run:
@@ -142,7 +143,7 @@ def undo(
         return result
 
     rid = run_id or new_run_id()
-    result = UndoResult(of_run_id, rid, False, 0, 0)
+    result = UndoResult(of_run_id, rid, False, 0, 0, action=target.action)
     parameters = parameters or {"of_run_id": of_run_id, **opts.to_dict()}
     check_writable(conn, target)  # as the sweep: may it write at all, then what it cannot see
     role, blind = blind_signals(conn, HealthLimits(pause_during_vacuum=opts.pause_during_vacuum))

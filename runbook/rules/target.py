@@ -158,6 +158,18 @@ class Target:
         """True when the rule reads a status (only the mark targets' rules do)."""
         return self.status_column is not None and self.action == "mark"
 
+    @property
+    def verb(self) -> str:
+        """What the sweep does to a row, in words: ``set to stale_expired``, ``deleted``, ``cleared``."""
+        return {"mark": f"set to {self.new_status}", "delete": "deleted", "clear": "cleared"}[self.action]
+
+    @property
+    def subject(self) -> str:
+        """Which rows, in words: ``'response' rows``; ``rows (by "startTime")``."""
+        if self.purpose_column:
+            return f"'{self.purpose}' rows"
+        return f"rows (by {self.time_column})"
+
     def predicate_params(self) -> dict[str, Any]:
         """The bound values the predicate's placeholders expect (except the cutoff)."""
         return {"purpose": self.purpose, "terminal": list(self.terminal_statuses)}

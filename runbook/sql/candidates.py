@@ -23,7 +23,7 @@ from .ledger import LEDGER_SCHEMA
 
 __all__ = [
     "SNAPSHOT_TABLE", "EMPTY", "table", "names", "key_text", "key_match", "predicate", "next_batch", "next_batch_and_count", "next_batch_plan",
-    "candidate_count", "breakdown", "snapshot", "snapshot_next", "batch_update",
+    "candidate_count", "breakdown", "payload_size", "next_batch_archive_bytes", "snapshot", "snapshot_next", "batch_update",
 ]  # fmt: skip
 
 SNAPSHOT_TABLE = sql.Identifier("pg_temp", "runbook_candidates")
@@ -136,6 +136,25 @@ def candidate_count(target: Target) -> sql.Composed:
     return sql.SQL("SELECT count(*), min({time}) FROM {table} WHERE {pred}").format(
         **names(target), pred=predicate(target)
     )
+
+
+def payload_size(target: Target) -> sql.Composed:
+    """One row: the bytes the candidates' payload columns take as stored (compressed, TOAST
+    included; ``pg_column_size`` reads no TOAST), what a clear frees. Placeholders: the predicate's."""
+    sizes = sql.SQL(" + ").join(sql.SQL("coalesce(pg_column_size({}), 0)").format(sql.Identifier(c)) for c in target.payload_columns)
+    return sql.SQL("SELECT sum({sizes})::bigint FROM {table} WHERE {pred}").format(
+        sizes=sizes if target.payload_columns else sql.SQL("0"), table=table(target), pred=predicate(target)
+    )
+
+
+def next_batch_archive_bytes(target: Target) -> sql.Composed:
+    """One row: how many rows the next batch archives and the bytes of their archive lines
+    (``to_jsonb(row)``, before compression). Reads whole rows: needs SELECT on every column.
+    Placeholders: ``next_batch``'s."""
+    return sql.SQL(
+        "SELECT count(*), coalesce(sum(octet_length(to_jsonb(c)::text)), 0)::bigint FROM "
+        "(SELECT * FROM {table} WHERE {pred} ORDER BY {time}, {keytext} LIMIT %(batch_size)s) AS c"
+    ).format(**names(target), pred=predicate(target))
 
 
 def breakdown(target: Target) -> sql.Composed:

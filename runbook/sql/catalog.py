@@ -13,7 +13,7 @@ from __future__ import annotations
 from psycopg import sql
 
 __all__ = [
-    "read_only_pinned", "run_start", "now_utc", "table_oid", "table_columns", "column_types", "privilege", "write_privileges", "batch_settings",
+    "read_only_pinned", "run_start", "now_utc", "table_oid", "table_columns", "column_types", "time_index", "privilege", "write_privileges", "batch_settings",
     "current_user", "roles", "server_identity", "system_identifier", "max_wal_size", "relation_exists",
     "try_advisory_lock", "advisory_unlock", "lock_holder", "sessions_of_run", "terminate_backend",
     "health_visibility", "health_signals",
@@ -75,6 +75,16 @@ def column_types() -> sql.SQL:
     return sql.SQL(
         "SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '' FROM pg_attribute"
         " WHERE attrelid = %(oid)s AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    )
+
+
+def time_index() -> sql.SQL:
+    """One row: how many valid indexes of table %(table)s in schema %(schema)s lead with
+    column %(column)s (a search by age can use them)."""
+    return sql.SQL(
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND a.attname = %(column)s AND i.indisvalid"
     )
 
 
