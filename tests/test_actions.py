@@ -261,3 +261,82 @@ def test_a_sweep_killed_between_its_archive_and_its_commit_deletes_nothing_and_i
         undone = undo(c, target_named("spend_logs"), options(archive_dir=str(archive), **LIVE), of_run_id="killed")
     assert undone.restored == 0 and undone.rows_in_ledger == 0  # the orphan file is never read
     assert snapshot(conn) == before
+
+
+def test_a_role_granted_one_delete_target_cannot_delete_from_another_table_through_the_runbook(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    """``python -m runbook grants --target spend_logs``: its sweeper deletes and restores spend logs,
+    and is refused (before anything is written) on the audit log and on the spend logs' payloads."""
+    from runbook import ReadOnlyError
+    from tests.roles import create_roles, drop_roles
+
+    cutoff = _cutoff(conn)
+    _fill_all(conn, cutoff)
+    expected = litellm_deletes(dsn, "LiteLLM_SpendLogs", cutoff)
+    before = snapshot(conn)
+    roles = create_roles(conn, dsn, target_named("spend_logs"))
+    opts = options(cutoff=cutoff.isoformat() + "Z", archive_dir=str(tmp_path / "archive"), allow_blind_health=True, **LIVE)
+    try:
+        with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+            for other, refusal in (("audit_log", "may not (SELECT|DELETE)"), ("spend_log_payloads", "may not UPDATE")):
+                with pytest.raises(ReadOnlyError, match=refusal):
+                    sweep(c, target_named(other), opts)
+            assert snapshot(conn) == before
+            result = sweep(c, target_named("spend_logs"), opts, run_id="granted-spend")
+            assert result.changed == len(expected)
+            assert set(before["LiteLLM_SpendLogs"]) - set(snapshot(conn)["LiteLLM_SpendLogs"]) == expected
+            undo(c, target_named("spend_logs"), opts, of_run_id="granted-spend")
+        assert snapshot(conn) == before
+        with psycopg.connect(roles["rb_reader"], autocommit=True) as c:  # the reader previews, never reads payloads
+            shown = preview(c, target_named("spend_logs"), options(cutoff=cutoff.isoformat() + "Z"))
+            assert shown.rows and shown.archive_bytes is None
+            with pytest.raises(ReadOnlyError, match="may not"):
+                sweep(c, target_named("spend_logs"), opts)
+    finally:
+        drop_roles(conn)
+    assert snapshot(conn)["LiteLLM_SpendLogs"] == before["LiteLLM_SpendLogs"]
+
+
+def test_inspect_of_a_delete_and_a_clear_target_says_what_the_sweep_frees_and_whether_litellm_ever_would(
+    conn: psycopg.Connection, dsn: str
+) -> None:
+    from runbook import inspect
+
+    cutoff = _cutoff(conn)
+    _fill_all(conn, cutoff)
+    conn.execute("ANALYZE")
+    opts = options(cutoff=cutoff.isoformat() + "Z")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        spend = inspect(c, target_named("spend_logs"), opts)
+        audit = inspect(c, target_named("audit_log"), opts)
+        payloads = inspect(c, target_named("spend_log_payloads"), opts)
+    assert spend.candidates == len(litellm_deletes(dsn, "LiteLLM_SpendLogs", cutoff))
+    assert spend.litellm_cleans and spend.litellm_hours == spend.candidates / (500 * 1000 // 24)
+    assert not spend.full_scan and not any("No index" in w for w in spend.warnings)  # its index on "startTime"
+    assert not audit.litellm_cleans and audit.litellm_hours is None
+    assert audit.full_scan and any('No index of LiteLLM_AuditLog leads with updated_at' in w for w in audit.warnings)
+    assert 0 < spend.frees_bytes <= spend.table_bytes + spend.toast_bytes and spend.estimated_wal_bytes > 0
+    assert 0 < payloads.frees_bytes < spend.frees_bytes and not payloads.litellm_cleans
+    assert spend.by_status == [] or {c.label for c in spend.by_status} == {"NULL"}  # no status rule
+
+
+def test_the_notebooks_delete_with_target_and_undo_needs_only_the_run_id(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    from runbook.tools.runner import execute
+
+    cutoff = _cutoff(conn)
+    _fill_all(conn, cutoff)
+    expected = litellm_deletes(dsn, "LiteLLM_HealthCheckTable", cutoff)
+    before = snapshot(conn)
+    env = {"DATABASE_URL": dsn, "PATH": "/usr/bin:/bin", "RUNBOOK_ARCHIVE_DIR": str(tmp_path / "archive")}
+    swept = execute("sweep", {"target": "health_checks", "cutoff": cutoff.isoformat() + "Z", "batch_size": 9,
+                              "dry_run": False, "run_id": "nb-health"}, tmp_path, env=env)  # fmt: skip
+    assert swept.ok, swept.error
+    assert swept.record is not None and swept.record["outcome"]["sweep"]["changed"] == len(expected)
+    assert swept.record["outcome"]["sweep"]["archive_dir"] == str(tmp_path / "archive")
+    assert set(before["LiteLLM_HealthCheckTable"]) - set(snapshot(conn)["LiteLLM_HealthCheckTable"]) == expected
+    undone = execute("undo", {"run_id": "nb-health", "dry_run": False}, tmp_path, env=env)  # no target: the ledger's
+    assert undone.ok, undone.error
+    assert snapshot(conn) == before

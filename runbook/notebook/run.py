@@ -29,7 +29,7 @@ from ..ops.inspection import InspectReport, inspect
 from ..ops.live import utc_now
 from ..ops.preview import PreviewReport, preview
 from ..ops.sweep import SweepResult, sweep
-from ..ops.undo import UndoResult, undo
+from ..ops.undo import UndoResult, target_of_run, undo
 from ..rules.params import Options, check_parameters
 from ..rules.states import Kind, Status, StopReason
 from ..rules.target import DEFAULT_TARGET, Target
@@ -221,6 +221,13 @@ def _given(namespace: Mapping[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _target(kind: Kind, conn: Conn, name: str, schema: str, of_run_id: str) -> Target:
+    """The notebook's target: the ``target`` parameter; for an undo left at the default one,
+    the target the undone run swept (the ledger's), so that undo needs only the run id."""
+    target = target_named(name, schema)
+    return target_of_run(conn, of_run_id, target) if kind == Kind.UNDO and of_run_id else target
+
+
 def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **params: Any) -> Run:
     """Validate parameters, connect, and show where. Nothing is read before validation.
 
@@ -244,7 +251,7 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
         kind=kind,
         run_id=rid,
         opts=opts,
-        target=target_named(ids["target"], database.schema),
+        target=_target(kind, conn, ids["target"], database.schema, of_run_id),
         database=database,
         conn=conn,
         started_at=utc_now("seconds"),

@@ -65,7 +65,9 @@ def _needs(target: Target, restore: bool) -> list[tuple[str, str | None]]:
         return [("UPDATE", target.status_column)]
     if restore:
         return [("INSERT", None)] if target.action == "delete" else [("UPDATE", c) for c in target.payload_columns]
-    act = [("DELETE", None)] if target.action == "delete" else [("UPDATE", c) for c in target.payload_columns]
+    # A delete locks its rows first (FOR UPDATE), which PostgreSQL allows with UPDATE of one column.
+    act = [("DELETE", None), ("UPDATE", target.key_column)] if target.action == "delete" else [
+        ("UPDATE", c) for c in target.payload_columns]
     return [("SELECT", None), *act]
 
 

@@ -31,7 +31,7 @@ from ..errors import LedgerUnavailableError, UnknownRunError
 from ..rules.params import Options
 from ..rules.states import Kind, StopReason
 from ..rules.target import DEFAULT_TARGET, Target
-from ..rules.targets import CATALOGUE
+from ..rules.targets import CATALOGUE, target_named
 from ..sql import catalog
 from ..sql import undo as undo_sql
 from .restore import restore_from_archive, verify_archive
@@ -39,7 +39,7 @@ from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, li
 from .rounds import with_retries
 from .stops import Stop, wait_until_healthy
 
-__all__ = ["UndoResult", "undo"]
+__all__ = ["UndoResult", "undo", "target_of_run"]
 
 log = logs.get(__name__)
 
@@ -86,6 +86,17 @@ def _counts(conn: Conn, target: Target, from_snapshot: bool, params: dict[str, A
     return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
 
+def target_of_run(conn: Conn, of_run_id: str, given: Target) -> Target:
+    """The target to undo run ``of_run_id`` with: ``given``, unless that is the default target
+    and the ledger says the run swept another one of the catalogue (undo needs no target). Reads only."""
+    if given.name != DEFAULT_TARGET:
+        return given
+    with read_only(conn):
+        info = ledger.run_info(conn, of_run_id)
+    ran = info["rule"] if info else None
+    return target_named(ran, given.schema) if ran and ran in CATALOGUE else given
+
+
 def undo(
     conn: Conn, target: Target, opts: Options, *, of_run_id: str, run_id: str | None = None,
     parameters: dict[str, Any] | None = None,
@@ -102,6 +113,7 @@ def undo(
     new connection, which also closes the runs row.
     """
     started = time.monotonic()
+    target = target_of_run(conn, of_run_id, target)
     check_target(conn, target)
     params = {"of_run": of_run_id, "target_name": f"{target.schema}.{target.table}"}
     with read_only(conn):

@@ -79,7 +79,12 @@ def _action_grants(target: Target, table: sql.Identifier, sweeper: sql.Identifie
         assert target.status_column is not None
         return [sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(sql.Identifier(target.status_column), table, sweeper)]
     if target.action == "delete":
-        return [sql.SQL("GRANT SELECT, DELETE, INSERT ON {} TO {}").format(table, sweeper)]
+        # UPDATE of one column: PostgreSQL asks it of SELECT ... FOR UPDATE SKIP LOCKED, which
+        # locks a batch's rows before they are archived; the key column, which LiteLLM never updates.
+        return [
+            sql.SQL("GRANT SELECT, DELETE, INSERT ON {} TO {}").format(table, sweeper),
+            sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(sql.Identifier(target.key_column), table, sweeper),
+        ]
     payloads = sql.SQL(", ").join(sql.Identifier(c) for c in target.payload_columns)
     return [
         sql.SQL("GRANT SELECT ON {} TO {}").format(table, sweeper),
