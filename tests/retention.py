@@ -56,16 +56,16 @@ TABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
 }
 
 
-def fill(conn: psycopg.Connection, table: str, cutoff: datetime) -> int:
+def fill(conn: psycopg.Connection, table: str, cutoff: datetime, prefix: str = "") -> int:
     """Rows of ``table`` at every age of ``AGES`` around ``cutoff`` (naive UTC), with every
-    hostile key; a composite key gets two tool names per request. Returns how many."""
+    hostile key (after ``prefix``); a composite key gets two tool names per request. Returns how many."""
     keys, _, insert = TABLES[table]
     n = 0
     for i, age in enumerate(AGES):
         for j, key in enumerate(HOSTILE_KEYS):
             for k2 in (["web_search", "get 'weather'"] if len(keys) == 2 else [None]):
                 n += 1
-                conn.execute(insert, {"k": f"{key}#{i}", "k2": k2, "t": cutoff - timedelta(days=age), "n": n})  # type: ignore[arg-type]
+                conn.execute(insert, {"k": f"{prefix}{key}#{i}", "k2": k2, "t": cutoff - timedelta(days=age), "n": n})  # type: ignore[arg-type]
     return n
 
 

@@ -340,3 +340,66 @@ def test_the_notebooks_delete_with_target_and_undo_needs_only_the_run_id(
     undone = execute("undo", {"run_id": "nb-health", "dry_run": False}, tmp_path, env=env)  # no target: the ledger's
     assert undone.ok, undone.error
     assert snapshot(conn) == before
+
+
+def test_undo_leaves_a_row_whose_key_exists_again_alone_and_counts_it(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> None:
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_ErrorLogs", cutoff)
+    before = snapshot(conn)
+    archive = str(tmp_path / "archive")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        result = sweep(c, target_named("error_logs"), options(cutoff=cutoff.isoformat() + "Z", archive_dir=archive, **LIVE),
+                       run_id="errors-1")  # fmt: skip
+        again = conn.execute('SELECT request_id FROM "LiteLLM_ErrorLogs" ORDER BY 1 LIMIT 0').fetchall()
+        gone = sorted(set(before["LiteLLM_ErrorLogs"]) - set(snapshot(conn)["LiteLLM_ErrorLogs"]))[0]
+        key = gone.split(",")[0].lstrip("(").strip('"')
+        # LiteLLM logs a new error under a key the sweep deleted: undo must not overwrite it.
+        conn.execute("INSERT INTO \"LiteLLM_ErrorLogs\" (request_id, \"startTime\", \"endTime\", exception_string) "
+                     "VALUES (%s, now(), now(), 'new')", [key])  # fmt: skip
+        back = undo(c, target_named("error_logs"), options(archive_dir=archive, **LIVE), of_run_id="errors-1")
+    assert not again
+    assert (back.restored, back.changed_since) == (result.changed - 1, 1)
+    now = snapshot(conn)["LiteLLM_ErrorLogs"]
+    assert gone not in now and set(now) - set(before["LiteLLM_ErrorLogs"]) == {r for r in now if ",new," in r}
+    assert len(now) == len(before["LiteLLM_ErrorLogs"])
+
+
+def test_vacuum_is_offered_never_run_by_default_and_skipped_with_a_warning_when_the_role_may_not(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    from tests.roles import create_roles, drop_roles
+
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_AuditLog", cutoff)
+    roles = create_roles(conn, dsn, target_named("audit_log"))
+    opts = {"cutoff": cutoff.isoformat() + "Z", "archive_dir": str(tmp_path / "archive"), "batch_size": 10, **LIVE}
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:  # the table's owner
+            plain = sweep(c, target_named("audit_log"), options(**opts), run_id="no-vacuum")
+            assert plain.changed > 0 and plain.vacuum is None and plain.dead_tuples is not None
+            fill(conn, "LiteLLM_AuditLog", cutoff - timedelta(days=100), prefix="2nd ")
+            vacuumed = sweep(c, target_named("audit_log"), options(vacuum=True, **opts), run_id="vacuum")
+        assert vacuumed.changed > 0 and vacuumed.vacuum is not None and "seconds" in vacuumed.vacuum
+        last = conn.execute("SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'LiteLLM_AuditLog'").fetchone()
+        assert last is not None and last[0] is not None  # VACUUM ran
+        assert (tmp_path / "archive" / "vacuum").stat().st_mode & 0o777 == 0o700
+        fill(conn, "LiteLLM_AuditLog", cutoff - timedelta(days=200), prefix="3rd ")
+        with psycopg.connect(roles["rb_sweeper"], autocommit=True) as c:
+            skipped = sweep(c, target_named("audit_log"), options(vacuum=True, allow_blind_health=True, **opts))
+        assert skipped.changed > 0 and skipped.vacuum is not None and "does not own the table" in skipped.vacuum["error"]
+        assert any("vacuum=True: not run" in w for w in skipped.warnings)
+    finally:
+        drop_roles(conn)
+
+
+def test_one_sweep_of_spend_logs_at_a_time_whether_it_deletes_or_clears(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook.db.lock import target_lock
+    from runbook.errors import SweepInProgressError
+
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_SpendLogs", cutoff)
+    before = snapshot(conn)
+    with psycopg.connect(dsn, autocommit=True) as holder, target_lock(holder, target_named("spend_logs")):
+        with pytest.raises(SweepInProgressError, match="another sweep or undo of public.LiteLLM_SpendLogs"):
+            sweep(conn, target_named("spend_log_payloads"), options(cutoff=cutoff.isoformat() + "Z", **LIVE))
+    assert snapshot(conn) == before

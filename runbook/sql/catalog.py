@@ -13,7 +13,7 @@ from __future__ import annotations
 from psycopg import sql
 
 __all__ = [
-    "read_only_pinned", "run_start", "now_utc", "table_oid", "table_columns", "column_types", "time_index", "privilege", "write_privileges", "batch_settings",
+    "read_only_pinned", "run_start", "now_utc", "table_oid", "table_columns", "column_types", "time_index", "owns_table", "privilege", "write_privileges", "batch_settings",
     "current_user", "roles", "server_identity", "system_identifier", "max_wal_size", "relation_exists",
     "try_advisory_lock", "advisory_unlock", "lock_holder", "sessions_of_run", "terminate_backend",
     "health_visibility", "health_signals",
@@ -85,6 +85,15 @@ def time_index() -> sql.SQL:
         "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
         " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
         " WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND a.attname = %(column)s AND i.indisvalid"
+    )
+
+
+def owns_table() -> sql.SQL:
+    """One row, one boolean: this role owns (is a member of the owner of) table %(table)s in
+    schema %(schema)s, as VACUUM requires (it skips a table it may not vacuum, with a warning only)."""
+    return sql.SQL(
+        "SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %(schema)s AND c.relname = %(table)s"
     )
 
 
