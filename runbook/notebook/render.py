@@ -225,7 +225,7 @@ def _ledger_hint(s: SweepResult) -> str:
         if s.vacuum and "seconds" in s.vacuum:
             text += f"; after VACUUM (ANALYZE) ({s.vacuum['seconds']:.1f} s): {s.vacuum['dead_tuples_after'] or 0:,}."
         else:
-            text += "; VACUUM (ANALYZE) makes their space reusable: rerun with vacuum=True, or let autovacuum."
+            text += "; a vacuum of the table makes their space reusable: rerun with vacuum=True, or let autovacuum do it."
     return text
 
 

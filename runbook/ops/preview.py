@@ -119,9 +119,8 @@ def preview(conn: Conn, target: Target, opts: Options) -> PreviewReport:
         archive_bytes=archive_bytes,
         parameters={
             "cutoff": cutoff.isoformat(sep=" "),
-            "purpose": target.purpose,
-            "terminal": list(target.terminal_statuses),
-            "new_status": target.new_status,
+            **({"purpose": target.purpose, "terminal": list(target.terminal_statuses), "new_status": target.new_status}
+               if target.marks else {"ids": "the next batch's keys, as above"}),
             "batch_size": opts.batch_size,
         },
     )
