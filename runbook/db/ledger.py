@@ -38,7 +38,7 @@ from .transactions import Conn
 
 __all__ = [
     "SCHEMA", "ensure", "ddl", "upgrade_ddl", "start_run", "finish_run", "run_info", "recent_runs", "grants_for",
-    "IDENTITY_KEYS", "missing_columns", "archived_batches",
+    "IDENTITY_KEYS", "missing_columns", "archived_batches", "run_ended",
 ]  # fmt: skip
 
 # What a resumed run id must match (start_run): a run is one kind of work on one target.
@@ -50,7 +50,10 @@ IDENTITY_KEYS = (
 ddl = q.ddl
 upgrade_ddl = q.upgrade_ddl
 
-_TABLES = {"runs": f"{SCHEMA}.runs", "batches": f"{SCHEMA}.batches", "changes": f"{SCHEMA}.changes", "records": f"{SCHEMA}.records"}
+_TABLES = {
+    "runs": f"{SCHEMA}.runs", "batches": f"{SCHEMA}.batches", "changes": f"{SCHEMA}.changes", "records": f"{SCHEMA}.records",
+    "stop_requests": f"{SCHEMA}.stop_requests",
+}  # fmt: skip
 
 
 def missing_columns(conn: Conn) -> list[str]:
@@ -177,6 +180,12 @@ def run_info(conn: Conn, run_id: str) -> dict[str, Any] | None:
         return None
     keys = ("run_id", "kind", "target", "undoes_run_id", "stop_reason", "rows_changed", "rule")
     return dict(zip(keys, row, strict=True))
+
+
+def run_ended(conn: Conn, run_id: str) -> bool:
+    """Whether run ``run_id``'s ``runs`` row is closed (``finished_at`` set). Reads only."""
+    row = conn.execute(q.run_summary(), {"run_id": run_id}).fetchone()
+    return bool(row and row[4])
 
 
 def archived_batches(conn: Conn, run_id: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Protocol
 
 import psycopg
@@ -25,7 +26,7 @@ import psycopg
 from .. import logs
 from ..audit.metrics import write_metrics
 from ..audit.record import operator
-from ..db import ledger
+from ..db import control, ledger
 from ..db.connect import connect_like, refuse_transaction_pooler
 from ..db.lock import target_lock
 from ..db.transactions import Conn
@@ -168,7 +169,9 @@ def live_run(
             parameters=parameters, identity=run_identity(conn, target, opts, kind, undoes_run_id),
             undoes_run_id=undoes_run_id,
         )  # fmt: skip
-        yield LiveRun(kind, first, Stopper(opts, started, interrupted, should_stop))
+        since = conn.execute(catalog.clock()).fetchone()[0]  # type: ignore[index]
+        remote = partial(control.stop_requested, conn, run_id, since)
+        yield LiveRun(kind, first, Stopper(opts, started, interrupted, should_stop, remote))
 
 
 class MetricsFile:

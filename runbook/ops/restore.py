@@ -118,7 +118,7 @@ def restore_from_archive(
                 conn, target, opts, run.stopper, result, batch, began
             )
             if reason:
-                return Stop(reason)
+                return run.stopper.stop(reason)
             t0 = time.monotonic()
 
             def work(attempt: int, at: int = at, batch: int = batch) -> tuple[int, int]:

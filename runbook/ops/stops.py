@@ -8,7 +8,7 @@ raises the error the stop carries (if any) to its caller.
 
 Between batches (rounds of batches, with several workers) a ``Stopper`` decides whether
 to stop: the operator's limits, the stop file, a kernel interrupt, the caller's
-``should_stop()``. ``wait_until_healthy`` pauses while the database is unhealthy.
+``should_stop()``, a request in the ledger from any machine (``python -m runbook stop``). ``wait_until_healthy`` pauses while the database is unhealthy.
 """
 
 from __future__ import annotations
@@ -109,6 +109,12 @@ class Stopper:
     started: float
     interrupted: Callable[[], bool]
     should_stop: Callable[[], bool] | None = None
+    remote: Callable[[], str | None] | None = None  # who asked from elsewhere (python -m runbook stop), in words
+    detail: str = ""  # what the stop reason does not say: who asked, and when
+
+    def stop(self, reason: StopReason) -> Stop:
+        """The ``Stop`` of ``reason``, with who asked when it was a request."""
+        return Stop(reason, self.detail if reason is StopReason.STOP_REQUESTED else "")
 
     def reason(self, batches_done: int) -> StopReason | None:
         if self.interrupted():
@@ -120,6 +126,11 @@ class Stopper:
         if time.monotonic() - self.started >= self.opts.max_seconds:
             return StopReason.MAX_SECONDS
         if self.should_stop is not None and self.should_stop():
+            self.detail = "stop requested by the caller (the panel's Stop)"
+            return StopReason.STOP_REQUESTED
+        if self.remote is not None and (asked := self.remote()):
+            # One indexed read of the ledger per round: a request stops the run at the next boundary.
+            self.detail = asked
             return StopReason.STOP_REQUESTED
         return None
 

@@ -42,6 +42,7 @@ import psycopg
 
 from .. import logs
 from ..audit.record import new_run_id
+from ..db import control
 from ..db.health import HealthLimits, blind_signals, refuse_blind
 from ..audit.archive import archive_root
 from ..db.transactions import Conn, check_target, read_only, resolve_cutoff, table_columns
@@ -304,7 +305,7 @@ class _Sweep:
                 self.conn, self.target, self.opts, self.run_.stopper, self.result, self.next_batch, self.began
             )
             if reason:
-                return changed, Stop(reason)
+                return changed, self.run_.stopper.stop(reason)
             chunks = self._next_chunks(after, planned)
             if not chunks:
                 return changed, None
@@ -380,6 +381,7 @@ class _Sweep:
         """Refuse, before any write, too many candidates or a first batch unlike the approved one."""
         opts, result = self.opts, self.result
         result.candidates_at_start = in_snapshot
+        control.note_candidates(self.conn, str(result.run_id), in_snapshot)
         if in_snapshot > opts.max_rows:
             raise TooManyCandidatesError(
                 f"{in_snapshot:,} candidates exceed max_rows={opts.max_rows:,}: refused before the first batch, "

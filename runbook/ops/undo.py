@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import logs
 from ..audit.record import new_run_id
-from ..db import ledger
+from ..db import control, ledger
 from ..db.health import HealthLimits, blind_signals, refuse_blind
 from ..db.transactions import Conn, check_target, read_only
 from ..errors import LedgerUnavailableError, UnknownRunError
@@ -169,6 +169,7 @@ def undo(
                 stop = _restore(conn, target, opts, params, result, run)
             else:
                 result.rows_in_ledger = result.restorable = sum(f.rows for f in files)
+                control.note_candidates(conn, rid, result.restorable)
                 stop = restore_from_archive(conn, target, opts, files, result, run)
         except BaseException as exc:  # an error between batches, a second Ctrl-C
             stop = Stop.of_error(exc, "a statement of the undo")
@@ -187,6 +188,7 @@ def _restore(conn: Conn, target: Target, opts: Options, params: dict[str, Any], 
             conn.execute(statement, params)
         total, restorable, since, undone, later = _counts(conn, target, True, params)
     result.rows_in_ledger, result.restorable = total, restorable
+    control.note_candidates(conn, str(result.run_id), restorable)
     result.already_undone, result.later_run = undone, later
     row = conn.execute(catalog.run_start()).fetchone()
     began = row[0] if row else None
@@ -196,7 +198,7 @@ def _restore(conn: Conn, target: Target, opts: Options, params: dict[str, Any], 
             conn, target, opts, run.stopper, result, batch, began
         )
         if reason:
-            return Stop(reason)
+            return run.stopper.stop(reason)
         t0 = time.monotonic()
         work = partial(_restore_batch, conn, target, opts, params, after=after, batch=batch, run_id=str(result.run_id))
         tried = with_retries(work, opts, f"batch {batch}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from psycopg import sql
 
 __all__ = [
-    "read_only_pinned", "run_start", "now_utc", "table_oid", "table_columns", "column_types", "time_index", "owns_table", "privilege", "write_privileges", "batch_settings",
+    "read_only_pinned", "run_start", "clock", "now_utc", "table_oid", "table_columns", "column_types", "time_index", "owns_table", "privilege", "write_privileges", "batch_settings",
     "current_user", "roles", "server_identity", "system_identifier", "max_wal_size", "relation_exists",
     "try_advisory_lock", "advisory_unlock", "lock_holder", "sessions_of_run", "terminate_backend",
     "health_visibility", "health_signals",
@@ -30,6 +30,11 @@ def read_only_pinned() -> sql.SQL:
 def run_start() -> sql.SQL:
     """The server's clock and its ``wal_buffers`` in bytes, read once when a sweep begins."""
     return sql.SQL("SELECT now(), pg_size_bytes(current_setting('wal_buffers'))")
+
+
+def clock() -> sql.SQL:
+    """One row: the server's clock now (``clock_timestamp()``, a timestamptz)."""
+    return sql.SQL("SELECT clock_timestamp()")
 
 
 def now_utc() -> sql.SQL:

@@ -109,6 +109,8 @@ def grants_sql(target: Target, database: str, reader: str, sweeper: str) -> list
             sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(columns, table, role),
             sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ledger_schema, role),
             sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(ledger_schema, role),
+            # Either role may ask a running sweep to stop (python -m runbook stop), from anywhere.
+            sql.SQL("GRANT INSERT ON {} TO {}").format(sql.Identifier(SCHEMA, "stop_requests"), role),
         ]
     out += [
         # ctid: a batch's UPDATE finds each row it locked by its ctid (candidates.batch_update).

@@ -16,7 +16,7 @@ __all__ = [
     "LEDGER_SCHEMA", "ddl", "records_ddl", "upgrade_ddl", "missing_columns", "tables_present", "schema_exists",
     "ddl_lock", "may_write", "grants_for", "run_for_update", "insert_run", "reopen_run", "last_batch",
     "synchronous_commit_on", "finish_run", "run_info", "recent_runs", "ledger_batches", "run_summary",
-    "run_target", "insert_record", "first_seal", "ledger_present", "sweep_rate", "archived_batches",
+    "run_target", "insert_record", "first_seal", "ledger_present", "sweep_rate", "archived_batches", "stop_requests_ddl",
 ]  # fmt: skip
 
 LEDGER_SCHEMA = "litellm_runbook"
@@ -53,6 +53,20 @@ def ddl() -> list[sql.Composed]:
             " PRIMARY KEY (run_id, batch, object_id))"
         ).format(_t("changes")),
         records_ddl(),
+        *stop_requests_ddl(),
+    ]
+
+
+def stop_requests_ddl() -> list[sql.Composed]:
+    """``stop_requests``: one row per request that a running sweep or undo stop
+    (``python -m runbook stop``), insert-only to the reader and the sweeper; a run checks it
+    between batches. Idempotent; no placeholders."""
+    return [
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (run_id text NOT NULL, requested_at timestamptz NOT NULL DEFAULT"
+            " clock_timestamp(), requested_by jsonb)"
+        ).format(_t("stop_requests")),
+        sql.SQL("CREATE INDEX IF NOT EXISTS stop_requests_run_id ON {} (run_id)").format(_t("stop_requests")),
     ]
 
 
@@ -84,6 +98,7 @@ def upgrade_ddl() -> dict[str, list[sql.Composed]]:
             ).format(_t("batches"))
         ],
         "runs.identity": [sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS identity jsonb").format(_t("runs"))],
+        "stop_requests.run_id": stop_requests_ddl(),
         "records.sha256": [records_ddl()],
         "changes.seq": [
             sql.SQL("ALTER TABLE {} ADD COLUMN seq bigint").format(changes),
@@ -104,10 +119,12 @@ def upgrade_ddl() -> dict[str, list[sql.Composed]]:
 
 def missing_columns() -> sql.SQL:
     """The columns of ``upgrade_ddl()`` the ledger lacks, one row each: name, in order.
-    Placeholders: %(runs)s, %(records)s, %(changes)s, %(batches)s, the tables' ``schema.table`` names."""
+    Placeholders: %(runs)s, %(records)s, %(changes)s, %(batches)s, %(stop_requests)s, the tables'
+    ``schema.table`` names."""
     return sql.SQL(
         "SELECT w.name FROM (VALUES ('runs.identity', %(runs)s, 'identity'), ('records.sha256', %(records)s, 'sha256'),"
-        " ('changes.seq', %(changes)s, 'seq'), ('batches.archive_sha256', %(batches)s, 'archive_sha256'))"
+        " ('changes.seq', %(changes)s, 'seq'), ('batches.archive_sha256', %(batches)s, 'archive_sha256'),"
+        " ('stop_requests.run_id', %(stop_requests)s, 'run_id'))"
         " AS w(name, rel, col) WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(w.rel)"
         " AND a.attname = w.col AND NOT a.attisdropped) ORDER BY w.name"
     )
@@ -291,3 +308,11 @@ def insert_record() -> sql.Composed:
 def first_seal() -> sql.Composed:
     """The seal of file %(record_file)s: the sha256 of the first ``records`` row for that name."""
     return sql.SQL("SELECT sha256 FROM {} WHERE record_file = %(record_file)s ORDER BY seq LIMIT 1").format(_t("records"))
+
+
+def ledger_seals() -> sql.Composed:
+    """Every file the ledger seals, one row per file name, by name: record_file, and the
+    run_id, sha256 and sealed_at of its first ``records`` row (its seal). No placeholders."""
+    return sql.SQL(
+        "SELECT DISTINCT ON (record_file) record_file, run_id, sha256, sealed_at FROM {} ORDER BY record_file, seq"
+    ).format(_t("records"))

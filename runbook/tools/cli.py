@@ -7,6 +7,8 @@
     python -m runbook verify RUN.ipynb ...   an executed notebook still matches its seal
     python -m runbook notebooks [--write]    parameters cells and README table vs runbook/rules/params.py
     python -m runbook targets                what the runbook can clean, and how LiteLLM itself does
+    python -m runbook stop RUN_ID [--wait S] ask a running sweep or undo to stop, from any machine
+    python -m runbook status                 the sweeps and undos running in this database
     python -m runbook db start|stop|status|url|destroy
 """
 
@@ -25,6 +27,7 @@ from ..db.embedded import EmbeddedServer, default_home
 from ..errors import RunbookError
 from ..notebook.cells import NOTEBOOK_DIR
 from ..rules.states import Kind
+from .control import add_commands
 
 # Variables that would point a child process at another database than the demo one.
 _DB_ENV = ("DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGPASSWORD")
@@ -255,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     led = sub.add_parser("ledger", help="create the ledger schema and tables (as the ledger owner)")
     led.add_argument("action", choices=["init"])
     led.set_defaults(func=cmd_ledger)
+    add_commands(sub)  # stop, status (runbook.tools.control)
     args = parser.parse_args(argv)
     logs.show_on_stdout()  # the library's progress lines and warnings, on the command line
     try:
