@@ -87,7 +87,7 @@ def test_a_role_without_rights_on_the_ledger_is_told_what_to_grant(conn: psycopg
         refused = _cli("stop", "any-run", dsn=nobody, run_dir=tmp_path)
         assert refused.returncode == 2
         assert "role rb_nobody may not ask a run to stop" in refused.stderr
-        assert "GRANT INSERT ON litellm_runbook.stop_requests TO rb_nobody" in refused.stderr
+        assert 'GRANT INSERT ON "litellm_runbook"."stop_requests" TO "rb_nobody"' in refused.stderr
         unknown = _cli("stop", "no-such-run", dsn=roles["rb_reader"], run_dir=tmp_path)
         assert unknown.returncode == 2 and "not in the ledger of this database" in unknown.stdout
     finally:

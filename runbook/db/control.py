@@ -16,7 +16,6 @@ import psycopg
 
 from ..errors import LedgerUnavailableError
 from ..sql import control as q
-from .ledger import SCHEMA
 from .transactions import Conn
 
 __all__ = ["request_stop", "stop_requested", "note_candidates", "open_runs"]
@@ -24,11 +23,8 @@ __all__ = ["request_stop", "stop_requested", "note_candidates", "open_runs"]
 
 def _refused(conn: Conn, exc: psycopg.Error, what: str) -> LedgerUnavailableError:
     role = conn.info.parameter_status("session_authorization") or "this role"
-    return LedgerUnavailableError(
-        f"role {role} may not {what} ({exc.diag.message_primary}): ask the ledger's owner to run "
-        f"GRANT USAGE ON SCHEMA {SCHEMA} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {SCHEMA} TO {role}; "
-        f"GRANT INSERT ON {SCHEMA}.stop_requests TO {role}"
-    )
+    grants = q.control_grants(role).as_string(conn)
+    return LedgerUnavailableError(f"role {role} may not {what} ({exc.diag.message_primary}): ask the ledger's owner to run {grants}")
 
 
 def request_stop(conn: Conn, run_id: str, requested_by: dict[str, Any]) -> datetime | None:

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from .ledger import LEDGER_SCHEMA
 
-__all__ = ["request_stop", "stop_request", "note_candidates", "open_runs"]
+__all__ = ["request_stop", "stop_request", "note_candidates", "open_runs", "control_grants"]
 
 
 def _t(name: str) -> sql.Identifier:
@@ -65,3 +65,13 @@ def open_runs() -> sql.Composed:
         "   WHERE datname = current_database() AND application_name LIKE '%%/' || r.run_id ORDER BY backend_start LIMIT 1) a"
         " ON true WHERE r.finished_at IS NULL ORDER BY r.started_at"
     ).format(batches=_t("batches"), runs=_t("runs"), stops=_t("stop_requests"))
+
+
+def control_grants(role: str) -> sql.Composed:
+    """What the ledger's owner grants ``role`` so that it may see runs and ask them to stop
+    (three statements, ``;``-separated; shown in messages). No placeholders."""
+    schema, who = sql.Identifier(LEDGER_SCHEMA), sql.Identifier(role)
+    return sql.SQL(
+        "GRANT USAGE ON SCHEMA {schema} TO {who}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {who}; "
+        "GRANT INSERT ON {stops} TO {who}"
+    ).format(schema=schema, who=who, stops=_t("stop_requests"))
