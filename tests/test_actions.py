@@ -356,6 +356,8 @@ def test_undo_leaves_a_row_whose_key_exists_again_alone_and_counts_it(conn: psyc
         # LiteLLM logs a new error under a key the sweep deleted: undo must not overwrite it.
         conn.execute("INSERT INTO \"LiteLLM_ErrorLogs\" (request_id, \"startTime\", \"endTime\", exception_string) "
                      "VALUES (%s, now(), now(), 'new')", [key])  # fmt: skip
+        dry = undo(c, target_named("error_logs"), options(archive_dir=archive), of_run_id="errors-1")
+        assert (dry.restorable, dry.changed_since) == (result.changed - 1, 1)
         back = undo(c, target_named("error_logs"), options(archive_dir=archive, **LIVE), of_run_id="errors-1")
     assert not again
     assert (back.restored, back.changed_since) == (result.changed - 1, 1)

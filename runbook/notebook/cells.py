@@ -26,11 +26,12 @@ README = PROJECT_DIR / "README.md"
 TABLE_BEGIN = "<!-- parameters table: generated from runbook/rules/params.py by python -m runbook notebooks --write -->"
 TABLE_END = "<!-- end of the parameters table -->"
 NOTEBOOKS = {
-    Kind.INSPECT: "01_inspect", Kind.PREVIEW: "02_preview", Kind.SWEEP: "03_sweep", Kind.UNDO: "04_undo",
+    Kind.HISTORY: "00_history", Kind.INSPECT: "01_inspect", Kind.PREVIEW: "02_preview", Kind.SWEEP: "03_sweep", Kind.UNDO: "04_undo",
     Kind.INDEX: "05_create_index",
 }  # fmt: skip
-# The parameter that names the run itself: in the undo notebook, run_id names the run to undo.
-OWN_ID = {Kind.UNDO: "undo_run_id"}
+# The parameter that names the run itself: in the undo notebook run_id names the run to undo,
+# in the history notebook the run to show.
+OWN_ID = {Kind.UNDO: "undo_run_id", Kind.HISTORY: "history_run_id"}
 
 
 def _tagged(nb: Any, tag: str) -> list[Any]:

@@ -18,6 +18,7 @@ import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from ..ops.history import HistoryReport
 from ..ops.inspection import Count, InspectReport
 from ..ops.sweep import SweepResult
 from .render import plural
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
     from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
-__all__ = ["inspect_figure", "inspect_png", "sweep_figure", "sweep_png", "show_inspect_charts", "show_sweep_chart"]
+__all__ = [
+    "inspect_figure", "inspect_png", "sweep_figure", "sweep_png", "history_figure", "show_inspect_charts",
+    "show_sweep_chart", "show_history_chart",
+]  # fmt: skip
 
 _ROWS = "#9db4cc"
 _CANDIDATES = "#d9534f"
@@ -200,4 +204,36 @@ def show_sweep_chart(result: SweepResult) -> bytes | None:
         return None
     png = sweep_png(result)
     _show(png, f"[chart: rows and duration of {len(result.batches):,} batches]")
+    return png
+
+
+def history_figure(report: HistoryReport) -> Figure:
+    """The backlog over time per target (inspect's counts and each sweep's candidates when it
+    started) and, below, the rows each sweep removed."""
+    fig = _figure(10, 5)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for name in sorted({p["target"] for p in report.backlog}):
+        points = [p for p in report.backlog if p["target"] == name]
+        top.plot([p["at"] for p in points], [p["candidates"] for p in points], marker="o", label=name)
+    top.set_title("candidates over time (inspect records, and each sweep at its start)", fontsize=10)
+    top.set_ylabel("candidates")
+    _integer_ticks(top.yaxis)
+    if report.backlog:
+        top.legend(loc="upper left", fontsize=8)
+    swept = [p for p in report.backlog if "removed" in p]
+    bottom.bar([p["at"] for p in swept], [p["removed"] for p in swept], width=0.02, color=_CANDIDATES)
+    bottom.set_title("rows each sweep changed", fontsize=10)
+    bottom.set_ylabel("rows")
+    _integer_ticks(bottom.yaxis)
+    fig.autofmt_xdate()
+    return fig
+
+
+def show_history_chart(report: HistoryReport) -> bytes | None:
+    """Display ``history_figure(report)`` as an image/png output; nothing without a point.
+    Returns the PNG shown, or None. Writes nothing but the output."""
+    if not report.backlog:
+        return None
+    png = _png(history_figure(report))
+    _show(png, f"[chart: the backlog over time, {len(report.backlog):,} points]")
     return png

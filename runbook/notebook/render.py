@@ -271,7 +271,7 @@ def undo_summary(u: UndoResult) -> str:
     if u.action != "mark" and u.dry_run:
         return (
             f"DRY RUN, nothing written: run {u.of_run_id} {u.action}d {u.rows_in_ledger:,} rows, all in archive files "
-            "whose sha256 matches the ledger's; a live undo puts them back where they are still gone or empty."
+            f"whose sha256 matches the ledger's; {u.restorable:,} can be put back now; {alone}."
         )
     if u.dry_run:
         return (

@@ -24,6 +24,8 @@ from ..db.connect import Database, connect, resolve
 from ..db.ledger import recent_runs
 from ..db.transactions import Conn
 from ..errors import ParameterError
+from ..audit.sealing import run_dir
+from ..ops.history import HistoryReport, history
 from ..ops.index import IndexResult, create_index
 from ..ops.inspection import InspectReport, inspect
 from ..ops.live import utc_now
@@ -35,7 +37,9 @@ from ..rules.states import Kind, Status, StopReason
 from ..rules.target import DEFAULT_TARGET, Target
 from ..rules.targets import target_named
 from . import render
-from .charts import show_inspect_charts, show_sweep_chart
+from .cells import OWN_ID
+from .charts import show_history_chart, show_inspect_charts, show_sweep_chart
+from .history import history_report
 from .progress import progress_reporter
 
 __all__ = ["Run", "start", "interactive", "NOTEBOOK_NAMES"]
@@ -164,6 +168,20 @@ class Run:
             self.outcome["status"] = Status.FAILED
         return result
 
+    def history(self) -> HistoryReport:
+        """The ledger's runs of the last ``days`` days (of ``target``, or all), their executed
+        notebooks checked against their seals, the backlog over time and, with ``run_id``, that
+        run in detail. Reads only."""
+        with self._step(Kind.HISTORY):
+            report = history(
+                self.conn, run_dir(), target=str(self.params.get("target") or ""),
+                days=float(self.params.get("days", 30.0)), run_id=self.of_run_id,
+            )  # fmt: skip
+        render.display(history_report(report))
+        show_history_chart(report)
+        self.outcome[Kind.HISTORY] = report.to_dict()
+        return report
+
     def finish(self) -> dict[str, Any]:
         """Emit the run record as one machine-readable output and return it.
 
@@ -210,7 +228,7 @@ def _given(namespace: Mapping[str, Any]) -> dict[str, Any]:
             hidden = set(shell.user_ns_hidden)
     except ImportError:
         pass
-    ours = (Run, InspectReport, PreviewReport, SweepResult, UndoResult, IndexResult, dict, type(None))
+    ours = (Run, InspectReport, PreviewReport, SweepResult, UndoResult, IndexResult, HistoryReport, dict, type(None))
     return {
         name: value
         for name, value in namespace.items()
@@ -243,7 +261,8 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
     given = {**(_given(namespace) if namespace is not None else {}), **params}
     opts, ids = check_parameters(kind_name, given)
     kind = Kind(kind_name)
-    own, of_run_id = ("undo_run_id", ids["run_id"]) if kind == Kind.UNDO else ("run_id", "")
+    own = OWN_ID.get(kind, "run_id")
+    of_run_id = ids["run_id"] if own != "run_id" else ""  # undo: the run to undo; history: the run to show
     rid = check_run_id(ids[own])
     database = resolve()
     conn = connect(database, purpose=f"{kind}/{rid}")
@@ -251,7 +270,7 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
         kind=kind,
         run_id=rid,
         opts=opts,
-        target=_target(kind, conn, ids["target"], database.schema, of_run_id),
+        target=_target(kind, conn, ids["target"] or DEFAULT_TARGET, database.schema, of_run_id),
         database=database,
         conn=conn,
         started_at=utc_now("seconds"),
@@ -269,6 +288,9 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
     writes = kind in (Kind.SWEEP, Kind.UNDO, Kind.INDEX)
     if kind == Kind.UNDO:
         lines[1] = f"undo of run {of_run_id or '(none given)'} on {run.target.schema}.{run.target.table}, batch size {opts.batch_size:,}"
+    if kind == Kind.HISTORY:
+        lines[1] = f"history of {ids['target'] or 'every target'} over the last {float(ids['days']):g} days" + (
+            f", run {of_run_id} in detail" if of_run_id else "")
     if writes:
         live = "LIVE: rows will be updated" if run.target.marks else f"LIVE: rows will be {run.target.verb}"
         if kind == Kind.UNDO and not run.target.marks:

@@ -31,7 +31,7 @@ from .live import BatchResult, LiveRun, set_batch_settings, utc_now
 from .rounds import with_retries
 from .stops import Stop, wait_until_healthy
 
-__all__ = ["ArchivedBatch", "verify_archive", "restore_from_archive"]
+__all__ = ["ArchivedBatch", "verify_archive", "restorable_now", "restore_from_archive"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,21 @@ def verify_archive(conn: Conn, of_run_id: str, opts: Options) -> list[ArchivedBa
             "be restored; undo refused, nothing written"
         )
     return found
+
+
+def restorable_now(conn: Conn, target: Target, files: list[ArchivedBatch], chunk: int = 1000) -> int:
+    """How many rows of ``files`` an undo would put back now (absent keys; payloads still
+    empty). Reads the files (checked again) and the table, in READ ONLY transactions."""
+    from ..db.transactions import read_only
+
+    count = 0
+    for item in files:
+        lines = read_batch(item.root, item.name, item.sha256)
+        for at in range(0, len(lines), chunk):
+            with read_only(conn):
+                row = conn.execute(removal.restorable(target), {"lines": lines[at : at + chunk]}).fetchone()
+            count += int(row[0]) if row else 0
+    return count
 
 
 def restore_from_archive(

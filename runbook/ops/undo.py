@@ -34,7 +34,7 @@ from ..rules.target import DEFAULT_TARGET, Target
 from ..rules.targets import CATALOGUE, target_named
 from ..sql import catalog
 from ..sql import undo as undo_sql
-from .restore import restore_from_archive, verify_archive
+from .restore import restorable_now, restore_from_archive, verify_archive
 from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, live_run, set_batch_settings, utc_now
 from .rounds import with_retries
 from .stops import Stop, wait_until_healthy
@@ -144,8 +144,11 @@ def undo(
         if opts.dry_run and target.marks:
             total, restorable, since, undone, later = _counts(conn, target, False, params)
     if opts.dry_run and not target.marks:
-        archived = sum(f.rows for f in files)
-        result = UndoResult(of_run_id, None, True, archived, archived, stop_reason=StopReason.DRY_RUN, action=target.action)
+        archived, now = sum(f.rows for f in files), restorable_now(conn, target, files)
+        result = UndoResult(
+            of_run_id, None, True, archived, now, changed_since=archived - now, stop_reason=StopReason.DRY_RUN,
+            action=target.action,
+        )  # fmt: skip
         result.seconds = round(time.monotonic() - started, 4)
         return result
     if opts.dry_run:

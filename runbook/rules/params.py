@@ -264,7 +264,11 @@ _SWEEP = _kinds(Kind.SWEEP)
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("target", str, "stale_responses",
               "what to clean: a target of python -m runbook targets (default: LiteLLM's stale response objects)",
-              frozenset(Kind), rule=check_target_name, option=False),
+              frozenset(Kind) - {Kind.HISTORY}, rule=check_target_name, option=False),
+    Parameter("target", str, "", "show only the runs of this target (python -m runbook targets); empty shows all",
+              _kinds(Kind.HISTORY), rule=lambda n, v: "" if v == "" else check_target_name(n, v), option=False),
+    Parameter("days", float, 30.0, "show the runs of this many days back", _kinds(Kind.HISTORY),
+              low=0.01, high=3650, unit="days", option=False),
     Parameter("stale_after_days", float, 7.0,
               "rows older than this many days are stale, at least 1 (LiteLLM default 7)", _SELECT,
               low=1, high=3650, unit="days"),
@@ -335,6 +339,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               _kinds(Kind.UNDO), rule=_run_id, option=False),
     Parameter("undo_run_id", str, "", "names this undo run in its record and the ledger; generated when empty",
               _kinds(Kind.UNDO), rule=_run_id, option=False),
+    Parameter("run_id", str, "",
+              "a run to show in detail: its batches, its record, what undo would restore now; empty shows none",
+              _kinds(Kind.HISTORY), rule=_run_id, option=False),
+    Parameter("history_run_id", str, "", "names this history run in its record; generated when empty",
+              _kinds(Kind.HISTORY), rule=_run_id, option=False),
 )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ class Kind(StrEnum):
     SWEEP = "sweep"
     UNDO = "undo"
     INDEX = "index"
+    HISTORY = "history"  # the ledger's runs and the executed notebooks, read back
 
 
 class StopReason(StrEnum):

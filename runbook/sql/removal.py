@@ -22,7 +22,9 @@ from ..rules.target import Target
 from .candidates import EMPTY, key_match, key_text, predicate, table
 from .ledger import LEDGER_SCHEMA
 
-__all__ = ["SQL_NULL_KEY", "archive_rows", "delete_batch", "clear_batch", "reinsert", "restore_payloads"]
+__all__ = [
+    "SQL_NULL_KEY", "archive_rows", "delete_batch", "clear_batch", "reinsert", "restore_payloads", "restorable",
+]  # fmt: skip
 
 SQL_NULL_KEY = "_sql_null"  # must equal runbook.audit.archive.SQL_NULL_KEY (a test checks)
 _WAL = sql.SQL("pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %(wal_start)s::pg_lsn)::bigint")
@@ -133,27 +135,50 @@ def reinsert(target: Target, columns: Sequence[tuple[str, str]]) -> sql.Composed
     return _undo_ledgered(work)
 
 
+def _keys_match(target: Target) -> sql.Composed:
+    return sql.SQL(" AND ").join(
+        sql.SQL("u.{} = lines.j->>{}").format(sql.Identifier(k), sql.Literal(k)) for k in target.key_columns
+    )
+
+
+def _restorable_payload(col: str) -> sql.Composed:
+    return sql.SQL("(u.{c} = {empty} AND lines.j->{n} <> {empty} AND NOT {null})").format(
+        c=sql.Identifier(col), empty=EMPTY, n=sql.Literal(col), null=_sql_null(col)
+    )
+
+
+def restorable(target: Target) -> sql.Composed:
+    """How many of the archived rows %(lines)s an undo would put back now (``reinsert``: whose
+    key is absent; ``restore_payloads``: whose cleared columns still hold ``'{}'``), reading
+    only. One row, one count."""
+    if target.action == "delete":
+        return sql.SQL(
+            "WITH lines AS (SELECT l::jsonb AS j FROM unnest(%(lines)s::text[]) AS l) "
+            "SELECT count(*) FROM lines WHERE NOT EXISTS (SELECT 1 FROM {table} AS u WHERE {keys})"
+        ).format(table=table(target), keys=_keys_match(target))
+    return sql.SQL(
+        "WITH lines AS (SELECT l::jsonb AS j FROM unnest(%(lines)s::text[]) AS l) "
+        "SELECT count(*) FROM {table} AS u JOIN lines ON {keys} WHERE {any}"
+    ).format(
+        table=table(target), keys=_keys_match(target),
+        any=sql.SQL(" OR ").join(_restorable_payload(c) for c in target.payload_columns),
+    )  # fmt: skip
+
+
 def restore_payloads(target: Target) -> sql.Composed:
     """Put the archived payload values of %(lines)s back into the columns the clear emptied,
     where they still hold ``'{}'`` (a column written since is left alone); batch %(batch)s
     of undo run %(run_id)s in the same statement. Returns one row: rows restored."""
 
-    def restorable(col: str) -> sql.Composed:
-        return sql.SQL("(u.{c} = {empty} AND lines.j->{n} <> {empty} AND NOT {null})").format(
-            c=sql.Identifier(col), empty=EMPTY, n=sql.Literal(col), null=_sql_null(col)
-        )
-
     sets = sql.SQL(", ").join(
         sql.SQL("{c} = CASE WHEN {ok} THEN lines.j->{n} ELSE u.{c} END").format(
-            c=sql.Identifier(col), ok=restorable(col), n=sql.Literal(col)
+            c=sql.Identifier(col), ok=_restorable_payload(col), n=sql.Literal(col)
         )
         for col in target.payload_columns
     )
-    keys = sql.SQL(" AND ").join(
-        sql.SQL("u.{} = lines.j->>{}").format(sql.Identifier(k), sql.Literal(k)) for k in target.key_columns
-    )
     work = sql.SQL("UPDATE {table} AS u SET {sets} FROM lines WHERE {keys} AND ({any}) RETURNING 1").format(
-        table=table(target), sets=sets, keys=keys, any=sql.SQL(" OR ").join(restorable(c) for c in target.payload_columns)
+        table=table(target), sets=sets, keys=_keys_match(target),
+        any=sql.SQL(" OR ").join(_restorable_payload(c) for c in target.payload_columns),
     )
     return _undo_ledgered(work)
 

@@ -147,6 +147,8 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     # Set by JupyterLab in its kernels and inherited by `!python -m runbook run ...` run
     # from one: the kernel papermill starts is headless, whatever its parent was.
     kernel_env.pop("JPY_SESSION_NAME", None)
+    # The run folder this notebook is written to is the one it reads (the history notebook).
+    kernel_env["RUNBOOK_RUN_DIR"] = str(run_dir.resolve())
     os.environ.clear()
     os.environ.update(kernel_env)
     # The kernel's sockets: Unix sockets in a folder only this user can enter, not ZMQ over
