@@ -1,7 +1,7 @@
 """The archive: every row a sweep deletes or clears, whole, on disk before its batch commits.
 
 One gzip-compressed JSON Lines file per batch, ``<archive_dir>/<run id>/batch-NNNNNN-<random>.jsonl.gz``:
-one line per row, the row as PostgreSQL's ``to_jsonb(row)`` writes it (column names as
+one line per row, the row as PostgreSQL's ``row_to_json(row)`` writes it (column names as
 keys, timestamps in ISO 8601, numbers exact), plus ``"_sql_null": [...]`` naming the
 json/jsonb columns that were SQL NULL (JSON cannot tell them from a JSON ``null``). Any
 tool reads it: ``zcat FILE | jq``, pandas ``read_json(FILE, lines=True)``, DuckDB
@@ -52,6 +52,18 @@ def archive_root(archive_dir: str = "") -> Path:
     return Path(os.environ.get("RUNBOOK_ARCHIVE_DIR", PROJECT_DIR / "archive"))
 
 
+def _compress(raw: bytes) -> bytes:
+    """``raw`` as one gzip member. The archive is written inside a batch's transaction, so its
+    time holds row locks: ISA-L's level 2 (measured on SpendLogs rows: 1.5 GB/s, 9.3 % of the
+    size) instead of zlib's level 1 (0.27 GB/s, 10.8 %); the same gzip format for any reader."""
+    try:
+        from isal import igzip
+    except ImportError:  # the package's own dependency; zlib when a user's install lacks it
+        return gzip.compress(raw, compresslevel=1, mtime=0)
+    out: bytes = igzip.compress(raw, compresslevel=2)
+    return out
+
+
 def _private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.is_symlink() or not path.is_dir():
@@ -76,9 +88,7 @@ def write_batch(root: Path, run_id: str, batch: int, lines: str, rows: int) -> A
     new_folder = not folder.exists()
     _private_dir(folder)
     name = f"{run_id}/batch-{batch:06d}-{secrets.token_hex(4)}.jsonl.gz"
-    # Level 1: the archive is written inside a batch's transaction, so its time holds row
-    # locks; level 1 is ~4x faster than gzip's default at ~1.3x its size on JSON.
-    data = gzip.compress((lines + "\n").encode() if lines else b"", compresslevel=1, mtime=0)
+    data = _compress((lines + "\n").encode() if lines else b"")
     fd = os.open(root / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
     try:
         view = memoryview(data)

@@ -132,12 +132,13 @@ def write_batch(
             ).fetchone()
             return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
         assert archiving is not None, "a delete or clear target needs its Archiving"
-        locked = conn.execute(removal.archive_rows(target, archiving.json_columns), {**params, "ids": ids}).fetchone()
+        statement = removal.archive_rows(target, archiving.json_columns, lines=archiving.root is not None)
+        locked = conn.execute(statement, {**params, "ids": ids}).fetchone()
         assert locked is not None
         tids, lines, count = str(locked[0]), str(locked[1]), int(locked[2])
         saved = archive.write_batch(archiving.root, run_id, batch, lines, count) if archiving.root and count else None
-        statement = removal.delete_batch(target) if target.action == "delete" else removal.clear_batch(target)
-        row = conn.execute(statement, {
+        remove = removal.delete_batch(target) if target.action == "delete" else removal.clear_batch(target)
+        row = conn.execute(remove, {
             "tids": tids, "run_id": run_id, "batch": batch, "wal_start": wal_start,
             "archive_file": saved.name if saved else None, "archive_sha256": saved.sha256 if saved else None,
             "archive_rows": saved.rows if saved else None,

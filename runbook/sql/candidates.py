@@ -149,10 +149,10 @@ def payload_size(target: Target) -> sql.Composed:
 
 def next_batch_archive_bytes(target: Target) -> sql.Composed:
     """One row: how many rows the next batch archives and the bytes of their archive lines
-    (``to_jsonb(row)``, before compression). Reads whole rows: needs SELECT on every column.
+    (``row_to_json(row)``, before compression). Reads whole rows: needs SELECT on every column.
     Placeholders: ``next_batch``'s."""
     return sql.SQL(
-        "SELECT count(*), coalesce(sum(octet_length(to_jsonb(c)::text)), 0)::bigint FROM "
+        "SELECT count(*), coalesce(sum(octet_length(row_to_json(c)::text)), 0)::bigint FROM "
         "(SELECT * FROM {table} WHERE {pred} ORDER BY {time}, {keytext} LIMIT %(batch_size)s) AS c"
     ).format(**names(target), pred=predicate(target))
 

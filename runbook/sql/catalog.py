@@ -128,7 +128,7 @@ def batch_settings() -> sql.SQL:
     to %(statement_timeout)s (texts such as '500ms'), ``synchronous_commit`` off and
     ``extra_float_digits`` 3. One row: the first three settings as set, the server's WAL
     insert position (a ``pg_lsn``), then the fourth setting."""
-    # extra_float_digits 3: a float archived by to_jsonb is written exactly (shortest
+    # extra_float_digits 3: a float archived by row_to_json is written exactly (shortest
     # round-trip form) whatever the role's setting, so a restored row equals the deleted one.
     return sql.SQL(
         "SELECT set_config('lock_timeout', %(lock_timeout)s, true), set_config('statement_timeout', %(statement_timeout)s, true),"

@@ -17,6 +17,7 @@ __all__ = [
     "ddl_lock", "may_write", "grants_for", "run_for_update", "insert_run", "reopen_run", "last_batch",
     "synchronous_commit_on", "finish_run", "run_info", "recent_runs", "ledger_batches", "run_summary",
     "run_target", "insert_record", "first_seal", "ledger_present", "sweep_rate", "archived_batches", "stop_requests_ddl",
+    "ledger_seals",
 ]  # fmt: skip
 
 LEDGER_SCHEMA = "litellm_runbook"

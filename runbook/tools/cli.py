@@ -4,7 +4,10 @@
     python -m runbook lab [--port N]         JupyterLab on the demo database
     python -m runbook run NAME [-p KEY VALUE ...] [-r KEY VALUE ...]
                                              one notebook headless, into the run folder
-    python -m runbook verify RUN.ipynb ...   an executed notebook still matches its seal
+    python -m runbook verify [PATH ...]      every sealed file of the run folder (or PATHs) against the
+                                             ledger's seals: match, edited, missing, unknown
+    python -m runbook export RUN_ID [--out FILE] [--force]
+                                             a run's verified notebook as one self-contained HTML page
     python -m runbook notebooks [--write]    parameters cells and README table vs runbook/rules/params.py
     python -m runbook targets                what the runbook can clean, and how LiteLLM itself does
     python -m runbook stop RUN_ID [--wait S] ask a running sweep or undo to stop, from any machine
@@ -153,22 +156,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..audit.sealing import verify
+    from ..audit.sealing import run_dir
+    from ..audit.verify import State, verify_folder, verify_paths
     from ..db.connect import resolve
 
-    failed = 0
-    for name in args.paths:
-        found = verify(Path(name), resolve())
-        where = f"run {found.run_id}" if found.run_id else "no record"
-        if found.ok:
-            print(f"{name}: matches its seal ({where}, sha256 {found.sha256})")
-        else:
-            failed += 1
-            print(
-                f"{name}: does NOT match its seal ({where}): file sha256 {found.sha256}, beside it "
-                f"{found.beside_sha256 or 'none'}, in the ledger {found.ledger_sha256 or ('none' if found.in_ledger else 'no row')}"
-            )
+    if args.paths:
+        found = verify_paths([Path(p) for p in args.paths], resolve())
+    else:
+        folder = Path(args.run_dir) if args.run_dir else run_dir()
+        print(f"run folder {folder}")
+        found = verify_folder(folder, resolve())
+    for verdict in found:
+        print(verdict.line())
+    counts = ", ".join(f"{sum(v.state == s for v in found)} {s}" for s in State)
+    failed = sum(v.failed for v in found)
+    print(f"{len(found)} files: {counts}; {failed} failed" + ("" if found else " (nothing sealed here or in the ledger)"))
     return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..audit.export import export_run
+    from ..db.connect import Database, resolve
+
+    database: Database | None = None
+    try:
+        database = resolve()
+    except RunbookError:
+        if not args.force:
+            raise
+    done = export_run(
+        args.run_id, database, folder=Path(args.run_dir) if args.run_dir else None, out=Path(args.out) if args.out else None,
+        force=args.force,
+    )  # fmt: skip
+    state = done.verdict.line() if done.verdict else f"{done.notebook}: NOT VERIFIED"
+    print(f"{state}\nwrote {done.html}")
+    for other in done.others:
+        print(f"also of run {args.run_id}, not exported: {other}")
+    return 0
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
@@ -239,9 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-r", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter kept as a raw string")
     run.add_argument("--run-dir", default=None)
     run.set_defaults(func=cmd_run)
-    ver = sub.add_parser("verify", help="check executed notebooks against their .sha256 and the ledger's checksum")
-    ver.add_argument("paths", nargs="+")
+    ver = sub.add_parser("verify", help="check the run folder's sealed files (or PATHs) against the ledger's seals; exit 1 on any edited, missing or unexpected unknown file")
+    ver.add_argument("paths", nargs="*", help="files to check (default: the whole run folder, and every file the ledger seals)")
+    ver.add_argument("--run-dir", default=None)
     ver.set_defaults(func=cmd_verify)
+    exp = sub.add_parser("export", help="a run's executed notebook, verified, as one self-contained HTML page")
+    exp.add_argument("run_id")
+    exp.add_argument("--out", default=None, help="the HTML file (default: <run folder>/<notebook's name>.html)")
+    exp.add_argument("--force", action="store_true", help="export a notebook that fails verification, or cannot be verified, marked so")
+    exp.add_argument("--run-dir", default=None)
+    exp.set_defaults(func=cmd_export)
     nbs = sub.add_parser("notebooks", help="check (or --write) the notebooks' parameters cells and the README's parameters table against runbook/rules/params.py")
     nbs.add_argument("--write", action="store_true")
     nbs.set_defaults(func=cmd_notebooks)
