@@ -22,6 +22,9 @@ def test_the_history_shows_a_sweep_and_its_undo_with_counts_links_seals_and_deta
     assert swept.ok and undone.ok, (swept.error, undone.error)
     inspected = execute("inspect", {"run_id": "hist-inspect"}, tmp_path, env=env)
     assert inspected.ok
+    gone = execute("sweep", {"dry_run": False, "stale_after_days": 3000, "run_id": "hist-gone"}, tmp_path, env=env)
+    assert gone.ok, gone.error
+    gone.path.unlink()  # sealed in the ledger, no longer on this machine
     os.chmod(undone.path, 0o600)
     undone.path.write_bytes(undone.path.read_bytes().replace(b"hist-undo", b"hist-UNDO", 1))  # edited after the fact
 
@@ -30,7 +33,8 @@ def test_the_history_shows_a_sweep_and_its_undo_with_counts_links_seals_and_deta
     assert shown.record is not None
     h = shown.record["outcome"]["history"]
     runs = {r["run_id"]: r for r in h["runs"]}
-    assert list(runs) == ["hist-undo", "hist-sweep"]  # newest first; inspect writes no ledger row
+    assert list(runs) == ["hist-gone", "hist-undo", "hist-sweep"]  # newest first; inspect writes no ledger row
+    assert runs["hist-gone"]["files"] == {gone.path.name: "missing"}
     sweep, undo = runs["hist-sweep"], runs["hist-undo"]
     assert (sweep["kind"], sweep["rows_changed"], sweep["stop_reason"], sweep["undone_by"]) == ("sweep", 25, "done", ["hist-undo"])
     assert (undo["kind"], undo["rows_changed"], undo["undoes_run_id"]) == ("undo", 25, "hist-sweep")
@@ -41,6 +45,7 @@ def test_the_history_shows_a_sweep_and_its_undo_with_counts_links_seals_and_deta
     assert [b["rows"] for b in detail["batches"]] == [10, 10, 5]
     assert detail["undo_now"]["restorable"] == 0 and detail["undo_now"]["already_undone"] == 25
     # The sweep's count at its start, then inspect's after the undo put them all back.
-    assert [(p["candidates"], p["source"].startswith("sweep")) for p in h["backlog"]] == [(25, True), (25, False)]
+    assert [(p["candidates"], p["source"].split(" ")[0]) for p in h["backlog"]] == [
+        (25, "sweep"), (25, inspected.path.name), (0, "sweep")]
     text = shown.path.read_text()
-    assert "is EDITED" in text and "hist-undo" in text
+    assert "is EDITED" in text and "is MISSING" in text
