@@ -55,6 +55,7 @@ def test_replication_lag_pauses_the_sweep(
     assert result.stop_reason == "done" and result.changed == 6 and result.health_blind == []
     assert result.pauses and "replication lag" in result.pauses[0]["reasons"][0]
     assert sum(p["seconds"] for p in result.pauses) >= 0.5
+    assert result.signals["replication_lag_bytes_max"] > 1
 
 
 # -- sessions waiting on the table -------------------------------------------------------
@@ -77,6 +78,12 @@ def test_sessions_waiting_on_the_table_pause_the_sweep(conn: psycopg.Connection,
     assert result.stop_reason == "done" and result.changed == 4
     assert result.pauses and "waiting on locks on the table" in result.pauses[0]["reasons"][0]
     assert result.pauses[0]["seconds"] >= 0.4
+    # The record says what the sweep saw of the foreground, and the result's text too.
+    assert result.signals["lock_waiters_max"] >= 1 and result.signals["health_checks"] >= 2
+    assert result.signals["last"]["lock_waiters"] == 0
+    from runbook.notebook.render import sweep_result
+
+    assert "lock waiters max" in sweep_result(result).plain and "paused 1x" in sweep_result(result).plain
 
 
 def test_sessions_waiting_on_the_table_pause_an_undo(conn: psycopg.Connection, dsn: str) -> None:

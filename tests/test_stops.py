@@ -121,3 +121,18 @@ def test_interrupted_round_keeps_the_batch_that_committed_and_rolls_back_the_oth
     assert [(b.number, b.changed) for b in result.batches] == [(1, 2)] and result.changed == 2
     assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(ids[:2])
     assert conn.execute("SELECT rows_changed FROM litellm_runbook.runs WHERE run_id = 'half'").fetchone() == (2,)
+
+
+def test_a_rate_budget_holds_the_sweep_to_its_rows_per_second_and_the_record_says_how_long(conn: psycopg.Connection) -> None:
+    import time
+
+    from tests.rows import many
+
+    many(conn, 120)
+    started = time.monotonic()
+    result = sweep(conn, Target(), options(batch_size=20, workers=1, max_rows_per_second=200, dry_run=False))
+    elapsed = time.monotonic() - started
+    assert result.stop_reason == "done" and result.changed == 120
+    # 120 rows at 200 a second: the last round may only end after 0.6 s (a lower bound only).
+    assert elapsed >= 0.5 and result.signals["budget_waits_seconds"] > 0.2
+    assert options().max_rows_per_second == 0  # no budget unless asked

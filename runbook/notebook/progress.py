@@ -125,7 +125,7 @@ def progress_reporter(interactive: bool, *, every_s: float = 2.0) -> OnBatch:
             p = measure(result, batch, now - started)
             if now - logged[0] >= every_s or p.done >= p.total:
                 logged[0] = now
-                log.info(render.progress_line(p))
+                log.info(render.progress_line(p) + render.signals_text(result.signals, result.pauses))
 
         return line
 

@@ -28,7 +28,7 @@ __all__ = [
     "Shown", "display", "fmt", "table", "notice", "text_table", "preview_rows", "plural",
     "started", "index_result", "inspect_report", "preview_report", "sweep_result", "undo_result", "undo_summary",
     "recent_runs", "show_inspect", "show_preview", "show_sweep", "show_undo", "show_record",
-    "panel_preview", "panel_result", "ProgressFigures", "progress_line", "progress_label", "progress_final",
+    "panel_preview", "panel_result", "ProgressFigures", "progress_line", "signals_text", "progress_label", "progress_final",
     "BATCH_HEADERS",
 ]  # fmt: skip
 
@@ -244,6 +244,9 @@ def sweep_result(s: SweepResult) -> Shown:
         f"(batch p50 {p50 * 1000:.0f} ms). Stopped: {s.stop_reason}."
         + (f" Remaining candidates: {s.remaining:,}." if s.remaining is not None else "")
         + (f" ({s.stop_detail})" if s.stop_detail else "")
+        + f" Foreground: {s.signals.get('health_checks', 0)} health checks"
+        + (signals_text(s.signals, s.pauses) or "; no lock waiters, no lag, no pause")
+        + "."
         + f" First batch fingerprint {s.first_batch_fingerprint}."
         + _ledger_hint(s)
     )
@@ -396,6 +399,24 @@ def _duration(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def signals_text(signals: Mapping[str, Any], pauses: Sequence[Mapping[str, Any]]) -> str:
+    """What the run saw of the foreground, for the progress line and the result: ``; lock
+    waiters max 2, lag max 1.2 MB, 1 own lock timeout, paused 2x (4.0 s), budget waits 3.1 s``;
+    '' while there is nothing to say."""
+    parts = []
+    if signals.get("lock_waiters_max"):
+        parts.append(f"lock waiters max {signals['lock_waiters_max']}")
+    if signals.get("replication_lag_bytes_max"):
+        parts.append(f"lag max {signals['replication_lag_bytes_max'] / 1e6:.1f} MB")
+    if signals.get("own_lock_timeouts"):
+        parts.append(plural(int(signals["own_lock_timeouts"]), "own lock timeout"))
+    if pauses:
+        parts.append(f"paused {len(pauses)}x ({sum(float(x['seconds']) for x in pauses):.1f} s)")
+    if signals.get("budget_waits_seconds"):
+        parts.append(f"budget waits {signals['budget_waits_seconds']:.1f} s")
+    return ("; " + ", ".join(parts)) if parts else ""
 
 
 def progress_line(p: ProgressFigures) -> str:

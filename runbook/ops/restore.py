@@ -55,6 +55,7 @@ class Restoring(Protocol):
     retries: list[str]
     pauses: list[dict[str, Any]]
     warnings: list[str]
+    signals: dict[str, Any]
 
 
 def _sha256(path: Path) -> str:

@@ -27,13 +27,15 @@ from typing import Any, Protocol
 import psycopg
 
 from .. import logs
-from ..db.health import HealthLimits, check_health
+from ..db.health import Health, HealthLimits, check_health
 from ..db.transactions import Conn
 from ..rules.params import Options
 from ..rules.states import StopReason
 from ..rules.target import Target
 
-__all__ = ["Stop", "Stopper", "cancelled_by_request", "canceled_text", "interrupt_guard", "wait_until_healthy"]
+__all__ = [
+    "Stop", "Stopper", "cancelled_by_request", "canceled_text", "interrupt_guard", "note_signals", "wait_until_healthy",
+]  # fmt: skip
 
 log = logs.get(__name__)
 
@@ -140,6 +142,18 @@ class Paused(Protocol):
 
     pauses: list[dict[str, Any]]
     batches: list[Any]
+    signals: dict[str, Any]
+
+
+def note_signals(signals: dict[str, Any], health: Health) -> None:
+    """Keep, in a run's ``signals``, what the health checks saw of the foreground: how many
+    checks, the most sessions waiting on the table's locks, the worst replication lag, and
+    whether a VACUUM of the table ran. After an incident this tells whether the run slowed LiteLLM."""
+    signals["health_checks"] = signals.get("health_checks", 0) + 1
+    signals["lock_waiters_max"] = max(signals.get("lock_waiters_max", 0), health.lock_waiters)
+    signals["replication_lag_bytes_max"] = max(signals.get("replication_lag_bytes_max", 0), health.replication_lag_bytes)
+    signals["vacuum_seen"] = bool(signals.get("vacuum_seen")) or health.vacuum_running
+    signals["last"] = {"lock_waiters": health.lock_waiters, "replication_lag_bytes": health.replication_lag_bytes}
 
 
 def wait_until_healthy(
@@ -151,7 +165,12 @@ def wait_until_healthy(
     paused_at = time.monotonic()
     reasons: set[str] = set()
     stop: StopReason | None = None
-    while not stop and (problems := check_health(conn, target, since).problems(limits)):
+    while not stop:
+        health = check_health(conn, target, since)
+        note_signals(result.signals, health)
+        problems = health.problems(limits)
+        if not problems:
+            break
         if not reasons:
             log.info(f"pausing before batch {batch}: {'; '.join(problems)}")
         reasons.update(problems)

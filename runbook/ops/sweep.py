@@ -91,6 +91,9 @@ class SweepResult:
     metrics_file: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. a metrics file that could not be written
     health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
+    # What the run saw of the foreground between rounds (lock waiters, replication lag, its
+    # own lock timeouts) and how long the rate budget held it back (ops.stops.note_signals).
+    signals: dict[str, Any] = field(default_factory=dict)
     action: str = "mark"  # what the sweep does to a candidate: mark, delete or clear
     archive_dir: str | None = None  # delete and clear: the archive folder; None when archive=False or marking
     dead_tuples: int | None = None  # delete and clear: the table's dead tuples after the sweep (statistics)
@@ -247,6 +250,7 @@ class _Sweep:
         self.result, self.run_, self.metrics, self.on_batch = result, run, metrics, on_batch
         self.archiving = archiving
         self.next_batch = run.first_batch
+        self.first_round = time.monotonic()
         row = conn.execute(catalog.run_start()).fetchone()
         self.began: datetime = row[0] if row else datetime.min
         # Two writers fill the WAL buffers twice as fast: each round gets 1/workers of them
@@ -329,6 +333,7 @@ class _Sweep:
             self._publish()
             if self.opts.pause_s:
                 time.sleep(self.opts.pause_s)
+            self._keep_to_budget()
 
     def _next_chunks(self, after: tuple[Any, str], size: int) -> list[tuple[int, Keys]]:
         """The next round: up to ``workers`` consecutive slices of the snapshot after ``after``,
@@ -346,12 +351,28 @@ class _Sweep:
         """Add what a round committed to the result, then tell ``on_batch`` (not after an
         interrupt: the operator asked to stop)."""
         self.result.retries += done.notes
+        waits = sum("LockNotAvailable" in note for note in done.notes)  # its own batches' lock timeouts
+        self.result.signals["own_lock_timeouts"] = self.result.signals.get("own_lock_timeouts", 0) + waits
         for batch, _ in done.committed:
             self.result.batches.append(batch)
             self.result.changed += batch.changed
         if self.on_batch is not None and not (done.stop is not None and done.stop.reason is StopReason.INTERRUPTED):
             for batch, _ in done.committed:
                 self.on_batch(self.result, batch)
+
+    def _keep_to_budget(self) -> None:
+        """With ``max_rows_per_second``, wait until the rows changed so far fit the budget since
+        the first round began (its own batches' time counts towards it); the wait goes into
+        ``signals``. A stop asked meanwhile ends the wait at the next half second."""
+        rate = self.opts.max_rows_per_second
+        if not rate:
+            return
+        due = self.first_round + self.result.changed / rate
+        waited = 0.0
+        while (left := due - time.monotonic()) > 0 and not self.run_.stopper.interrupted():
+            time.sleep(min(left, 0.5))
+            waited += min(left, 0.5)
+        self.result.signals["budget_waits_seconds"] = round(self.result.signals.get("budget_waits_seconds", 0.0) + waited, 3)
 
     def _publish(self) -> None:
         remaining = max(self.result.candidates_at_start - self.result.changed, 0)

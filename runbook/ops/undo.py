@@ -64,6 +64,9 @@ class UndoResult:
     retries: list[str] = field(default_factory=list)  # batches retried after a lock or statement timeout
     pauses: list[dict[str, Any]] = field(default_factory=list)  # waits for the database to be healthy
     health_blind: list[str] = field(default_factory=list)  # health signals the role cannot see
+    # What the run saw of the foreground between rounds (lock waiters, replication lag, its
+    # own lock timeouts) and how long the rate budget held it back (ops.stops.note_signals).
+    signals: dict[str, Any] = field(default_factory=dict)
     action: str = "mark"  # the undone run's: mark (statuses from the ledger), delete or clear (rows from the archive)
 
     @property

@@ -177,6 +177,7 @@ class Options:
     health_pause_s: float = 2.0
     target_batch_ms: float = 0.0
     max_batch_wal_bytes: int = 0  # 0: the server's wal_buffers / workers
+    max_rows_per_second: float = 0.0  # 0: no rate budget
     workers: int = 2  # batches written at once, each on its own connection
     allow_blind_health: bool = False  # sweep although a health signal cannot be read
     archive: bool = True  # delete and clear: every row archived before its batch commits
@@ -329,6 +330,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("target_batch_ms", float, 0.0,
               "when above 0, a batch slower than 1.5x this halves the next one; 0 is off", _SWEEP,
               low=0, high=600_000, unit="milliseconds (0 keeps batch_size fixed)", cell="tuning"),
+    Parameter("max_rows_per_second", float, 0.0,
+              "when above 0, the sweep waits between rounds to change at most this many rows a second; 0 is off",
+              _SWEEP, low=0, high=10**7, unit="rows a second (0: no budget)", cell="tuning"),
     Parameter("max_batch_wal_bytes", int, 0,
               "WAL budget of a batch in bytes; 0 is the server's wal_buffers divided by workers", _SWEEP,
               low=0, high=2**50, cell="tuning"),
