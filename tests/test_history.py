@@ -43,6 +43,8 @@ def test_the_history_shows_a_sweep_and_its_undo_with_counts_links_seals_and_deta
     assert undo["files"] == {undone.path.name: "edited"}
     detail = h["detail"]
     assert [b["rows"] for b in detail["batches"]] == [10, 10, 5]
+    assert all(b["seconds"] > 0 and b["wal_bytes"] > 0 for b in detail["batches"])  # from the run's own account
+    assert detail["outcome"]["pauses"] == [] and detail["outcome"]["signals"]["health_checks"] >= 1
     assert detail["undo_now"]["restorable"] == 0 and detail["undo_now"]["already_undone"] == 25
     # The sweep's count at its start, then inspect's after the undo put them all back.
     assert [(p["candidates"], p["source"].split(" ")[0]) for p in h["backlog"]] == [

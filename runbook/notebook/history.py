@@ -41,9 +41,12 @@ def history_report(h: HistoryReport) -> Shown:
     plain = head + "\n" + text_table(RUN_HEADERS, rows) + "".join(f"\n{n}: {s}" for _, n, s in bad)
     if h.detail is not None:
         d = h.detail
-        batch_rows = [(b["batch"], b["rows"], b["committed_at"], b["seconds_since_previous"], b["archive_file"] or "")
-                      for b in d.batches]  # fmt: skip
-        headers = ("batch", "rows", "committed (UTC)", "s since previous", "archive file")
+        batch_rows = [
+            (b["batch"], b["rows"], b["committed_at"], None if b["seconds"] is None else round(b["seconds"] * 1000, 1),
+             None if b["wal_bytes"] is None else round(b["wal_bytes"] / 1e6, 2), b["archive_file"] or "")
+            for b in d.batches
+        ]  # fmt: skip
+        headers = ("batch", "rows", "committed (UTC)", "ms", "WAL MB", "archive file")
         if d.undo_now is not None:
             u = d.undo_now
             undo_text = f"undo now would restore {u['restorable']:,} of the {u['rows_in_ledger']:,} rows it changed"

@@ -47,6 +47,7 @@ class RunEntry:
     undoes_run_id: str | None
     undone_by: list[str]
     candidates: int | None  # a sweep's candidates when it started
+    outcome: dict[str, Any] | None = None  # the run's result as it recorded it when it ended (runs.outcome)
     files: dict[str, str] = field(default_factory=dict)  # file name -> match, edited, missing
 
 
@@ -72,7 +73,11 @@ class HistoryReport:
     detail: RunDetail | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The report for the record; each run's own full result (``outcome``) left out: the
+        ledger keeps it, and a history of long sweeps would carry every batch of every run."""
         out: dict[str, Any] = json_safe(asdict(self))
+        for run in out["runs"]:
+            run.pop("outcome", None)
         return out
 
 
@@ -131,6 +136,7 @@ def history(conn: Conn, run_dir: Path, *, target: str = "", days: float = 30.0, 
                     run_id=r[0], kind=r[1], table=r[2], target=r[3], who=dict(r[4] or {}), started_at=r[5], finished_at=r[6],
                     parameters=dict(r[7] or {}), rows_changed=r[8], stop_reason=r[9], undoes_run_id=r[10],
                     undone_by=list(r[11] or []), candidates=(r[12] or {}).get("candidates_at_start") if r[1] == Kind.SWEEP else None,
+                    outcome=dict(r[12]) if r[12] else None,
                 )  # fmt: skip
                 for r in rows
             ]
@@ -165,17 +171,24 @@ def _detail(conn: Conn, run_id: str, runs: list[RunEntry]) -> RunDetail:
             return RunDetail(run_id, [], None, None, f"run {run_id} is not in this database's ledger")
         batches = conn.execute(q.run_batches(), {"run_id": run_id}).fetchall()
     entry = next((r for r in runs if r.run_id == run_id), None)
+    # The run's own account (its result, kept in runs.outcome when it ended) has each batch's
+    # duration and WAL, and the pauses; the ledger's batches are what committed.
+    recorded = {int(b["number"]): b for b in (entry.outcome.get("batches") or [])} if entry and entry.outcome else {}
+    rows = [
+        {
+            "batch": b[0], "rows": b[1], "committed_at": b[2].astimezone(timezone.utc).replace(tzinfo=None),
+            "seconds": recorded.get(b[0], {}).get("seconds"), "wal_bytes": recorded.get(b[0], {}).get("wal_bytes"),
+            "archive_file": b[3],
+        }
+        for b in batches
+    ]  # fmt: skip
     outcome = None
-    rows = []
-    previous = None
-    for b in batches:
-        rows.append({
-            "batch": b[0], "rows": b[1], "committed_at": b[2].astimezone(timezone.utc).replace(tzinfo=None), "archive_file": b[3],
-            "seconds_since_previous": round((b[2] - previous).total_seconds(), 3) if previous else None,
-        })  # fmt: skip
-        previous = b[2]
     if entry is not None:
-        outcome = {"stop_reason": entry.stop_reason, "rows_changed": entry.rows_changed, "parameters": entry.parameters}
+        outcome = {
+            "stop_reason": entry.stop_reason, "stop_detail": (entry.outcome or {}).get("stop_detail"),
+            "rows_changed": entry.rows_changed, "parameters": entry.parameters, "pauses": (entry.outcome or {}).get("pauses"),
+            "signals": (entry.outcome or {}).get("signals"),
+        }  # fmt: skip
     if info["kind"] != Kind.SWEEP:
         return RunDetail(run_id, rows, outcome, None)
     rule = info["rule"] or DEFAULT_TARGET
