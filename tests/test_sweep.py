@@ -105,6 +105,16 @@ def test_batch_size_halves_after_a_slow_batch_and_grows_back() -> None:
     assert next_batch_size(options(batch_size=1000, target_batch_ms=0), 1000, 1000, 5.0) == 1000  # 0: fixed
 
 
+def test_a_delete_batch_fits_the_archive_budget() -> None:
+    from runbook.rules.pacing import ARCHIVE_BUDGET_BYTES as budget
+
+    opts = options(batch_size=1000)
+    assert next_batch_size(opts, 1000, 1000, 0.1, archive_bytes=budget // 2) == 1000  # within budget
+    assert next_batch_size(opts, 1000, 1000, 0.3, archive_bytes=budget * 2) == 500  # 2x the budget: half the rows
+    assert next_batch_size(opts, 500, 500, 0.1, archive_bytes=budget // 4) == 1000  # small rows again: back up
+    assert next_batch_size(opts, 100, 100, 0.1, archive_bytes=budget * 100) == 50  # never below 50 rows
+
+
 def test_batch_size_fits_the_wal_budget_and_grows_back_slowly() -> None:
     opts = options(batch_size=1000)
     mb = 1 << 20

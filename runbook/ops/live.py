@@ -56,6 +56,7 @@ class BatchResult:
     committed_at: str
     retries: int = 0
     wal_bytes: int = 0  # WAL the server wrote during the batch (all sessions), before its commit
+    archive_bytes: int = 0  # delete and clear: the archive lines this batch wrote, before compression
 
 
 def _needs(target: Target, restore: bool) -> list[tuple[str, str | None]]:

@@ -110,11 +110,11 @@ def with_retries(
 def write_batch(
     conn: Conn, target: Target, opts: Options, params: dict[str, Any], keys: Keys, batch: int, run_id: str,
     abort: threading.Event, archiving: Archiving | None = None,
-) -> tuple[int, int]:  # fmt: skip
+) -> tuple[int, int, int]:  # fmt: skip
     """One batch in its own transaction: the rows of ``keys`` still candidates changed
     (marked, deleted or cleared, as the target says) and ledgered. Returns (rows changed,
-    WAL bytes the server wrote meanwhile, every session's). Writes nothing when ``abort``
-    is set before its statement starts.
+    WAL bytes the server wrote meanwhile, every session's; archive bytes before compression).
+    Writes nothing when ``abort`` is set before its statement starts.
 
     A delete or clear batch first locks its rows and writes them to the archive (a file,
     fsynced) before the statement that removes them and records the file's sha256 runs:
@@ -130,7 +130,7 @@ def write_batch(
                 candidates.batch_update(target),
                 {**params, "ids": ids, "run_id": run_id, "batch": batch, "wal_start": wal_start},
             ).fetchone()
-            return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+            return (int(row[0]), int(row[1] or 0), 0) if row else (0, 0, 0)
         assert archiving is not None, "a delete or clear target needs its Archiving"
         statement = removal.archive_rows(target, archiving.json_columns, lines=archiving.root is not None)
         locked = conn.execute(statement, {**params, "ids": ids}).fetchone()
@@ -146,7 +146,7 @@ def write_batch(
         assert row is not None
         if int(row[0]) != count:
             raise RuntimeError(f"batch {batch}: {row[0]} rows {target.action}d but {count} locked and archived; rolled back")
-    return int(row[0]), int(row[1] or 0)
+    return int(row[0]), int(row[1] or 0), len(lines)
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def run_round(
         t0 = time.monotonic()
         tries: list[int] = []
 
-        def attempt(n: int) -> tuple[Keys, int, int]:
+        def attempt(n: int) -> tuple[Keys, int, int, int]:
             tries.append(n)  # a retry after a timeout takes half the rows each time
             used = keys[: max(1, len(keys) >> n)]
             return (used, *write_batch(c, target, opts, params, used, number, run_id, pool.abort, archiving))
@@ -187,8 +187,8 @@ def run_round(
             if tried.stop is not None and tried.stop.reason is StopReason.CANCELLED:
                 pool.cancel_all(but=c)  # the sweep stops at once: its round partners roll back too
             return Tried(None, tried.notes, tried.stop)
-        used, changed, wal = tried.value
-        batch = BatchResult(number, len(used), changed, round(time.monotonic() - t0, 4), utc_now(), tries[-1], wal)
+        used, changed, wal, archived = tried.value
+        batch = BatchResult(number, len(used), changed, round(time.monotonic() - t0, 4), utc_now(), tries[-1], wal, archived)
         return Tried((batch, used), tried.notes)
 
     interrupted: Stop | None = None

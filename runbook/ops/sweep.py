@@ -327,7 +327,7 @@ class _Sweep:
             last = done.committed[-1][1][-1]
             after = (last[0], str(last[1]))
             planned = min(
-                next_batch_size(self.opts, planned, b.selected, b.seconds, b.wal_bytes, self.wal_budget)
+                next_batch_size(self.opts, planned, b.selected, b.seconds, b.wal_bytes, self.wal_budget, b.archive_bytes)
                 for b, _ in done.committed
             )
             self._publish()

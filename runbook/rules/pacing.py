@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from .params import Options
 
-__all__ = ["next_batch_size"]
+__all__ = ["ARCHIVE_BUDGET_BYTES", "next_batch_size"]
 
 
-def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_bytes: int = 0, wal_budget: int = 0) -> int:
+# What one batch of a delete or clear may archive, before compression: its rows are locked
+# while the server writes them as JSON and the runbook compresses and fsyncs them. Measured
+# on SpendLogs rows of ~4 KB (bench/RESULTS.md): 1,000-row batches (4.3 MB) had a p99 of
+# 304 ms; ~500-row batches (about 2 MB), 125 ms.
+ARCHIVE_BUDGET_BYTES = 2 * 1024 * 1024
+
+
+def next_batch_size(
+    opts: Options, planned: int, used: int, seconds: float, wal_bytes: int = 0, wal_budget: int = 0,
+    archive_bytes: int = 0,
+) -> int:  # fmt: skip
     """The size of the next batch, given the last one's ``used`` rows, time and WAL.
 
     Never above ``batch_size``, never below 50 rows (or ``batch_size`` when smaller).
@@ -25,6 +35,9 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
 
     Time (opt-in, ``target_batch_ms``): a batch slower than 1.5x the target halves the
     next one; once rows get cheap again, batches grow back.
+
+    Archive (delete and clear): a batch whose archive lines passed ``ARCHIVE_BUDGET_BYTES``
+    makes the next one as many rows as fit it, at the last batch's bytes per row.
     """
     if used == 0:
         return planned
@@ -42,4 +55,9 @@ def next_batch_size(opts: Options, planned: int, used: int, seconds: float, wal_
             by_time = max(planned, min(opts.batch_size, int(opts.target_batch_ms / (ms / used)), planned * 2))
         else:
             by_time = planned
-    return min(by_wal, by_time)
+    by_archive = opts.batch_size
+    if archive_bytes > ARCHIVE_BUDGET_BYTES:
+        by_archive = max(floor, int(ARCHIVE_BUDGET_BYTES * used / archive_bytes))
+    elif archive_bytes:
+        by_archive = max(planned, min(opts.batch_size, int(ARCHIVE_BUDGET_BYTES * used / archive_bytes)))
+    return min(by_wal, by_time, by_archive)
