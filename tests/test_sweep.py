@@ -5,6 +5,7 @@ time and by the WAL budget."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from runbook import Target, options, sweep
 from runbook.rules.pacing import next_batch_size
@@ -126,3 +127,27 @@ def test_batch_size_fits_the_wal_budget_and_grows_back_slowly() -> None:
     assert next_batch_size(options(batch_size=20), 20, 20, 0.5, 100 * mb, 8 * mb) == 20  # nor below a smaller batch_size
     assert next_batch_size(opts, 1000, 1000, 0.2, 18 * mb, 0) == 1000  # no budget: fixed
     assert next_batch_size(options(batch_size=1000, target_batch_ms=100), 1000, 1000, 0.26, 4 * mb, 8 * mb) == 500  # slower limit wins
+
+
+def test_a_backlog_larger_than_the_snapshot_window_is_swept_window_by_window_oldest_first(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidate snapshot holds at most SNAPSHOT_WINDOW entries (bounded temp space and
+    sort memory whatever the backlog); the next window starts after the last one's end."""
+    import runbook.ops.sweep as sweep_module
+    from tests.rows import many
+
+    monkeypatch.setattr(sweep_module, "SNAPSHOT_WINDOW", 7)
+    ids = many(conn, 23)  # oldest first: each one a little older than the one before
+    ordered = list(reversed(ids))
+    result = sweep(conn, Target(), options(batch_size=3, workers=1, **LIVE), run_id="windows")
+    assert (result.stop_reason, result.changed, result.candidates_at_start) == ("done", 23, 23)
+    by_batch: dict[int, set[str]] = {}
+    for batch, object_id in conn.execute("SELECT batch, object_id FROM litellm_runbook.changes WHERE run_id = 'windows'"):
+        by_batch.setdefault(batch, set()).add(object_id)
+    sizes = [b.selected for b in result.batches]
+    assert sizes == [3, 3, 1] * 3 + [2]  # batches of 3 within each window of 7: 7 + 7 + 7 + 2
+    at = 0
+    for number, size in zip(sorted(by_batch), sizes):  # oldest first, across windows
+        assert by_batch[number] == set(ordered[at : at + size])
+        at += size

@@ -10,7 +10,8 @@ its sha256. With ``vacuum=True``, a delete or clear that changed rows ends with
 and reports what it would do.
 
 How, top-down (``_Sweep``): a run is up to five *passes*; a pass snapshots the candidates
-into a temp table (one scan, ``sql.candidates``) and drains it in *rounds*; a round writes
+into a temp table (one scan, ``sql.candidates``; a window of at most ``SNAPSHOT_WINDOW`` at a
+time, oldest first) and drains it in *rounds*; a round writes
 up to ``workers`` consecutive slices of the snapshot at once, one batch per connection
 (``runbook.ops.rounds``); a batch locks its rows by primary key with SKIP LOCKED and
 re-checks the whole predicate at update time, so a concurrent completion always wins.
@@ -63,6 +64,12 @@ __all__ = ["BatchResult", "SweepResult", "sweep"]
 log = logs.get(__name__)
 
 _MAX_PASSES = 5
+# A pass snapshots at most this many candidates at a time (a window, oldest first), so its
+# temp table and sort stay bounded however large the backlog: 500,000 (time, key) pairs take
+# ~40 MB of temp table and ~50 MB of sort memory. Each further window is one more scan of the
+# table (an index range scan with an index on the time column).
+SNAPSHOT_WINDOW = 500_000
+SNAPSHOT_WORK_MEM = "96MB"
 _START: tuple[Any, str] = (datetime.min, "")  # a keyset before every snapshot entry
 OnBatch = Callable[["SweepResult", BatchResult], None]
 
@@ -265,24 +272,34 @@ class _Sweep:
         return Stop(StopReason.REMAINING_LOCKED)
 
     def _pass(self, first: bool) -> Stop | None:
-        """Snapshot the candidates and write them all; None when another pass is worth it."""
-        # A snapshot is a full scan: after one statement timeout it is tried once more, no more.
-        snap = with_retries(lambda _: self._snapshot(), self.opts, "snapshot", max_timeouts=1)
-        self.result.retries += snap.notes
-        if snap.value is None:
-            assert snap.stop is not None
-            return snap.stop
-        in_snapshot = snap.value
-        if first:
-            self._check_first_pass(in_snapshot)
-        if in_snapshot == 0:
-            # Nothing to write: no reason to wait for the database to be healthy.
-            self.result.remaining = 0
-            return Stop(StopReason.DONE)
-        changed, stop = self._drain()
-        if stop is not None:
-            return stop
-        if changed == in_snapshot:
+        """Snapshot the candidates window by window (oldest first) and write them all; None
+        when another pass is worth it."""
+        after, changed, seen, window = _START, 0, 0, 0
+        last = None
+        while True:
+            # A snapshot is a full scan: after one statement timeout it is tried once more, no more.
+            snap = with_retries(lambda _: self._snapshot(after), self.opts, "snapshot", max_timeouts=1)
+            self.result.retries += snap.notes
+            if snap.value is None:
+                assert snap.stop is not None
+                return snap.stop
+            in_window = snap.value
+            if first and window == 0:
+                self._check_first_pass(in_window)
+            if in_window == 0 and seen == 0:
+                # Nothing to write: no reason to wait for the database to be healthy.
+                self.result.remaining = 0
+                return Stop(StopReason.DONE)
+            if in_window:
+                last = self.conn.execute(candidates.snapshot_last()).fetchone()
+                done, stop = self._drain()
+                changed, seen = changed + done, seen + in_window
+                if stop is not None:
+                    return stop
+            if in_window < SNAPSHOT_WINDOW or last is None:
+                break
+            after, window = (last[0], str(last[1])), window + 1
+        if changed == seen:
             # Every candidate of the snapshot was changed. A row can only become a
             # candidate later by getting an older created_at or leaving a terminal status,
             # which LiteLLM never does; so skip the second full scan of the table.
@@ -378,16 +395,19 @@ class _Sweep:
         remaining = max(self.result.candidates_at_start - self.result.changed, 0)
         self.metrics.publish(self.result, "running", remaining=remaining)
 
-    def _snapshot(self) -> int:
-        """Copy the candidates' keys into the session's temp table; return how many."""
+    def _snapshot(self, after: tuple[Any, str]) -> int:
+        """Copy the next window of candidates' keys (after ``after``) into the session's temp
+        table; return how many (at most ``SNAPSHOT_WINDOW``)."""
         with self.conn.transaction():
             # One full scan of the table: allow it ten batches' worth of statement time.
             set_batch_settings(self.conn, self.opts, factor=10)
             stmts = candidates.snapshot(self.target)
+            params = {**self.params, "after_t": after[0], "after_k": after[1], "window": SNAPSHOT_WINDOW,
+                      "work_mem": SNAPSHOT_WORK_MEM}  # fmt: skip
             count = 0
             for stmt in stmts:
-                cur = self.conn.execute(stmt, self.params)
-                if stmt is stmts[1]:
+                cur = self.conn.execute(stmt, params)
+                if stmt is stmts[2]:
                     count = cur.rowcount
         return count
 
@@ -401,6 +421,11 @@ class _Sweep:
     def _check_first_pass(self, in_snapshot: int) -> None:
         """Refuse, before any write, too many candidates or a first batch unlike the approved one."""
         opts, result = self.opts, self.result
+        if in_snapshot >= SNAPSHOT_WINDOW:
+            # A full window: the backlog may be larger, and max_rows and progress need all of it.
+            with read_only(self.conn):
+                row = self.conn.execute(candidates.candidate_count(self.target), self.params).fetchone()
+            in_snapshot = max(in_snapshot, int(row[0]) if row else 0)
         result.candidates_at_start = in_snapshot
         control.note_candidates(self.conn, str(result.run_id), in_snapshot)
         if in_snapshot > opts.max_rows:

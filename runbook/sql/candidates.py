@@ -23,7 +23,8 @@ from .ledger import LEDGER_SCHEMA
 
 __all__ = [
     "SNAPSHOT_TABLE", "EMPTY", "table", "names", "key_text", "key_match", "predicate", "next_batch", "next_batch_and_count", "next_batch_plan",
-    "candidate_count", "breakdown", "payload_size", "next_batch_archive_bytes", "snapshot", "snapshot_next", "batch_update",
+    "candidate_count", "breakdown", "payload_size", "next_batch_archive_bytes", "snapshot", "snapshot_last",
+    "snapshot_next", "batch_update",
 ]  # fmt: skip
 
 SNAPSHOT_TABLE = sql.Identifier("pg_temp", "runbook_candidates")
@@ -178,19 +179,28 @@ def breakdown(target: Target) -> sql.Composed:
 
 
 def snapshot(target: Target) -> list[sql.Composed]:
-    """Copy every candidate's (time, key) into a session temp table, and index it.
+    """Copy the next window of candidates' (time, key) into a session temp table, and index it.
 
-    Four statements, run in order in one transaction; the second's rowcount is the
-    number of candidates at the start of the pass.
+    Five statements, run in order in one transaction; the third's rowcount is the number of
+    candidates in the window: at most %(window)s, oldest first, after the keyset
+    (%(after_t)s, %(after_k)s). The sort keeps only the window (a bounded heap in
+    %(work_mem)s, this transaction's): neither memory nor temp space grows with the backlog.
     """
     return [
+        sql.SQL("SELECT set_config('work_mem', %(work_mem)s, true)").format(),
         sql.SQL("DROP TABLE IF EXISTS {snap}").format(snap=SNAPSHOT_TABLE),
-        sql.SQL("CREATE TEMP TABLE {name} AS SELECT {time} AS t, {keytext} AS k FROM {table} WHERE {pred}").format(
-            **names(target), name=sql.Identifier("runbook_candidates"), pred=predicate(target)
-        ),
+        sql.SQL(
+            "CREATE TEMP TABLE {name} AS SELECT {time} AS t, {keytext} AS k FROM {table} WHERE {pred} "
+            "AND ({time}, {keytext}) > (%(after_t)s, %(after_k)s) ORDER BY 1, 2 LIMIT %(window)s"
+        ).format(**names(target), name=sql.Identifier("runbook_candidates"), pred=predicate(target)),
         sql.SQL("CREATE INDEX ON {snap} (t, k)").format(snap=SNAPSHOT_TABLE),
         sql.SQL("ANALYZE {snap}").format(snap=SNAPSHOT_TABLE),
     ]
+
+
+def snapshot_last() -> sql.Composed:
+    """The last entry of the snapshot (t, k): where the next window starts."""
+    return sql.SQL("SELECT t, k FROM {} ORDER BY t DESC, k DESC LIMIT 1").format(SNAPSHOT_TABLE)
 
 
 def snapshot_next() -> sql.Composed:
