@@ -12,8 +12,8 @@ test: venv  ## type check, then every test (unit, PostgreSQL, papermill, nbval)
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-lab: venv  ## JupyterLab on the demo database
-	$(PY) -m runbook lab
+lab: venv  ## JupyterLab on the demo database, in a new session folder under runs/
+	$(PY) -m runbook lab --demo
 
 venv: $(VENV)/.installed
 

@@ -119,10 +119,13 @@ def _level(stop_reason: str) -> str:
 # -- the notebooks' reports -------------------------------------------------------------
 
 
-def started(lines: Sequence[str], live: bool) -> Shown:
-    """What ``start()`` shows: one line each for the run, the target and (sweep, undo,
-    index) whether it writes; a live run's lines are a warning."""
-    return Shown("".join(notice(line, "warning" if live else "info") for line in lines), "\n".join(lines))
+def started(lines: Sequence[str], live: bool, real_database: bool = False) -> Shown:
+    """What ``start()`` shows: one line each for the run, the target, (sweep, undo, index)
+    whether it writes, and which database; a live run's lines are a warning, and the
+    database line of anything but the demo stands out in red."""
+    body = "".join(notice(line, "warning" if live else "info") for line in lines[:-1])
+    body += notice(lines[-1], "error" if real_database else "ok") if lines else ""
+    return Shown(body, "\n".join(lines))
 
 
 def index_result(result: IndexResult) -> Shown:

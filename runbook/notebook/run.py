@@ -239,6 +239,15 @@ def _given(namespace: Mapping[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _is_demo(database: Database) -> bool:
+    """Whether the kernel works on the embedded demo database: ``python -m runbook lab`` says
+    so in the kernel's environment; otherwise, the database resolved to the embedded server."""
+    session = os.environ.get("RUNBOOK_SESSION")
+    if session in ("demo", "real"):
+        return session == "demo"
+    return database.source == "embedded"
+
+
 def _target(kind: Kind, conn: Conn, name: str, schema: str, of_run_id: str) -> Target:
     """The notebook's target: the ``target`` parameter; for an undo left at the default one,
     the target the undone run swept (the ledger's), so that undo needs only the run id."""
@@ -279,6 +288,7 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
     )
     run.identity = database_identity(conn)
     mode = f"fixed cutoff {opts.cutoff.isoformat()} UTC" if opts.cutoff else f"older than {opts.stale_after_days:g} days"
+    demo = _is_demo(database)
     lines = [
         f"run {rid} · {kind} · database {database.describe()} · PostgreSQL {run.identity['server_version']}",
         f"target {'' if run.target.name == DEFAULT_TARGET else run.target.name + ' on '}{run.target.schema}.{run.target.table}: "
@@ -299,7 +309,12 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
         if kind == Kind.SWEEP and not run.target.marks:
             live += f", each archived first under {opts.archive_dir or 'archive/'}" if opts.archive else ", WITHOUT an archive"
         lines.append("DRY RUN: nothing will be written" if opts.dry_run else live)
-    shown = render.started(lines, live=writes and not opts.dry_run)
+    lines.append(
+        f"connected to database {run.identity['database']} as role {run.identity['user']}, system identifier "
+        f"{run.identity['system_identifier'] or 'not visible to this role'}: "
+        + ("the embedded DEMO database" if demo else "NOT the demo database")
+    )
+    shown = render.started(lines, live=writes and not opts.dry_run, real_database=not demo)
     render.display(shown)
     log.info(shown.plain)
     return run

@@ -1,7 +1,9 @@
 """``python -m runbook``: the embedded database, the demo, JupyterLab, and headless runs.
 
     python -m runbook demo [--rows N]        embedded DB + demo data + the three notebooks
-    python -m runbook lab [--port N]         JupyterLab on the demo database
+    python -m runbook lab [--demo] [--label L]  JupyterLab in a new session folder, on DATABASE_URL or the demo
+    python -m runbook session new|seal       a session folder for an existing JupyterHub; seal one
+    python -m runbook kernel install [--user] the litellm-runbook kernel spec
     python -m runbook run NAME [-p KEY VALUE ...] [-r KEY VALUE ...]
                                              one notebook headless, into the run folder
     python -m runbook verify [PATH ...]      every sealed file of the run folder (or PATHs) against the
@@ -30,6 +32,8 @@ from ..db.embedded import EmbeddedServer, default_home
 from ..errors import RunbookError
 from ..notebook.cells import NOTEBOOK_DIR
 from ..rules.states import Kind
+from . import lab as lab_commands
+from .demo import load_demo
 from .control import add_commands
 
 # Variables that would point a child process at another database than the demo one.
@@ -40,24 +44,6 @@ def _demo_env(server: EmbeddedServer) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DB_ENV}
     env["DATABASE_URL"] = server.dsn(DEMO_DATABASE)
     return env
-
-
-def _demo_exists(server: EmbeddedServer) -> bool:
-    from ..db.connect import Database, connect
-    from ..sql.demo import database_exists
-
-    with connect(Database(server.dsn(), "embedded"), purpose="demo") as conn:
-        return conn.execute(database_exists(), {"name": DEMO_DATABASE}).fetchone() is not None
-
-
-def _load_demo(server: EmbeddedServer, rows: int) -> None:
-    from .demo import load_demo_rows, load_retention_rows, reset_database
-    from .migrations import migrations_version
-
-    dsn = reset_database(server.dsn(), DEMO_DATABASE)
-    loaded = load_demo_rows(dsn, rows)
-    more = "".join(f", {n:,} in {table}" for table, n in load_retention_rows(dsn, rows).items())
-    print(f"demo database '{DEMO_DATABASE}': LiteLLM schema from litellm-proxy-extras {migrations_version()}, {loaded:,} rows{more}")
 
 
 def _parse_value(raw: str) -> Any:
@@ -95,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     server = EmbeddedServer(default_home())
     server.start()
     print(f"embedded PostgreSQL running in {server.home}")
-    _load_demo(server, args.rows)
+    load_demo(server, args.rows)
     env = _demo_env(server)
     from ..db.connect import Database
     from .demo import what_targets_would_do
@@ -126,20 +112,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         failed = failed or not done.ok
     print(f"\nExecuted notebooks (read-only, with .sha256): {done.path.parent}\nOpen them interactively: make lab")
     return 1 if failed else 0
-
-
-def cmd_lab(args: argparse.Namespace) -> int:
-    server = EmbeddedServer(default_home())
-    server.start()
-    if not _demo_exists(server):
-        _load_demo(server, args.rows)
-    env = _demo_env(server)
-    notebooks = NOTEBOOK_DIR
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={args.port}", f"--notebook-dir={notebooks}"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-root")
-    print(f"JupyterLab on the demo database ({server.dsn(DEMO_DATABASE)}); Ctrl-C to stop")
-    os.execvpe(cmd[0], cmd, env)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -253,10 +225,26 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--batch-size", type=int, default=1000)
     demo.add_argument("--run-dir", default=None)
     demo.set_defaults(func=cmd_demo)
-    lab = sub.add_parser("lab", help="JupyterLab on the demo database")
+    lab = sub.add_parser("lab", help="JupyterLab in a new session folder, on DATABASE_URL / PG* if set, else the demo database")
     lab.add_argument("--port", type=int, default=8888)
     lab.add_argument("--rows", type=int, default=20_000)
-    lab.set_defaults(func=cmd_lab)
+    lab.add_argument("--demo", action="store_true", help="the embedded demo database even when DATABASE_URL or PG* is set")
+    lab.add_argument("--label", default="", help="added to the session folder's name, e.g. INC-1234")
+    lab.set_defaults(func=lab_commands.cmd_lab)
+    session = sub.add_parser("session", help="session folders for JupyterLab (a hub user's own)")
+    session_sub = session.add_subparsers(dest="action", required=True)
+    new = session_sub.add_parser("new", help="create a session folder with fresh copies of the notebooks; print its path")
+    new.add_argument("--label", default="")
+    new.set_defaults(func=lab_commands.cmd_session_new)
+    sealing = session_sub.add_parser("seal", help="seal a session folder's notebooks and write its SESSION.md")
+    sealing.add_argument("folder")
+    sealing.add_argument("--no-ledger", action="store_true", help="do not connect to the database")
+    sealing.set_defaults(func=lab_commands.cmd_session_seal)
+    kernel = sub.add_parser("kernel", help="the litellm-runbook kernel spec, for an existing JupyterHub")
+    kernel_sub = kernel.add_subparsers(dest="action", required=True)
+    install = kernel_sub.add_parser("install", help="install it (system-wide in this environment, or --user)")
+    install.add_argument("--user", action="store_true")
+    install.set_defaults(func=lab_commands.cmd_kernel_install)
     run = sub.add_parser("run", help="execute one notebook headless into the run folder")
     run.add_argument("name", choices=[str(kind) for kind in Kind])
     run.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="parameter (Python literal)")

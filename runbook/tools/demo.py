@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from psycopg import conninfo
 
-from ..db.connect import Database, connect
+from ..db.connect import DEMO_DATABASE, Database, connect
+from ..db.embedded import EmbeddedServer
 from ..ops.sweep import sweep
 from ..rules.params import Options, options
 from ..rules.targets import CATALOGUE, target_named
 from ..sql import demo as q
 from .migrations import apply_migrations
 
-__all__ = ["reset_database", "load_demo_rows", "load_retention_rows", "what_targets_would_do"]
+__all__ = ["demo_exists", "load_demo", "reset_database", "load_demo_rows", "load_retention_rows", "what_targets_would_do"]
 
 _STATUS_WEIGHTS = [
     # (status, cumulative upper bound of random())
@@ -96,3 +97,22 @@ def what_targets_would_do(database: Database, opts: Options | None = None) -> li
                 f"{opts.stale_after_days:g} days"
             )
     return lines
+
+
+def demo_exists(server: EmbeddedServer) -> bool:
+    """Whether the embedded server already holds the demo database. Reads only."""
+    from ..sql.demo import database_exists
+
+    with connect(Database(server.dsn(), "embedded"), purpose="demo") as conn:
+        return conn.execute(database_exists(), {"name": DEMO_DATABASE}).fetchone() is not None
+
+
+def load_demo(server: EmbeddedServer, rows: int) -> None:
+    """(Re)create the demo database on ``server`` with LiteLLM's schema and demo rows in every
+    table a target cleans, and say so on stdout. Destroys the previous demo database."""
+    from .migrations import migrations_version
+
+    dsn = reset_database(server.dsn(), DEMO_DATABASE)
+    loaded = load_demo_rows(dsn, rows)
+    more = "".join(f", {n:,} in {table}" for table, n in load_retention_rows(dsn, rows).items())
+    print(f"demo database '{DEMO_DATABASE}': LiteLLM schema from litellm-proxy-extras {migrations_version()}, {loaded:,} rows{more}")
