@@ -242,6 +242,9 @@ def test_sweep_notebook_in_jupyterlab_previews_confirms_and_executes(
             assert count == 5
             expect(execute).to_be_disabled()
             panel.locator(".runbook-confirm input").fill(str(count))
+            # Not the demo database: Execute also wants its name typed.
+            expect(execute).to_be_disabled()
+            panel.locator(".runbook-confirm-db input").fill(conn.info.dbname)
             expect(execute).to_be_enabled()
             execute.click()
             result = panel.locator(".runbook-result")
@@ -268,6 +271,7 @@ def test_sweep_notebook_in_jupyterlab_previews_confirms_and_executes(
             expect(panel.locator(".runbook-preview tbody tr td:first-child")).to_have_text([more[-1]])
             assert _candidates_shown(panel) == 30
             panel.locator(".runbook-confirm input").fill("30")
+            panel.locator(".runbook-confirm-db input").fill(conn.info.dbname)
             execute.click()
             expect(panel.locator(".runbook-progress")).to_contain_text(re.compile(r"(?<!\d)([4-9]|1\d) of 30 rows"))
             panel.locator("button.runbook-stop-button").click()

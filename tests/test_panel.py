@@ -30,6 +30,7 @@ def run(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[rb.Run]:
     """A sweep notebook's Run on the test database, as its start cell builds it (defaults, dry run)."""
     monkeypatch.setenv("DATABASE_URL", dsn)
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.setenv("RUNBOOK_SESSION", "demo")  # as `python -m runbook lab --demo` runs it; see the test of a real one
     started = rb.start("sweep", run_id="t-panel")
     yield started
     started.conn.close()
@@ -319,3 +320,34 @@ def test_every_panel_field_is_a_declared_sweep_parameter_with_its_default_and_bo
     # current_options() reads every field by its parameter name.
     panel.batch_size.value, panel.max_seconds.value = 7, 12.5
     assert (panel.current_options().batch_size, panel.current_options().max_seconds) == (7, 12.5)
+
+
+def test_on_a_real_database_execute_also_wants_the_database_name_typed(
+    dsn: str, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.setenv("RUNBOOK_SESSION", "real")
+    real = rb.start("sweep", run_id="t-panel-real")
+    try:
+        assert real.demo is False
+        stale, _ = five_stale_one_fresh(conn)
+        panel = SweepPanel(real)
+        assert "NOT the demo" in panel.widget.children[0].value
+        panel.preview_button.click()
+        panel.confirm.value = "5"
+        assert panel.execute_button.disabled  # the count alone is not enough
+        panel.confirm_db.value = "postgres"
+        assert panel.execute_button.disabled  # another database's name
+        before = statuses(conn)
+        panel.execute_button.click()  # a click on the disabled button changes nothing
+        assert statuses(conn) == before and "the database name" in panel.message.value
+        panel.preview_button.click()
+        panel.confirm.value = "5"
+        panel.confirm_db.value = conn.info.dbname
+        assert not panel.execute_button.disabled
+        panel.execute_button.click()
+        panel.wait(60)
+        assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(stale)
+    finally:
+        real.conn.close()

@@ -59,6 +59,8 @@ class PanelRun(Protocol):
     database: Database
     params: dict[str, Any]
     outcome: dict[str, Any]
+    identity: dict[str, Any]  # the database's, as start() read it
+    demo: bool  # the embedded demo database (no database name to type)
 
     def record(self) -> dict[str, Any]: ...
 
@@ -177,6 +179,16 @@ class SweepPanel:
             widgets.Text(value="", placeholder="type the candidate count", description="confirm count", disabled=True, style=_WIDE),
             "confirm",
         )
+        # On anything but the demo, Execute also wants the database's name typed: the count alone
+        # does not say which database a sweep is about to change.
+        self.database_name = "" if run.demo else str(run.identity.get("database") or "")
+        self.confirm_db = named(
+            widgets.Text(
+                value="", placeholder=f"type the database name: {self.database_name}", description="confirm database",
+                disabled=True, style=_WIDE, layout=widgets.Layout(display="none" if run.demo else "flex"),
+            ),
+            "confirm-db",
+        )
         self.execute_button = named(
             widgets.Button(
                 description="Execute", icon="play", button_style="danger", disabled=True,
@@ -196,13 +208,16 @@ class SweepPanel:
             setting.observe(self._on_settings_change, names="value")
         self.cutoff.observe(self._on_cutoff_change, names="value")
         self.confirm.observe(self._on_confirm_change, names="value")
+        self.confirm_db.observe(self._on_confirm_change, names="value")
         self.preview_button.on_click(self._on_preview)
         self.execute_button.on_click(self._on_execute)
         self.stop_button.on_click(self._on_stop)
         self._on_cutoff_change()
 
+        where = "the demo database" if run.demo else f"database {run.identity.get('database')} (NOT the demo)"
         title = widgets.HTML(
             value=f"<b>Sweep {html.escape(run.target.schema)}.{html.escape(run.target.table)}</b> · run {html.escape(run.run_id)}"
+            f" · <span style='background:{'#d1e7dd' if run.demo else '#f8d7da'};padding:2px 6px'>{html.escape(where)}</span>"
         )
         self.widget = named(
             widgets.VBox(
@@ -213,7 +228,7 @@ class SweepPanel:
                     self.preview_button,
                     self.message,
                     self.preview_html,
-                    widgets.HBox([self.confirm, self.execute_button, self.stop_button]),
+                    widgets.HBox([self.confirm, self.confirm_db, self.execute_button, self.stop_button]),
                     self.progress_box,
                     self.result_html,
                     self.chart,
@@ -227,6 +242,8 @@ class SweepPanel:
     def ready(self) -> bool:
         """True when Execute may run: a preview of the current settings is shown and confirmed."""
         if self.shown is None or self.running or self.shown.report.candidates == 0:
+            return False
+        if self.database_name and self.confirm_db.value.strip() != self.database_name:
             return False
         return _count_typed(self.confirm.value) == self.shown.report.candidates
 
@@ -259,6 +276,8 @@ class SweepPanel:
                 self.preview_html.value = render.notice(why, "warning")
             self.confirm.value = ""
             self.confirm.disabled = True
+            self.confirm_db.value = ""
+            self.confirm_db.disabled = True
         self._refresh()
 
     def current_options(self) -> Options:
@@ -308,6 +327,7 @@ class SweepPanel:
             self.shown = _Shown(opts, report)
             self.preview_html.value = render.panel_preview(report, opts)
             self.confirm.disabled = report.candidates == 0
+            self.confirm_db.disabled = report.candidates == 0
         self._refresh()
 
     def _on_execute(self, button: Any = None) -> None:
@@ -319,7 +339,10 @@ class SweepPanel:
         with self._lock:
             shown = self.shown
             if shown is None or not self.ready():
-                self._say("Execute refused: press Preview for the current settings and type the candidate count first.")
+                self._say(
+                    "Execute refused: press Preview for the current settings and type the candidate count first"
+                    + (f" and the database name ({self.database_name})." if self.database_name else ".")
+                )
                 self._refresh()
                 return
             try:
@@ -336,6 +359,8 @@ class SweepPanel:
             self.shown = None
             self.confirm.value = ""
             self.confirm.disabled = True
+            self.confirm_db.value = ""
+            self.confirm_db.disabled = True
             self.running = True
             self._stop.clear()
         self._refresh()

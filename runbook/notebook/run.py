@@ -75,6 +75,7 @@ class Run:
     outcome: dict[str, Any] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
     of_run_id: str = ""
+    demo: bool = True  # the embedded demo database; anything else asks for its name before a panel's Execute
 
     @contextmanager
     def _step(self, name: Kind) -> Iterator[None]:
@@ -288,7 +289,7 @@ def start(kind_name: str, namespace: Mapping[str, Any] | None = None, /, **param
     )
     run.identity = database_identity(conn)
     mode = f"fixed cutoff {opts.cutoff.isoformat()} UTC" if opts.cutoff else f"older than {opts.stale_after_days:g} days"
-    demo = _is_demo(database)
+    demo = run.demo = _is_demo(database)
     lines = [
         f"run {rid} · {kind} · database {database.describe()} · PostgreSQL {run.identity['server_version']}",
         f"target {'' if run.target.name == DEFAULT_TARGET else run.target.name + ' on '}{run.target.schema}.{run.target.table}: "
