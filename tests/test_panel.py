@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -351,3 +352,30 @@ def test_on_a_real_database_execute_also_wants_the_database_name_typed(
         assert {k for k, v in statuses(conn).items() if v == "stale_expired"} == set(stale)
     finally:
         real.conn.close()
+
+
+def test_each_execute_in_jupyterlab_seals_a_copy_of_the_notebook_as_saved_beside_its_record(
+    run: rb.Run, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import hashlib
+    import stat
+
+    notebook = tmp_path / "03_sweep.ipynb"
+    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JPY_SESSION_NAME", "session/03_sweep.ipynb")
+    monkeypatch.setenv("RUNBOOK_RUN_DIR", str(tmp_path / "runs"))
+    five_stale_one_fresh(conn)
+    panel = SweepPanel(run)
+    panel.preview_button.click()
+    panel.confirm.value = "5"
+    panel.execute_button.click()
+    panel.wait(60)
+    (copy,) = (tmp_path / "runs").glob("*_03_sweep_*.ipynb")
+    assert copy.read_bytes() == notebook.read_bytes() and stat.S_IMODE(copy.stat().st_mode) == 0o444
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert (copy.parent / (copy.name + ".sha256")).read_text().split()[0] == digest
+    run_id = copy.stem.split("_03_sweep_")[1]
+    assert conn.execute(
+        "SELECT sha256 FROM litellm_runbook.records WHERE run_id = %s AND record_file = %s", [run_id, copy.name]
+    ).fetchone() == (digest,)

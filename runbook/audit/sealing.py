@@ -41,7 +41,7 @@ from ..sql import ledger as q
 from ..version import PROJECT_DIR
 from .record import RECORD_KEY, read_record
 
-__all__ = ["run_dir", "seal", "seal_record_file", "verify", "Verified"]
+__all__ = ["run_dir", "seal", "seal_record_file", "open_notebook", "seal_notebook_copy", "verify", "Verified"]
 
 
 def run_dir() -> Path:
@@ -190,6 +190,43 @@ def seal_record_file(run_dir: Path, *, kind: str, run_id: str, record: dict[str,
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = run_dir / f"{stamp}_panel_{kind}_{run_id}.json"
     path.write_text(json.dumps({RECORD_KEY: record}, indent=1, default=str) + "\n")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (run_dir / (path.name + ".sha256")).write_text(f"{digest}  {path.name}\n")
+    path.chmod(0o444)
+    if conn is not None:
+        try:
+            _store_checksum(conn, run_id, digest, path.name)
+        except psycopg.Error:
+            pass  # the .sha256 file stands
+    return path
+
+
+def open_notebook() -> Path | None:
+    """The notebook file a JupyterLab kernel runs (``JPY_SESSION_NAME``, the notebook's path
+    from JupyterLab's root; the kernel's folder is the notebook's), or None headless."""
+    import os
+
+    name = os.environ.get("JPY_SESSION_NAME")
+    if not name:
+        return None
+    path = Path.cwd() / Path(name).name
+    return path if path.is_file() and path.suffix == ".ipynb" else None
+
+
+def seal_notebook_copy(run_dir: Path, *, run_id: str, conn: Conn | None) -> Path | None:
+    """A sealed copy of the notebook open in JupyterLab as it stands on disk (its last save)
+    beside a live action's record: ``<UTC time>_<notebook>_<run_id>.ipynb`` in ``run_dir``,
+    read-only, its ``.sha256``, and the checksum in the run's ledger row when ``conn`` is
+    given. None (nothing written) outside JupyterLab. A closed tab or a dead kernel later
+    loses nothing of what was on disk then."""
+    from datetime import datetime, timezone
+
+    source = open_notebook()
+    if source is None:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = run_dir / f"{stamp}_{source.stem}_{run_id}.ipynb"
+    path.write_bytes(source.read_bytes())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     (run_dir / (path.name + ".sha256")).write_text(f"{digest}  {path.name}\n")
     path.chmod(0o444)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..audit.record import new_run_id
-from ..audit.sealing import run_dir, seal_record_file
+from ..audit.sealing import run_dir, seal_notebook_copy, seal_record_file
 from ..db.connect import Database, connect
 from ..db.transactions import Conn
 from ..errors import ParameterError
@@ -436,7 +436,9 @@ class SweepPanel:
         except Exception:  # noqa: BLE001 - the file is sealed even when the database is gone
             conn = None
         try:
-            return str(seal_record_file(run_dir(), kind=Kind.SWEEP, run_id=rid, record=record, conn=conn))
+            sealed = seal_record_file(run_dir(), kind=Kind.SWEEP, run_id=rid, record=record, conn=conn)
+            seal_notebook_copy(run_dir(), run_id=rid, conn=conn)  # the notebook as saved now, beside it
+            return str(sealed)
         finally:
             if conn is not None:
                 conn.close()
