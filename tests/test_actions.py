@@ -405,3 +405,15 @@ def test_one_sweep_of_spend_logs_at_a_time_whether_it_deletes_or_clears(conn: ps
         with pytest.raises(SweepInProgressError, match="another sweep or undo of public.LiteLLM_SpendLogs"):
             sweep(conn, target_named("spend_log_payloads"), options(cutoff=cutoff.isoformat() + "Z", **LIVE))
     assert snapshot(conn) == before
+
+
+def test_a_table_with_child_tables_is_refused_before_anything_is_read_or_written(conn: psycopg.Connection, dsn: str) -> None:
+    from runbook import TargetNotFoundError
+
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_AuditLog", cutoff)
+    conn.execute('CREATE TABLE audit_child (extra text) INHERITS ("LiteLLM_AuditLog")')
+    before = snapshot(conn)
+    with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(TargetNotFoundError, match="child tables or partitions"):
+        sweep(c, target_named("audit_log"), options(cutoff=cutoff.isoformat() + "Z", **LIVE))
+    assert snapshot(conn) == before

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from runbook.audit.record import read_record
 from tests.roles import create_roles, drop_roles
@@ -87,7 +88,7 @@ def test_a_role_without_rights_on_the_ledger_is_told_what_to_grant(conn: psycopg
         refused = _cli("stop", "any-run", dsn=nobody, run_dir=tmp_path)
         assert refused.returncode == 2
         assert "role rb_nobody may not ask a run to stop" in refused.stderr
-        assert 'GRANT INSERT ON "litellm_runbook"."stop_requests" TO "rb_nobody"' in refused.stderr
+        assert 'GRANT INSERT (run_id, requested_by) ON "litellm_runbook"."stop_requests" TO "rb_nobody"' in refused.stderr
         unknown = _cli("stop", "no-such-run", dsn=roles["rb_reader"], run_dir=tmp_path)
         assert unknown.returncode == 2 and "not in the ledger of this database" in unknown.stdout
     finally:
@@ -109,3 +110,14 @@ def test_an_old_stop_request_does_not_stop_the_run_when_it_is_resumed(conn: psyc
     conn.execute("UPDATE litellm_runbook.runs SET finished_at = now() WHERE run_id = 'resume-1'")
     again = sweep(conn, Target(), options(batch_size=5, workers=1, dry_run=False), run_id="resume-1")
     assert again.stop_reason == "done" and again.changed == 15
+
+
+def test_a_stop_request_cannot_be_dated_or_signed_by_the_requester(conn: psycopg.Connection, dsn: str) -> None:
+    roles = create_roles(conn, dsn)
+    try:
+        with psycopg.connect(roles["rb_reader"], autocommit=True) as reader:
+            for column, value in (("requested_at", "2100-01-01"), ("requested_role", "alice")):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    reader.execute(f"INSERT INTO litellm_runbook.stop_requests (run_id, {column}) VALUES ('x', %s)", [value])
+    finally:
+        drop_roles(conn)

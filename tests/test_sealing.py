@@ -215,6 +215,7 @@ def test_each_execute_of_the_panel_leaves_its_own_sealed_record_in_the_run_folde
         panel.batch_size.value = 2
         panel.preview_button.click()
         panel.confirm.value = "4"
+        panel.confirm_db.value = conn.info.dbname  # not the demo: the database's name too
         panel.execute_button.click()
         result = panel.wait(30)
     finally:

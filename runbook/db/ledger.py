@@ -38,12 +38,13 @@ from .transactions import Conn
 
 __all__ = [
     "SCHEMA", "ensure", "ddl", "upgrade_ddl", "start_run", "finish_run", "run_info", "recent_runs", "grants_for",
-    "IDENTITY_KEYS", "missing_columns", "archived_batches", "run_ended",
+    "IDENTITY_KEYS", "missing_columns", "archived_batches", "run_ended", "undos_of",
 ]  # fmt: skip
 
 # What a resumed run id must match (start_run): a run is one kind of work on one target.
 IDENTITY_KEYS = (
-    "kind", "target", "rule", "cutoff", "stale_after_days", "undoes_run_id", "session_user", "current_user", "os_user",
+    "kind", "target", "rule", "cutoff", "stale_after_days", "undoes_run_id", "archive", "session_user", "current_user",
+    "os_user",
 )  # fmt: skip
 
 # The statements that create the ledger (idempotent), and that upgrade an older one (by missing column).
@@ -180,6 +181,12 @@ def run_info(conn: Conn, run_id: str) -> dict[str, Any] | None:
         return None
     keys = ("run_id", "kind", "target", "undoes_run_id", "stop_reason", "rows_changed", "rule")
     return dict(zip(keys, row, strict=True))
+
+
+def undos_of(conn: Conn, run_id: str) -> list[dict[str, Any]]:
+    """The undo runs of run ``run_id``: run_id, stop_reason (None while one runs). Reads only."""
+    rows = conn.execute(q.undos_of(), {"run_id": run_id}).fetchall()
+    return [{"run_id": r[0], "stop_reason": r[1]} for r in rows]
 
 
 def run_ended(conn: Conn, run_id: str) -> bool:

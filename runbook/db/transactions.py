@@ -44,6 +44,12 @@ def check_target(conn: Conn, target: Target) -> None:
         missing = [c for c in wanted if c not in present]
         if missing:
             raise TargetNotFoundError(f"table {target.schema}.{target.table} has no column(s) {missing}")
+        children = conn.execute(catalog.has_children(), {"oid": row[0]}).fetchone()
+        if not target.marks and children and children[0]:
+            raise TargetNotFoundError(
+                f"table {target.schema}.{target.table} has child tables or partitions: a {target.action} target works on "
+                "a plain table only (a child's rows would be archived without their own columns); nothing read or written"
+            )
 
 
 def table_columns(conn: Conn, target: Target) -> list[tuple[str, str, bool]]:

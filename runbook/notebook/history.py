@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from ..ops.history import HistoryReport, RunEntry
@@ -53,6 +54,6 @@ def history_report(h: HistoryReport) -> Shown:
         else:
             undo_text = d.undo_error or "an undo run: nothing to undo"
         title = f"Run {d.run_id}: {len(d.batches):,} batch(es); {undo_text}."
-        parts += [notice(title, "info"), table(headers, batch_rows), f"<pre>{fmt(d.outcome)}</pre>"]
+        parts += [notice(title, "info"), table(headers, batch_rows), f"<pre>{html.escape(fmt(d.outcome))}</pre>"]
         plain += f"\n{title}\n" + text_table(headers, batch_rows[-20:])
     return Shown("".join(parts), plain)

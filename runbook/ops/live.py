@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import psycopg
 
 from .. import logs
+from ..audit.archive import archive_root
 from ..audit.metrics import write_metrics
 from ..audit.record import operator
 from ..db import control, ledger
@@ -141,6 +142,9 @@ def run_identity(conn: Conn, target: Target, opts: Options, kind: Kind, undoes_r
         "cutoff": opts.cutoff.isoformat() + "Z" if sweep_rule and opts.cutoff else None,
         "stale_after_days": opts.stale_after_days if sweep_rule and not opts.cutoff else None,
         "undoes_run_id": undoes_run_id,
+        # Where a delete or clear archives (None: archive=False): one run keeps one archive,
+        # or its undo would find half of it. None for a mark target, as older runs hold it.
+        "archive": (str(archive_root(opts.archive_dir)) if opts.archive else None) if sweep_rule and not target.marks else None,
         "session_user": who.get("session_user"),
         "current_user": who.get("current_user"),
         "os_user": who.get("os_user"),

@@ -14,6 +14,7 @@ still hold ``'{}'`` (clear), with the undo run's ledger row in the same statemen
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,9 @@ def verify_archive(conn: Conn, of_run_id: str, opts: Options) -> list[ArchivedBa
             unarchived += int(b["rows_changed"])
             continue
         item = ArchivedBatch(int(b["batch"]), root, str(b["archive_file"]), str(b["archive_sha256"]), int(b["archive_rows"]))
+        if Path(item.name).is_absolute() or ".." in Path(item.name).parts:
+            raise ArchiveError(f"run {of_run_id} batch {item.batch} names archive file {item.name!r}, not a name under the "
+                               "archive folder: undo refused, nothing written")  # fmt: skip
         path = root / item.name
         try:
             digest = _sha256(path)
@@ -122,12 +126,18 @@ def restore_from_archive(
     transaction with its ledger row; return the stop it ended with (``done`` when all
     were put back). Stops and health pauses between batches, as the sweep's."""
     columns = [(name, type_) for name, type_, generated in table_columns(conn, target) if not generated]
-    statement = removal.reinsert(target, columns) if target.action == "delete" else removal.restore_payloads(target)
     row = conn.execute(catalog.run_start()).fetchone()
     began = row[0] if row else None
     batch = run.first_batch
     for item in files:
         lines = read_batch(item.root, item.name, item.sha256)
+        # Only the columns the archive has: a column a later LiteLLM migration added gets its
+        # default, as it would for a row inserted now (one file's lines share their columns).
+        archived = set(json.loads(lines[0])) if lines else set()
+        statement = (
+            removal.reinsert(target, [c for c in columns if c[0] in archived]) if target.action == "delete"
+            else removal.restore_payloads(target)
+        )  # fmt: skip
         at = 0
         while at < len(lines):
             reason = run.stopper.reason(len(result.batches)) or wait_until_healthy(

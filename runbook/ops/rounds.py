@@ -42,7 +42,12 @@ __all__ = ["Keys", "Archiving", "Tried", "Round", "with_retries", "run_round"]
 
 log = logs.get(__name__)
 
-RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected)
+# ProgramLimitExceeded: a delete or clear batch whose archive lines pass PostgreSQL's 1 GB
+# value limit (rows of huge payloads); half the rows fit.
+RETRYABLE = (
+    psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected,
+    psycopg.errors.ProgramLimitExceeded,
+)  # fmt: skip
 T = TypeVar("T")
 Keys = list[tuple[Any, Any]]  # snapshot entries: (created_at, id)
 

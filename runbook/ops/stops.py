@@ -34,7 +34,7 @@ from ..rules.states import StopReason
 from ..rules.target import Target
 
 __all__ = [
-    "Stop", "Stopper", "cancelled_by_request", "canceled_text", "interrupt_guard", "note_signals", "wait_until_healthy",
+    "Stop", "Stopper", "error_text", "cancelled_by_request", "canceled_text", "interrupt_guard", "note_signals", "wait_until_healthy",
 ]  # fmt: skip
 
 log = logs.get(__name__)
@@ -60,7 +60,17 @@ class Stop:
             return cls(StopReason.INTERRUPTED, f"{type(exc).__name__}: {exc}")
         if cancelled_by_request(exc):
             return cls(StopReason.CANCELLED, canceled_text(what, exc))  # type: ignore[arg-type]
-        return cls(StopReason.FAILED, f"{type(exc).__name__}: {exc}", exc, lost_batch)
+        return cls(StopReason.FAILED, error_text(exc), exc, lost_batch)
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` for records and the ledger. A database error gives its SQLSTATE and
+    primary message only: its DETAIL can quote a row ("Failing row contains (...)"), and the
+    row may hold a prompt."""
+    diag = getattr(exc, "diag", None)
+    if isinstance(exc, psycopg.Error) and diag is not None and diag.message_primary:
+        return f"{type(exc).__name__} ({diag.sqlstate}): {diag.message_primary}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def cancelled_by_request(exc: BaseException) -> bool:

@@ -380,13 +380,14 @@ class _Sweep:
     def _keep_to_budget(self) -> None:
         """With ``max_rows_per_second``, wait until the rows changed so far fit the budget since
         the first round began (its own batches' time counts towards it); the wait goes into
-        ``signals``. A stop asked meanwhile ends the wait at the next half second."""
+        ``signals``. Any stop (stop file, a request, max_seconds, an interrupt) ends the wait
+        within half a second; the next round's check then stops the run."""
         rate = self.opts.max_rows_per_second
         if not rate:
             return
         due = self.first_round + self.result.changed / rate
         waited = 0.0
-        while (left := due - time.monotonic()) > 0 and not self.run_.stopper.interrupted():
+        while (left := due - time.monotonic()) > 0 and not self.run_.stopper.reason(len(self.result.batches)):
             time.sleep(min(left, 0.5))
             waited += min(left, 0.5)
         self.result.signals["budget_waits_seconds"] = round(self.result.signals.get("budget_waits_seconds", 0.0) + waited, 3)

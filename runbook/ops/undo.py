@@ -143,6 +143,14 @@ def undo(
                 f"undo it with -p target {info['rule'] or DEFAULT_TARGET}"
             )
         if not target.marks:
+            done = [u for u in ledger.undos_of(conn, of_run_id) if u["stop_reason"] == StopReason.DONE and u["run_id"] != run_id]
+            if done:
+                # Re-inserting again would bring back rows a later run deleted since: a delete
+                # run's undo is done once (a stopped one is resumed with its own undo_run_id).
+                raise UnknownRunError(
+                    f"run_id={of_run_id!r} was already undone by run {done[0]['run_id']}: undoing it again could bring "
+                    "back rows a later run deleted; nothing written"
+                )
             files = verify_archive(conn, of_run_id, opts)
         if opts.dry_run and target.marks:
             total, restorable, since, undone, later = _counts(conn, target, False, params)
@@ -163,7 +171,7 @@ def undo(
     rid = run_id or new_run_id()
     result = UndoResult(of_run_id, rid, False, 0, 0, action=target.action)
     parameters = parameters or {"of_run_id": of_run_id, **opts.to_dict()}
-    check_writable(conn, target)  # as the sweep: may it write at all, then what it cannot see
+    check_writable(conn, target, restore=True)  # as the sweep: may it write at all, then what it cannot see
     role, blind = blind_signals(conn, HealthLimits(pause_during_vacuum=opts.pause_during_vacuum))
     if blind:
         result.health_blind = [refuse_blind(role, blind, live=True, allow=opts.allow_blind_health)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from psycopg import sql
 
 __all__ = [
-    "read_only_pinned", "run_start", "clock", "now_utc", "table_oid", "table_columns", "column_types", "time_index", "owns_table", "privilege", "write_privileges", "batch_settings",
+    "read_only_pinned", "run_start", "clock", "now_utc", "table_oid", "table_columns", "column_types", "time_index", "owns_table", "has_children", "privilege", "write_privileges", "batch_settings",
     "current_user", "roles", "server_identity", "system_identifier", "max_wal_size", "relation_exists",
     "try_advisory_lock", "advisory_unlock", "lock_holder", "sessions_of_run", "terminate_backend",
     "health_visibility", "health_signals",
@@ -91,6 +91,12 @@ def time_index() -> sql.SQL:
         " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
         " WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND a.attname = %(column)s AND i.indisvalid"
     )
+
+
+def has_children() -> sql.SQL:
+    """One row, one boolean: the relation with oid %(oid)s has inheritance children or
+    partitions (a row of a child is not a row of the parent's type: its archive would lack columns)."""
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = %(oid)s)")
 
 
 def owns_table() -> sql.SQL:

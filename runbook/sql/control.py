@@ -30,9 +30,9 @@ def request_stop() -> sql.Composed:
 def stop_request() -> sql.Composed:
     """The first request that run %(run_id)s stop made at or after %(since)s (a timestamptz:
     when this invocation of the run started, so a resumed run is not stopped by an old one):
-    requested_at, requested_by; no row when there is none."""
+    requested_at, requested_by (what the requester says), requested_role (the server's); no row when there is none."""
     return sql.SQL(
-        "SELECT requested_at, requested_by FROM {} WHERE run_id = %(run_id)s AND requested_at >= %(since)s"
+        "SELECT requested_at, requested_by, requested_role FROM {} WHERE run_id = %(run_id)s AND requested_at >= %(since)s"
         " ORDER BY requested_at LIMIT 1"
     ).format(_t("stop_requests"))
 
@@ -73,5 +73,5 @@ def control_grants(role: str) -> sql.Composed:
     schema, who = sql.Identifier(LEDGER_SCHEMA), sql.Identifier(role)
     return sql.SQL(
         "GRANT USAGE ON SCHEMA {schema} TO {who}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {who}; "
-        "GRANT INSERT ON {stops} TO {who}"
+        "GRANT INSERT (run_id, requested_by) ON {stops} TO {who}"
     ).format(schema=schema, who=who, stops=_t("stop_requests"))

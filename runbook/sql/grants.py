@@ -100,7 +100,8 @@ def grants_sql(target: Target, database: str, reader: str, sweeper: str) -> list
     ledger_schema = sql.Identifier(SCHEMA)
     r, s = sql.Identifier(reader), sql.Identifier(sweeper)
     db = sql.Identifier(database)
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in target.columns)
+    # Never the payloads (prompts, responses) to the reader: the rule's other columns only.
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in target.columns if c not in target.payload_columns)
     out: list[sql.Composed] = []
     for role in (r, s):
         out += [
@@ -110,7 +111,7 @@ def grants_sql(target: Target, database: str, reader: str, sweeper: str) -> list
             sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ledger_schema, role),
             sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(ledger_schema, role),
             # Either role may ask a running sweep to stop (python -m runbook stop), from anywhere.
-            sql.SQL("GRANT INSERT ON {} TO {}").format(sql.Identifier(SCHEMA, "stop_requests"), role),
+            sql.SQL("GRANT INSERT (run_id, requested_by) ON {} TO {}").format(sql.Identifier(SCHEMA, "stop_requests"), role),
         ]
     out += [
         # ctid: a batch's UPDATE finds each row it locked by its ctid (candidates.batch_update).

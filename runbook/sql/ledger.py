@@ -16,7 +16,7 @@ __all__ = [
     "LEDGER_SCHEMA", "ddl", "records_ddl", "upgrade_ddl", "missing_columns", "tables_present", "schema_exists",
     "ddl_lock", "may_write", "grants_for", "run_for_update", "insert_run", "reopen_run", "last_batch",
     "synchronous_commit_on", "finish_run", "run_info", "recent_runs", "ledger_batches", "run_summary",
-    "run_target", "insert_record", "first_seal", "ledger_present", "sweep_rate", "archived_batches", "stop_requests_ddl",
+    "run_target", "insert_record", "first_seal", "ledger_present", "sweep_rate", "archived_batches", "stop_requests_ddl", "undos_of",
     "ledger_seals",
 ]  # fmt: skip
 
@@ -64,8 +64,10 @@ def stop_requests_ddl() -> list[sql.Composed]:
     between batches. Idempotent; no placeholders."""
     return [
         sql.SQL(
+            # requested_at and requested_role are the server's: the roles may insert run_id and
+            # requested_by only, so a request cannot be dated ahead or signed with another role.
             "CREATE TABLE IF NOT EXISTS {} (run_id text NOT NULL, requested_at timestamptz NOT NULL DEFAULT"
-            " clock_timestamp(), requested_by jsonb)"
+            " clock_timestamp(), requested_by jsonb, requested_role text NOT NULL DEFAULT session_user)"
         ).format(_t("stop_requests")),
         sql.SQL("CREATE INDEX IF NOT EXISTS stop_requests_run_id ON {} (run_id)").format(_t("stop_requests")),
     ]
@@ -262,6 +264,11 @@ def sweep_rate() -> sql.Composed:
         "SELECT sum(rows_changed), sum(extract(epoch FROM finished_at - started_at)) FROM {}"
         " WHERE kind = 'sweep' AND target = %(target)s AND finished_at IS NOT NULL AND rows_changed > 0"
     ).format(_t("runs"))
+
+
+def undos_of() -> sql.Composed:
+    """The undo runs of run %(run_id)s, oldest first: run_id, stop_reason."""
+    return sql.SQL("SELECT run_id, stop_reason FROM {} WHERE undoes_run_id = %(run_id)s ORDER BY started_at").format(_t("runs"))
 
 
 def archived_batches() -> sql.Composed:
