@@ -417,3 +417,28 @@ def test_a_table_with_child_tables_is_refused_before_anything_is_read_or_written
     with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(TargetNotFoundError, match="child tables or partitions"):
         sweep(c, target_named("audit_log"), options(cutoff=cutoff.isoformat() + "Z", **LIVE))
     assert snapshot(conn) == before
+
+
+def test_a_delete_run_is_undone_once_and_a_column_added_since_gets_its_default(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    from runbook import ParameterError, UnknownRunError
+
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_ErrorLogs", cutoff)
+    archive = str(tmp_path / "archive")
+    opts = {"cutoff": cutoff.isoformat() + "Z", "archive_dir": archive, **LIVE}
+    with psycopg.connect(dsn, autocommit=True) as c:
+        first = sweep(c, target_named("error_logs"), options(max_batches=1, batch_size=5, **opts), run_id="once")
+        with pytest.raises(ParameterError, match="archive"):  # resumed with another archive: refused
+            sweep(c, target_named("error_logs"), options(**{**opts, "archive_dir": archive + "-2"}), run_id="once")
+        assert first.changed == 5
+        # A LiteLLM migration adds a column with a default between the delete and its undo.
+        conn.execute('ALTER TABLE "LiteLLM_ErrorLogs" ADD COLUMN note text NOT NULL DEFAULT \'n/a\'')
+        back = undo(c, target_named("error_logs"), options(archive_dir=archive, **LIVE), of_run_id="once")
+        assert back.restored == 5
+        assert conn.execute('SELECT count(*) FROM "LiteLLM_ErrorLogs" WHERE note <> \'n/a\'').fetchone() == (0,)
+        again = sweep(c, target_named("error_logs"), options(**opts), run_id="later")
+        assert again.changed > 5
+        with pytest.raises(UnknownRunError, match="already undone by run"):
+            undo(c, target_named("error_logs"), options(archive_dir=archive, **LIVE), of_run_id="once")
