@@ -442,3 +442,22 @@ def test_a_delete_run_is_undone_once_and_a_column_added_since_gets_its_default(
         assert again.changed > 5
         with pytest.raises(UnknownRunError, match="already undone by run"):
             undo(c, target_named("error_logs"), options(archive_dir=archive, **LIVE), of_run_id="once")
+
+
+def test_an_archive_folder_others_may_write_into_is_refused_before_anything_is_deleted(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    cutoff = _cutoff(conn)
+    fill(conn, "LiteLLM_AuditLog", cutoff)
+    before = snapshot(conn)
+    shared = tmp_path / "shared"
+    (shared / "planted").mkdir(parents=True)
+    (shared / "planted").chmod(0o777)  # a run folder another local user made ahead
+    with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(ArchiveError, match="others may write into it"):
+        sweep(c, target_named("audit_log"), options(cutoff=cutoff.isoformat() + "Z", archive_dir=str(shared), **LIVE),
+              run_id="planted")  # fmt: skip
+    assert snapshot(conn) == before
+    fresh = tmp_path / "new" / "archive"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        sweep(c, target_named("audit_log"), options(cutoff=cutoff.isoformat() + "Z", archive_dir=str(fresh), **LIVE))
+    assert all(oct(p.stat().st_mode)[-3:] == "700" for p in (fresh, fresh.parent))

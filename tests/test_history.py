@@ -36,7 +36,7 @@ def test_the_history_shows_a_sweep_and_its_undo_with_counts_links_seals_and_deta
     assert list(runs) == ["hist-gone", "hist-undo", "hist-sweep"]  # newest first; inspect writes no ledger row
     assert runs["hist-gone"]["files"] == {gone.path.name: "missing"}
     sweep, undo = runs["hist-sweep"], runs["hist-undo"]
-    assert (sweep["kind"], sweep["rows_changed"], sweep["stop_reason"], sweep["undone_by"]) == ("sweep", 25, "done", ["hist-undo"])
+    assert (sweep["kind"], sweep["rows_changed"], sweep["stop_reason"], sweep["undone_by"]) == ("sweep", 25, "done", ["hist-undo (done)"])
     assert (undo["kind"], undo["rows_changed"], undo["undoes_run_id"]) == ("undo", 25, "hist-sweep")
     assert sweep["target"] == "stale_responses" and sweep["who"]["session_user"]
     assert sweep["files"] == {swept.path.name: "match"}

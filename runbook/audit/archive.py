@@ -65,9 +65,19 @@ def _compress(raw: bytes) -> bytes:
 
 
 def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Make ``path`` (0700, its missing parents too) or accept it when it is a real folder of
+    this user that no one else may write into; ArchiveError otherwise, before anything is written."""
+    for folder in reversed([path, *path.parents]):
+        if not folder.exists():
+            folder.mkdir(mode=0o700)
+    st = path.lstat()
     if path.is_symlink() or not path.is_dir():
         raise ArchiveError(f"archive folder {path} is not a folder: refused, nothing written")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ArchiveError(
+            f"archive folder {path} belongs to another user or others may write into it (mode {st.st_mode & 0o777:o}): "
+            "another local user could remove a committed batch's file; refused, nothing written"
+        )
 
 
 def _fsync_dir(path: Path) -> None:

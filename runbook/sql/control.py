@@ -62,7 +62,8 @@ def open_runs() -> sql.Composed:
         " a.pid, a.application_name,"
         " EXISTS (SELECT 1 FROM {stops} s WHERE s.run_id = r.run_id)"
         " FROM {runs} r LEFT JOIN LATERAL (SELECT pid, application_name FROM pg_catalog.pg_stat_activity"
-        "   WHERE datname = current_database() AND application_name LIKE '%%/' || r.run_id ORDER BY backend_start LIMIT 1) a"
+        "   WHERE datname = current_database() AND '/' || application_name || '/' LIKE '%%/' || replace(r.run_id, '_', '\\_') || '/%%'"
+        "   ORDER BY backend_start LIMIT 1) a"
         " ON true WHERE r.finished_at IS NULL ORDER BY r.started_at"
     ).format(batches=_t("batches"), runs=_t("runs"), stops=_t("stop_requests"))
 

@@ -64,7 +64,8 @@ def ledger_policies_sql(reader: str, sweeper: str) -> list[sql.Composed]:
     for name in ("runbook_read", "runbook_insert", "runbook_update"):
         out.append(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(name), runs))
     out += [
-        sql.SQL("CREATE POLICY runbook_read ON {} FOR SELECT TO {}, {} USING (true)").format(runs, r, s),
+        # Every role the table's grants let read it (an on-call role granted SELECT to see runs and stop them).
+        sql.SQL("CREATE POLICY runbook_read ON {} FOR SELECT TO PUBLIC USING (true)").format(runs),
         sql.SQL("CREATE POLICY runbook_insert ON {} FOR INSERT TO {} WITH CHECK ({})").format(runs, s, held),
         sql.SQL("CREATE POLICY runbook_update ON {} FOR UPDATE TO {} USING ({}) WITH CHECK ({})").format(runs, s, held, held),
     ]

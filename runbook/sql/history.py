@@ -21,11 +21,12 @@ def runs_since() -> sql.Composed:
     """Every run that started in the last %(days)s days, newest first, of target %(rule)s
     ('' for all; %(default_rule)s is the name a run without one means): run_id, kind, table,
     target, operator, started_at, finished_at, parameters, rows_changed, stop_reason,
-    undoes_run_id, the ids of the undo runs that undid it (oldest first), outcome."""
+    undoes_run_id, the undo runs of it with how each ended (``U (done)``, oldest first), outcome."""
     return sql.SQL(
         "SELECT r.run_id, r.kind, r.target, coalesce(to_jsonb(r)->'identity'->>'rule', %(default_rule)s) AS rule,"
         " r.operator, r.started_at, r.finished_at, r.parameters, r.rows_changed, r.stop_reason, r.undoes_run_id,"
-        " (SELECT array_agg(u.run_id ORDER BY u.started_at) FROM {runs} u WHERE u.undoes_run_id = r.run_id), r.outcome"
+        " (SELECT array_agg(u.run_id || ' (' || coalesce(u.stop_reason, 'running') || ')' ORDER BY u.started_at)"
+        " FROM {runs} u WHERE u.undoes_run_id = r.run_id), r.outcome"
         " FROM {runs} r WHERE r.started_at >= clock_timestamp() - make_interval(secs => %(days)s * 86400)"
         " AND (%(rule)s = '' OR coalesce(to_jsonb(r)->'identity'->>'rule', %(default_rule)s) = %(rule)s)"
         " ORDER BY r.started_at DESC"

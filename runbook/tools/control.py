@@ -47,8 +47,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
                 print(f"run {args.run_id} stopped: {info['stop_reason']}, {info['rows_changed'] or 0:,} rows changed")
                 return 0
             if time.monotonic() >= deadline:
-                print(f"run {args.run_id} still running after {args.wait:g} s (a batch in flight, or a health pause); "
-                      "it stops at its next batch boundary")  # fmt: skip
+                with read_only(conn):
+                    live = [r for r in control.open_runs(conn) if r["run_id"] == args.run_id and r["pid"]]
+                if not live:
+                    print(f"run {args.run_id} is still open in the ledger but no session of it is visible: it may have been "
+                          "killed (python -m runbook status; the runner closes a killed run's row when it seals it)")  # fmt: skip
+                else:
+                    print(f"run {args.run_id} still running after {args.wait:g} s (a batch in flight, or a health pause); "
+                          "it stops at its next batch boundary")  # fmt: skip
                 return 1
             time.sleep(0.2)
 
