@@ -104,3 +104,31 @@ def test_kernel_install_user_points_the_kernel_at_this_python(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     spec = json.loads((tmp_path / "data" / "kernels" / "litellm-runbook" / "kernel.json").read_text())
     assert spec["argv"][0] == sys.executable and spec["display_name"] == "LiteLLM runbook"
+
+
+def test_a_live_undo_from_a_jupyterlab_cell_seals_its_record_and_the_notebook_as_saved_at_once(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path, monkeypatch: "pytest.MonkeyPatch"
+) -> None:
+    import runbook.notebook.run as rb
+    from runbook import Target, options, sweep
+
+    many(conn, 6)
+    sweep(conn, Target(), options(dry_run=False), run_id="to-undo")
+    notebook = tmp_path / "04_undo.ipynb"
+    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JPY_SESSION_NAME", "04_undo.ipynb")
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.setenv("RUNBOOK_RUN_DIR", str(tmp_path / "session"))
+    run = rb.start("undo", run_id="to-undo", undo_run_id="cell-undo", dry_run=False)
+    try:
+        result = run.undo()
+    finally:
+        run.conn.close()
+    assert result is not None and result.restored == 6
+    (record,) = (tmp_path / "session").glob("*_panel_undo_cell-undo.json")
+    (copy,) = (tmp_path / "session").glob("*_04_undo_cell-undo.ipynb")
+    assert stat.S_IMODE(record.stat().st_mode) == 0o444 and stat.S_IMODE(copy.stat().st_mode) == 0o444
+    assert json.loads(record.read_text())
+    files = {r[0] for r in conn.execute("SELECT record_file FROM litellm_runbook.records WHERE run_id = 'cell-undo'")}
+    assert files == {record.name, copy.name}

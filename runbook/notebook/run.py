@@ -24,7 +24,7 @@ from ..db.connect import Database, connect, resolve
 from ..db.ledger import recent_runs
 from ..db.transactions import Conn
 from ..errors import ParameterError
-from ..audit.sealing import run_dir
+from ..audit.sealing import run_dir, seal_notebook_copy, seal_record_file
 from ..ops.history import HistoryReport, history
 from ..ops.index import IndexResult, create_index
 from ..ops.inspection import InspectReport, inspect
@@ -167,7 +167,21 @@ class Run:
         self.outcome[Kind.UNDO] = result.to_dict()
         if _failed(result.stop_reason):
             self.outcome["status"] = Status.FAILED
+        if interactive() and not self.opts.dry_run:
+            self._seal_now(Kind.UNDO, self.run_id)
         return result
+
+    def _seal_now(self, kind: Kind, run_id: str) -> None:
+        """In JupyterLab, right after a live action: the record as it stands now as a sealed
+        JSON file, and a sealed copy of the notebook as saved, in the run folder (the session
+        folder under ``python -m runbook lab``), their checksums in the ledger. A closed tab or
+        a dead kernel then loses nothing of what was done. Never raises: the action is done."""
+        try:
+            record = {**self.record(), "source": "cell", "outcome": {**self.outcome, "status": self.outcome.get("status", Status.SUCCEEDED)}}
+            seal_record_file(run_dir(), kind=kind, run_id=run_id, record=record, conn=self.conn)
+            seal_notebook_copy(run_dir(), run_id=run_id, conn=self.conn)
+        except Exception as exc:  # noqa: BLE001 - the undo stands; say why its copy is missing
+            log.warning(f"the sealed copy of this notebook could not be written: {type(exc).__name__}: {exc}")
 
     def history(self) -> HistoryReport:
         """The ledger's runs of the last ``days`` days (of ``target``, or all), their executed
