@@ -461,3 +461,28 @@ def test_an_archive_folder_others_may_write_into_is_refused_before_anything_is_d
     with psycopg.connect(dsn, autocommit=True) as c:
         sweep(c, target_named("audit_log"), options(cutoff=cutoff.isoformat() + "Z", archive_dir=str(fresh), **LIVE))
     assert all(oct(p.stat().st_mode)[-3:] == "700" for p in (fresh, fresh.parent))
+
+
+def test_two_workers_writing_a_runs_first_files_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two batches of one round create the run's folder (and the archive's) at the same moment."""
+    import threading
+
+    from runbook.audit.archive import read_batch, write_batch
+
+    for attempt in range(20):
+        root = tmp_path / f"try{attempt}" / "archive"
+        out: list[object] = []
+        start = threading.Barrier(2)
+
+        def write(batch: int, root: Path = root, out: list[object] = out, start: threading.Barrier = start) -> None:
+            start.wait()
+            out.append(write_batch(root, "run", batch, f'{{"n": {batch}}}', 1))
+
+        threads = [threading.Thread(target=write, args=(b,)) for b in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(out) == 2, f"attempt {attempt}: a writer failed"
+        for f in out:
+            assert read_batch(root, f.name, f.sha256) == [f'{{"n": {f.name.split("-")[1].lstrip("0")}}}']  # type: ignore[attr-defined]

@@ -69,7 +69,7 @@ def _private_dir(path: Path) -> None:
     this user that no one else may write into; ArchiveError otherwise, before anything is written."""
     for folder in reversed([path, *path.parents]):
         if not folder.exists():
-            folder.mkdir(mode=0o700)
+            folder.mkdir(mode=0o700, exist_ok=True)  # two workers' first batches may race to make it
     st = path.lstat()
     if path.is_symlink() or not path.is_dir():
         raise ArchiveError(f"archive folder {path} is not a folder: refused, nothing written")
