@@ -183,7 +183,7 @@ def _archiving(conn: Conn, target: Target, opts: Options) -> Archiving | None:
         return None
     json_columns = tuple(name for name, type_, _ in table_columns(conn, target) if type_ in ("json", "jsonb"))
     if not opts.archive:
-        log.warning(f"archive=False: {target.table} rows are {target.action}ed without an archive; undo cannot restore them")
+        log.warning(f"archive=False: {target.table} rows are {target.verb} without an archive; undo cannot restore them")
     return Archiving(archive_root(opts.archive_dir) if opts.archive else None, json_columns)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from psycopg import sql
 
 from ..rules.target import Target
-from .candidates import EMPTY, key_match, key_text, predicate, table
+from .candidates import EMPTY, key_match, predicate, table
 from .ledger import LEDGER_SCHEMA
 
 __all__ = [
@@ -53,16 +53,17 @@ def _line(json_columns: Sequence[str]) -> sql.Composable:
 def archive_rows(target: Target, json_columns: Sequence[str], lines: bool = True) -> sql.Composed:
     """Lock the rows of %(ids)s (``key_text`` values) that are still candidates, skipping
     rows other sessions hold, and return them in one row: their ctids (a ``tid[]`` as text),
-    their archive lines joined by newlines (sweep order; '' without ``lines``: archive=False),
+    their archive lines joined by newlines ('' without ``lines``: archive=False),
     and how many. Placeholders: the predicate's and %(ids)s. ``json_columns``: the table's
     json/jsonb columns (``_line``)."""
     return sql.SQL(
-        "WITH locked AS (SELECT c.ctid AS tid, {line} AS line, c.{time} AS t, {k} AS k FROM {table} AS c "
+        "WITH locked AS (SELECT c.ctid AS tid, {line} AS line FROM {table} AS c "
         "WHERE {match} AND {pred} FOR UPDATE OF c SKIP LOCKED) "
-        "SELECT coalesce(array_agg(tid ORDER BY t, k), '{{}}')::text, coalesce(string_agg(line, E'\\n' ORDER BY t, k), ''),"
-        " count(*) FROM locked"
+        # No ORDER BY: sorting a batch's lines (megabytes) spilled to disk at the default
+        # work_mem (measured, bench/RESULTS.md); they come in the primary key's order.
+        "SELECT coalesce(array_agg(tid), '{{}}')::text, coalesce(string_agg(line, E'\\n'), ''), count(*) FROM locked"
     ).format(
-        line=_line(json_columns) if lines else sql.SQL("''"), time=sql.Identifier(target.time_column), k=key_text(target, "c"), table=table(target),
+        line=_line(json_columns) if lines else sql.SQL("''"), table=table(target),
         match=key_match(target, "c"), pred=predicate(target, "c"),
     )  # fmt: skip
 
