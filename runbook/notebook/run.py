@@ -103,6 +103,8 @@ class Run:
             result = create_index(self.conn, self.target, dry_run=self.opts.dry_run)
         render.display(render.index_result(result))
         self.outcome[Kind.INDEX] = result.to_dict()
+        if interactive() and result.created:
+            self._seal_now(Kind.INDEX, self.run_id)
         return result
 
     def inspect(self) -> InspectReport:

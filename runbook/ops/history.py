@@ -94,14 +94,20 @@ def json_safe(value: Any) -> Any:
 def _files(run_dir: Path, run_ids: list[str], seals: dict[str, tuple[str, str]]) -> dict[str, dict[str, str]]:
     """Per run id, its executed notebooks in ``run_dir`` (``*_<run id>.ipynb``) and the files
     the ledger sealed for it (``seals``: file name -> (run id, sha256)), each ``match``,
-    ``edited`` or ``missing`` (sealed, but not in ``run_dir``). Reads only."""
+    ``edited``, ``missing`` (sealed, but not in ``run_dir``) or ``not sealed`` (here, but the
+    ledger has no seal of it). Reads only."""
     found: dict[str, dict[str, str]] = {rid: {} for rid in run_ids}
     for name, (rid, sha256) in seals.items():
         path = run_dir / name
-        if not path.is_file():
+        if Path(name).name != name:
+            found[rid][name] = "not a file name"  # a ledger row naming a path: never opened
+        elif not path.is_file():
             found[rid][name] = "missing"
         else:
             found[rid][name] = "match" if hashlib.sha256(path.read_bytes()).hexdigest() == sha256 else "edited"
+    for rid in run_ids:  # executed notebooks of the run the ledger never sealed (verify: unknown)
+        for path in sorted(run_dir.glob(f"*_{rid}.ipynb")) if run_dir.is_dir() else []:
+            found[rid].setdefault(path.name, "not sealed")
     return found
 
 
