@@ -31,6 +31,15 @@ budget, ``-tM``: target_batch_ms M), ``inspect`` (``runbook.inspect`` timed,
 read-only, on the base copy) and ``explain`` (not in the default list: the sweep at
 ``--explain-batch-size`` with every statement, BEGIN and COMMIT timed by kind, and EXPLAIN
 (ANALYZE, BUFFERS, WAL) of batches 1, 2 and the one at 90%, each rolled back before the real one).
+
+Scale (not part of the default command: the build alone takes minutes)::
+
+    .venv/bin/python bench/bench.py --json bench/out/1m.json
+    .venv/bin/python bench/bench.py --rows 10000000 --candidates 3000000 \
+        --variants floor,sweep1000,notebook1000,inspect --baseline bench/out/1m.json
+
+compares each variant's cost per row with the 1M-row run's, and reports the notebook
+kernel's peak RSS and the temporary files every variant's sessions wrote.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -136,6 +146,10 @@ TARGET_WALL_1000 = 1.2
 TARGET_WALL_10000 = 1.1
 TARGET_P99_MS = 150.0
 TARGET_LATE_EARLY = 1.2
+# Scale (issue 14): 10M rows, 3M candidates, against the default 1M-row run given as --baseline.
+TARGET_SCALE_PER_ROW = 1.2
+TARGET_RSS_MB = 300
+TARGET_INSPECT_S = 15.0
 
 _SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _SETTING_VALUE = re.compile(r"[A-Za-z0-9_.:+-]+\Z")
@@ -532,6 +546,9 @@ class Measurement:
     wal_buffers_full: int = 0
     started_utc: str = ""
     committed_at: list[str] = field(default_factory=list)  # per batch (sweep only), for matching server.log
+    temp_files: int = 0  # temporary files the copy's sessions wrote (sorts, hashes spilled), pg_stat_database
+    temp_bytes: int = 0
+    peak_rss_kb: int = 0  # notebookN: the largest child process's peak RSS (the kernel), from getrusage
 
 
 @dataclass(frozen=True)
@@ -561,6 +578,14 @@ def checkpoint_count(conn: Conn) -> int:
 def wal_buffers_full(conn: Conn) -> int:
     """Times a backend found the WAL buffers full and wrote WAL out itself (whole server)."""
     return int(one(conn, "SELECT wal_buffers_full FROM pg_stat_wal"))
+
+
+def temp_usage(conn: Conn) -> tuple[int, int]:
+    """Temporary files and bytes written by every session of this database so far (the
+    server's cumulative statistics; a session's are flushed at its end at the latest)."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute("SELECT temp_files, temp_bytes FROM pg_stat_database WHERE datname = current_database()").fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def wal_lsn(conn: Conn) -> str:
@@ -667,6 +692,8 @@ def run_notebook(conn: Conn, m: Measurement, batch_size: int) -> None:
         t0 = time.monotonic()
         done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
         wall = time.monotonic() - t0
+        # ru_maxrss of waited-for descendants: the largest is the kernel that ran the sweep.
+        m.peak_rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         if done.returncode != 0:
             raise CheckFailed(f"{m.name}: the notebook run failed: {done.stderr.strip()[-400:]}")
         executed = Path(done.stdout.strip().splitlines()[-1])
@@ -724,6 +751,7 @@ def measure(admin: Conn, server: EmbeddedServer, name: str, runner: Runner, batc
             lsn = wal_lsn(conn)
             checkpoints = checkpoint_count(conn)
             buffers_full = wal_buffers_full(conn)
+            temp_before = temp_usage(conn)
             log(f"{name}: running")
             meter = CpuMeter(server)
             meter.start()
@@ -737,6 +765,8 @@ def measure(admin: Conn, server: EmbeddedServer, name: str, runner: Runner, batc
             m.wal_buffers_full = wal_buffers_full(conn) - buffers_full
             time.sleep(0.2)
             after = table_stats(conn)
+            temp_after = temp_usage(conn)
+            m.temp_files, m.temp_bytes = temp_after[0] - temp_before[0], temp_after[1] - temp_before[1]
             m.rows_read = (after.seq_tup_read - before.seq_tup_read) + (after.idx_tup_fetch - before.idx_tup_fetch)
             m.seq_scans = after.seq_scan - before.seq_scan
             m.idx_scans = after.idx_scan - before.idx_scan
@@ -927,7 +957,9 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
-def render(results: list[Measurement], candidates: int) -> str:
+def render(results: list[Measurement], candidates: int, baseline: dict[str, dict[str, Any]] | None = None) -> str:
+    """The tables and targets; ``baseline``: another run's measurements by variant (its
+    ``--json``), whose cost per row each variant of the same name is compared with."""
     floor = next((m for m in results if m.name == "floor"), None)
 
     def ratio(value: float, base: float | None) -> str:
@@ -959,13 +991,14 @@ def render(results: list[Measurement], candidates: int) -> str:
     lines.append("")
     lines.append(
         "| variant | changed | statements | seq scans | index scans | HOT updates | checkpoints | WAL buffers full "
-        "| outside batches s | CPU s (ours) | CPU s (other processes) | check | note |"
+        "| outside batches s | CPU s (ours) | CPU s (other processes) | temp files (MB) | peak RSS MB | check | note |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in results:
         lines.append(
             f"| {m.name} | {fmt_int(m.changed)} | {m.statements} | {m.seq_scans} | {m.idx_scans} | {fmt_int(m.hot_updates)} "
             f"| {m.checkpoints} | {fmt_int(m.wal_buffers_full)} | {m.outside_batches:.2f} | {m.cpu_ours:.1f} | {m.cpu_others:.1f} "
+            f"| {m.temp_files} ({m.temp_bytes / 1e6:,.1f}) | {m.peak_rss_kb / 1024:,.0f} "
             f"| {'exactly the ' + fmt_int(candidates) + ' candidates' if m.checked else 'FAILED'} | {m.note} |"
         )
     busy = [m for m in results if m.wall and m.cpu_others > 0.1 * m.wall]
@@ -999,6 +1032,17 @@ def render(results: list[Measurement], candidates: int) -> str:
     nb = by_name.get("notebook1000")
     if nb:  # the issue's second check: 03_sweep.ipynb run headless, kernel start included
         row(f"notebook1000 wall <= {TARGET_WALL_1000}x floor", nb.wall / fw if fw else None, TARGET_WALL_1000, "x")
+        if nb.peak_rss_kb:
+            row(f"notebook1000 kernel peak RSS < {TARGET_RSS_MB} MB", nb.peak_rss_kb / 1024, TARGET_RSS_MB, " MB")
+    ins = by_name.get("inspect")
+    if ins and ins.checked:
+        row(f"inspect < {TARGET_INSPECT_S:.0f} s", ins.wall, TARGET_INSPECT_S, " s")
+    for name, base in (baseline or {}).items():
+        got = by_name.get(name)
+        if got and got.checked and got.changed and base.get("changed") and base.get("wall"):
+            here, there = got.wall / got.changed, base["wall"] / base["changed"]
+            row(f"{name} cost per row <= {TARGET_SCALE_PER_ROW}x the baseline's ({there * 1e6:.1f} us a row there, "
+                f"{here * 1e6:.1f} here)", here / there, TARGET_SCALE_PER_ROW, "x")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -1119,6 +1163,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a PostgreSQL setting for the measurements")
     p.add_argument("--keep", action="store_true", help="keep the server and its data (prints where)")
     p.add_argument("--json", type=Path, help="also write the measurements as JSON here")
+    p.add_argument("--baseline", type=Path, help="another run's --json (e.g. the default 1M-row run): cost per row compared")
     args = p.parse_args(argv)
     if args.rows < 100 or not 1 <= args.candidates < args.rows:
         p.error("need --rows >= 100 and 1 <= --candidates < --rows")
@@ -1176,7 +1221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python bench/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
         print(f"\n{info}\nrows: {args.rows:,}, candidates: {candidates:,}, load (COPY): {load_s:.0f} s; {table_sizes}")
         print(f"command: {command}; total run time {total / 60:.1f} min\n")
-        print(render(results, candidates))
+        baseline = {m["name"]: m for m in json.loads(args.baseline.read_text())} if args.baseline else None
+        print(render(results, candidates, baseline))
         if args.json:
             args.json.write_text(json.dumps([m.__dict__ for m in results], indent=1))
             shutil.copyfile(server.log, args.json.with_suffix(".server.log"))  # checkpoints, to match batch times

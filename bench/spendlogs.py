@@ -37,6 +37,10 @@ Variants:
 ``floor``            ``DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" < %s``, one statement (UTC session)
 ``floor-archive``    the unbounded equivalent of the sweep with its archive, one transaction: one COPY
                      of every old row as the sweep's archive line into one gzip file, fsync, one DELETE
+``read``             the least any archive of these rows costs: one ``COPY (SELECT * ...) TO STDOUT
+                     (FORMAT binary)`` of every old row, the bytes discarded by the client (no JSON,
+                     no compression, no file, nothing deleted); its wall against ``floor``'s shows
+                     whether an archived delete can come near the bare DELETE at all
 ``litellm``          LiteLLM's loop (proxy/db/db_transaction_queue/spend_log_cleanup.py): its statement,
                      LIMIT 1000, each in its own transaction, 0.1 s sleep after each, until it deletes
                      nothing; at most ``--litellm-batches`` (default 500, its SPEND_LOG_RUN_LOOPS) and the
@@ -144,7 +148,7 @@ RSS_FLAT_SHARE = 0.10  # peak RSS with the full backlog at most 10 % (and 10 MB)
 RSS_FLAT_MB = 10.0
 
 VARIANTS = ("floor", "floor-archive", "litellm", "sweep", "sweep-w1", "sweep-noarchive", "sweep-small")
-EXTRA = ("anatomy",)  # not in the default list; and any sweep-tN
+EXTRA = ("anatomy", "read")  # not in the default list; and any sweep-tN
 
 
 # --------------------------------------------------------------------------------------
@@ -615,6 +619,21 @@ def run_floor_archive(conn: Conn, m: Measurement, cutoff: datetime, args: argpar
     path.unlink()
 
 
+def run_read(conn: Conn, m: Measurement, cutoff: datetime, args: argparse.Namespace) -> None:
+    """Every old row read once in the cheapest form PostgreSQL offers (binary COPY, which
+    detoasts each payload but converts nothing to text), bytes counted and dropped."""
+    export = sql.SQL('COPY (SELECT * FROM {} WHERE "startTime" < %s) TO STDOUT (FORMAT binary)').format(TABLE)
+    read = 0
+    t0 = time.monotonic()
+    with conn.transaction(), conn.cursor() as cur, cur.copy(export, [cutoff_aware(cutoff)]) as copy:
+        for data in copy:
+            read += len(data)
+    m.wall = time.monotonic() - t0
+    m.batches.append(m.wall)
+    m.batch_rows.append(0)
+    m.note = f"read {read / 1e6:,.0f} MB (binary COPY) in {m.wall:.1f} s; nothing deleted"
+
+
 def run_litellm(conn: Conn, m: Measurement, cutoff: datetime, args: argparse.Namespace) -> None:
     """LiteLLM's loop: the statement in autocommit (its own transaction), then 0.1 s."""
     cap = args.litellm_batches or 10**9
@@ -708,7 +727,8 @@ def measure(admin: Conn, server: EmbeddedServer, home: Path, name: str, built: B
     plan = built.plan
     backlog = args.small_old if name == "sweep-small" else plan.old
     cutoff = plan.cutoff_before(backlog)
-    runners: dict[str, Runner] = {"floor": run_floor, "floor-archive": run_floor_archive, "litellm": run_litellm}
+    runners: dict[str, Runner] = {"floor": run_floor, "floor-archive": run_floor_archive, "litellm": run_litellm,
+                                 "read": run_read}
     runner = runners.get(name, run_sweep)
     args._work = home
     copy = "bench_" + name.replace("-", "_")
@@ -735,8 +755,8 @@ def measure(admin: Conn, server: EmbeddedServer, home: Path, name: str, built: B
             older, total = conn.execute(
                 sql.SQL('SELECT count(*) FILTER (WHERE "startTime" < %s), count(*) FROM {}').format(TABLE), [cutoff]
             ).fetchone() or (-1, -1)
-        want_older = backlog - m.changed if m.extrapolated_wall is not None else 0
-        if m.extrapolated_wall is None and m.changed != backlog:
+        want_older = backlog - m.changed if m.extrapolated_wall is not None or runner is run_read else 0
+        if m.extrapolated_wall is None and runner is not run_read and m.changed != backlog:
             raise CheckFailed(f"{name} reported {m.changed:,} rows deleted; {backlog:,} are older than its cutoff")
         if older != want_older or total != plan.rows - m.changed:
             raise CheckFailed(
@@ -1026,6 +1046,12 @@ def render(results: list[Measurement]) -> str:
         lines.append(
             f"| (not a target) sweep vs floor-archive, the unbounded DELETE with the same archive | "
             f"{s.wall / fa.wall:.2f}x ({s.wall:.1f} s vs {fa.wall:.1f} s; floor-archive is {fa.wall / floor.wall:.2f}x floor) | - |"
+        )
+    rd = by.get("read")
+    if rd and rd.checked and floor and floor.checked:
+        lines.append(
+            f"| (not a target) reading the old rows once, binary COPY discarded, vs floor: the least any archive adds | "
+            f"{rd.wall / floor.wall:.2f}x ({rd.wall:.1f} s vs {floor.wall:.1f} s) | - |"
         )
     p99 = percentile(s.batches, 0.99) * 1000 if s and s.batches else None
     row(f"sweep per-batch p99 < {TARGET_P99_MS:.0f} ms", p99, None if p99 is None else p99 < TARGET_P99_MS, f"{p99:.1f} ms" if p99 else "")
