@@ -12,9 +12,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from runbook import Target, options, sweep
 from runbook.audit.record import read_record
+from runbook.db import control, ledger
 from tests.roles import create_roles, drop_roles
-from tests.rows import many
+from tests.rows import insert, many, statuses
+from tests.runs import LIVE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,3 +124,25 @@ def test_a_stop_request_cannot_be_dated_or_signed_by_the_requester(conn: psycopg
                     reader.execute(f"INSERT INTO litellm_runbook.stop_requests (run_id, {column}) VALUES ('x', %s)", [value])
     finally:
         drop_roles(conn)
+
+
+def test_a_stop_asked_the_moment_the_run_opens_stops_it_before_its_first_batch(
+    conn: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worst moment for `runbook stop`: right after the run's row is committed (the
+    first moment `stop` accepts the run id), before the sweep has read the clock it
+    compares stop requests with. The request must still count."""
+    ids = [insert(conn, status="queued", age_days=20 - i) for i in range(6)]
+    before = statuses(conn)
+    real_start_run = ledger.start_run
+
+    def start_then_stop(*args: object, **kwargs: object) -> object:
+        first = real_start_run(*args, **kwargs)  # type: ignore[arg-type]
+        with psycopg.connect(dsn, autocommit=True) as other:
+            assert control.request_stop(other, str(kwargs["run_id"]), {"os_user": "on-call"}) is not None
+        return first
+
+    monkeypatch.setattr(ledger, "start_run", start_then_stop)
+    result = sweep(conn, Target(), options(batch_size=2, workers=1, **LIVE), run_id="stopped-at-once")
+    assert result.stop_reason == "stop_requested" and result.changed == 0 and result.batches == []
+    assert statuses(conn) == before and len(before) == len(ids)

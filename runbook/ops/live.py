@@ -169,12 +169,14 @@ def live_run(
     check_writable(conn, target, restore=kind is Kind.UNDO)
     ledger.ensure(conn)
     with target_lock(conn, target), interrupt_guard() as interrupted:
+        # Before the runs row commits: `runbook stop` may ask the moment it does, and a
+        # request dated before this clock would be taken for an earlier invocation's.
+        since = conn.execute(catalog.clock()).fetchone()[0]  # type: ignore[index]
         first = ledger.start_run(
             conn, run_id=run_id, kind=kind, target=f"{target.schema}.{target.table}", operator=operator(conn),
             parameters=parameters, identity=run_identity(conn, target, opts, kind, undoes_run_id),
             undoes_run_id=undoes_run_id,
         )  # fmt: skip
-        since = conn.execute(catalog.clock()).fetchone()[0]  # type: ignore[index]
         remote = partial(control.stop_requested, conn, run_id, since)
         yield LiveRun(kind, first, Stopper(opts, started, interrupted, should_stop, remote))
 
