@@ -12,15 +12,12 @@ Skipped when /usr/bin/chromium or playwright is missing, unless RUNBOOK_REQUIRE_
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,54 +25,26 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
+from tests.browser import (
+    ALL_CELLS_RAN,
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DIRECT,
+    ERRORS,
+    NOTEBOOK_IDLE,
+    ROOT,
+    browser_or_skip,
+    candidates_shown,
+    dismiss_dialogs,
+    free_port,
+    kill_mentioning,
+    scratch_jupyter,
+    set_fields,
+    wait_for_jupyter,
+)
 from tests.rows import SLOW_UPDATES, insert, statuses
-
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
-# Loopback only: a proxy from the environment must not see these requests.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _browser_or_skip() -> Any:
-    """playwright.sync_api.sync_playwright, or skip (fail under RUNBOOK_REQUIRE_BROWSER=1)."""
-    required = os.environ.get("RUNBOOK_REQUIRE_BROWSER") == "1"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if required:
-            pytest.fail("RUNBOOK_REQUIRE_BROWSER=1 but playwright is not installed")
-        pytest.skip("playwright is not installed (pip install playwright; set RUNBOOK_REQUIRE_BROWSER=1 to fail instead)")
-    if not os.access(CHROMIUM, os.X_OK):
-        if required:
-            pytest.fail(f"RUNBOOK_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; set RUNBOOK_REQUIRE_BROWSER=1 to fail instead)")
-    return sync_playwright
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (the kernels of our scratch runtime dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 @contextmanager
@@ -86,92 +55,27 @@ def jupyterlab(dsn: str, scratch: Path) -> Iterator[tuple[str, str]]:
     (which stops its kernels), then kills what is left of the server's process group and
     any kernel started from its runtime folder.
     """
-    dirs = {name: scratch / name for name in ("config", "data", "runtime", "home", "settings", "workspaces")}
-    for path in dirs.values():
-        path.mkdir(parents=True)
-    # No news and no update check: both would fetch from the internet and pop up a toast.
-    (dirs["config"] / "jupyter_server_config.json").write_text(
-        json.dumps({"LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate"}})
-    )
-    notification = dirs["settings"] / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True)
-    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn,
-        "HOME": str(dirs["home"]),
-        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
-        "JUPYTER_DATA_DIR": str(dirs["data"]),
-        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
-        "IPYTHONDIR": str(dirs["home"] / ".ipython"),
-        "MPLCONFIGDIR": str(dirs["home"] / ".matplotlib"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-    }
-    cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.port_retries=0",
-        "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT / 'notebooks'}",
-        "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={dirs['settings']}",
-        f"--LabApp.workspaces_dir={dirs['workspaces']}",
-    ]  # fmt: skip
+    port, token = free_port(), secrets.token_hex(16)
+    dirs, env = scratch_jupyter(scratch, dsn, token)
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", f"--ServerApp.root_dir={ROOT / 'notebooks'}"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     log = (scratch / "jupyter.log").open("wb")
     server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=scratch, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if server.poll() is not None:
-                raise AssertionError(f"jupyter lab exited with {server.returncode}:\n{_tail(scratch / 'jupyter.log')}")
-            try:
-                with _DIRECT.open(f"{base}/api/status?token={token}", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"jupyter lab did not answer in 30 s:\n{_tail(scratch / 'jupyter.log')}")
-            time.sleep(0.2)
+        wait_for_jupyter(base, token, server, scratch / "jupyter.log")
         yield base, token
     finally:
         try:
             request = urllib.request.Request(f"{base}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"})
-            _DIRECT.open(request, timeout=5).close()
+            DIRECT.open(request, timeout=5).close()
             server.wait(timeout=15)
         except (OSError, subprocess.TimeoutExpired):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
-        for pid in _processes_mentioning(str(dirs["runtime"])):
-            os.kill(pid, signal.SIGKILL)
+        kill_mentioning(str(dirs["runtime"]))
         log.close()
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-_NOTEBOOK_IDLE = """() => {
-    const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-    const kernel = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-    return !!(kernel && kernel.status === 'idle' && w.context.isReady);
-}"""
-_ALL_CELLS_RAN = """() => {
-    const w = window.jupyterapp.shell.currentWidget;
-    const kernel = w.sessionContext.session.kernel;
-    return kernel.status === 'idle'
-        && w.content.widgets.every(c => c.model.type !== 'code' || c.model.executionCount !== null);
-}"""
-_ERRORS = """() => window.jupyterapp.shell.currentWidget.content.widgets
-    .flatMap(c => c.model.type === 'code' ? c.model.outputs.toJSON() : [])
-    .filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue)"""
-
-
-def _dismiss_dialogs(page: Any) -> None:
-    """Accept a dialog JupyterLab may raise on open (e.g. Select Kernel: the default is right)."""
-    dialog = page.locator(".jp-Dialog")
-    if dialog.count():
-        dialog.locator(".jp-mod-accept").first.click()
 
 
 _RECORD_PROGRESS = """() => {
@@ -182,20 +86,6 @@ _RECORD_PROGRESS = """() => {
 }"""
 
 
-def _set(panel: Any, **values: int) -> None:
-    """Type into the panel's number fields; Tab commits each (IntText syncs on change)."""
-    for name, value in values.items():
-        field = panel.locator(f".runbook-{name.replace('_', '-')} input")
-        field.fill(str(value))
-        field.press("Tab")
-
-
-def _candidates_shown(panel: Any) -> int:
-    found = re.search(r"([\d,]+) candidates older than", panel.locator(".runbook-preview").inner_text())
-    assert found is not None, "the preview states the candidate count"
-    return int(found.group(1).replace(",", ""))
-
-
 def _screenshot(page: Any, path: Path) -> None:
     page.evaluate("() => document.querySelector('.runbook-panel').scrollIntoView({block: 'start'})")
     page.screenshot(path=str(path))
@@ -204,7 +94,7 @@ def _screenshot(page: Any, path: Path) -> None:
 def test_sweep_notebook_in_jupyterlab_previews_confirms_and_executes(
     conn: psycopg.Connection, dsn: str, tmp_path: Path
 ) -> None:
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     from playwright.sync_api import expect
 
     stale = [insert(conn, status="queued", age_days=10 + i) for i in range(5)]  # oldest last
@@ -223,22 +113,22 @@ def test_sweep_notebook_in_jupyterlab_previews_confirms_and_executes(
             page.set_default_timeout(30_000)
             page.goto(f"{base}/lab/tree/03_sweep.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell")
-            _dismiss_dialogs(page)
-            page.wait_for_function(_NOTEBOOK_IDLE)
+            dismiss_dialogs(page)
+            page.wait_for_function(NOTEBOOK_IDLE)
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             panel = page.locator(".runbook-panel")
             expect(panel).to_be_visible()
-            page.wait_for_function(_ALL_CELLS_RAN)
-            assert page.evaluate(_ERRORS) == []
+            page.wait_for_function(ALL_CELLS_RAN)
+            assert page.evaluate(ERRORS) == []
             assert statuses(conn) == before, "running the cells headlessly (dry run) wrote nothing"
 
-            _set(panel, batch_size=3, max_batches=1)
+            set_fields(panel, batch_size=3, max_batches=1)
             execute = panel.locator("button.runbook-execute-button")
             expect(execute).to_be_disabled()
             panel.locator("button.runbook-preview-button").click()
             expect(panel.locator(".runbook-preview tbody tr")).to_have_count(3)
             previewed = panel.locator(".runbook-preview tbody tr td:first-child").all_inner_texts()
-            count = _candidates_shown(panel)
+            count = candidates_shown(panel)
             assert count == 5
             expect(execute).to_be_disabled()
             panel.locator(".runbook-confirm input").fill(str(count))
@@ -266,10 +156,10 @@ def test_sweep_notebook_in_jupyterlab_previews_confirms_and_executes(
             more = [insert(conn, status="queued", age_days=20 + i) for i in range(28)]  # 30 candidates
             before_stop = statuses(conn)
             page.evaluate(_RECORD_PROGRESS)
-            _set(panel, batch_size=1, max_batches=100)
+            set_fields(panel, batch_size=1, max_batches=100)
             panel.locator("button.runbook-preview-button").click()
             expect(panel.locator(".runbook-preview tbody tr td:first-child")).to_have_text([more[-1]])
-            assert _candidates_shown(panel) == 30
+            assert candidates_shown(panel) == 30
             panel.locator(".runbook-confirm input").fill("30")
             panel.locator(".runbook-confirm-db input").fill(conn.info.dbname)
             execute.click()

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -167,7 +168,17 @@ def cmd_lab(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={args.port}", f"--notebook-dir={folder}"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    lab = subprocess.Popen(cmd, env=env)
+    # Ctrl-C is lab's to handle: JupyterLab is stopped with SIGTERM, which shuts its kernels
+    # down before it exits, and only then is the session sealed. Without a terminal a SIGINT
+    # to the process group would also reach JupyterLab, which then exits at once and leaves
+    # its kernels (a panel's sweep among them) running while the session is sealed. So it
+    # starts with SIGINT ignored (with a terminal it installs its own handler anyway; its
+    # kernels handle SIGINT themselves).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        lab = subprocess.Popen(cmd, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         code = lab.wait()
     except KeyboardInterrupt:
