@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from runbook.db.connect import Database
 from runbook.tools.lab import new_session, seal_session
@@ -74,8 +75,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.parametrize("interrupts", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
 def test_lab_on_a_real_database_opens_a_session_folder_says_which_database_and_seals_it_on_ctrl_c(
-    dsn: str, tmp_path: Path
+    dsn: str, tmp_path: Path, interrupts: int
 ) -> None:
     before = subprocess.run(["git", "status", "--porcelain", "notebooks"], cwd=ROOT, capture_output=True, text=True).stdout
     env = {**os.environ, "DATABASE_URL": dsn, "RUNBOOK_RUN_DIR": str(tmp_path), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
@@ -88,7 +90,11 @@ def test_lab_on_a_real_database_opens_a_session_folder_says_which_database_and_s
         time.sleep(3)  # JupyterLab starting
     finally:
         lab.send_signal(signal.SIGINT)
+        if interrupts == 2:  # the impatient engineer: a second Ctrl-C while JupyterLab stops
+            time.sleep(0.5)
+            lab.send_signal(signal.SIGINT)
         out, _ = lab.communicate(timeout=120)
+    assert lab.returncode == 0, out
     assert "NOT the demo: a real database" in out and "system identifier" in out, out
     (folder,) = tmp_path.glob("*_INC-9")
     assert f"session folder {folder}" in out

@@ -144,6 +144,9 @@ def _uses_demo(args: argparse.Namespace) -> bool:
     return bool(args.demo) or not any(os.environ.get(name) for name in _DB_ENV)
 
 
+_STOP_WAIT_S = 60.0  # JupyterLab's own shutdown of its kernels, before it is killed
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """JupyterLab on a new session folder, on the demo or the configured database; on Ctrl-C
     the folder's notebooks are sealed and SESSION.md written. Exit status: JupyterLab's."""
@@ -182,8 +185,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
     try:
         code = lab.wait()
     except KeyboardInterrupt:
+        # A second Ctrl-C here would leave the session unsealed: from now on it is ignored.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"stopping JupyterLab (killed after {_STOP_WAIT_S:.0f} s), then sealing the session; Ctrl-C is ignored now")
         lab.terminate()
-        code = lab.wait()
+        try:
+            code = lab.wait(timeout=_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            code = lab.wait()
     summary = seal_session(folder, database, started, lines)
     print(f"sealed the session: {summary}")
     return code if code > 0 else 0
