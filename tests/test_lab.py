@@ -3,6 +3,7 @@ when ``lab`` stops, notebooks/ never touched; ``session new`` and ``kernel insta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -67,6 +68,24 @@ def test_sealing_a_session_makes_every_notebook_read_only_and_writes_who_when_wh
         assert path.name in text
     sealed = conn.execute("SELECT record_file FROM litellm_runbook.records WHERE run_id = 'session-sweep'").fetchall()
     assert (swept.path.name,) in sealed
+
+
+def test_a_copy_a_live_action_sealed_stays_as_sealed_and_session_md_names_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The panel's Execute seals a copy of the notebook as saved, under the panel's run id;
+    sealing the session at Ctrl-C must neither rewrite it nor file it under another run."""
+    from runbook.audit import sealing
+
+    folder = new_session("INC-8", root=tmp_path)
+    monkeypatch.setattr(sealing, "open_notebook", lambda: folder / "03_sweep.ipynb")
+    copy = sealing.seal_notebook_copy(folder, run_id="panel_run_1", conn=None)
+    assert copy is not None
+    sealed_bytes = copy.read_bytes()
+    summary = seal_session(folder, None, datetime.now(timezone.utc), []).read_text()
+    assert f"- {copy.name}: sha256 {hashlib.sha256(sealed_bytes).hexdigest()}, run panel_run_1" in summary, summary
+    assert "- 03_sweep.ipynb: sha256" in summary and copy.read_bytes() == sealed_bytes
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o444
 
 
 def _free_port() -> int:
