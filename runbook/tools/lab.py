@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -169,6 +172,28 @@ def _uses_demo(args: argparse.Namespace) -> bool:
     return bool(args.demo) or not any(os.environ.get(name) for name in _DB_ENV)
 
 
+AUTOSAVE_S = 5  # JupyterLab's own default is 120 s: outputs on screen but unsaved are not sealed
+_DOCMANAGER = "@jupyterlab/docmanager-extension:plugin"
+
+
+def app_settings(folder: Path) -> Path:
+    """Fill ``folder`` as JupyterLab's application settings folder: what this Python's
+    JupyterLab has there already (``overrides.json``, ``page_config.json``), with autosave
+    every ``AUTOSAVE_S`` seconds as the default (a user's own setting still wins), so that
+    a session sealed at Ctrl-C holds what the engineer saw. Returns ``folder``."""
+    from jupyterlab.commands import get_app_dir  # type: ignore[import-untyped]
+
+    system = Path(get_app_dir()) / "settings"
+    for name in ("overrides.json", "page_config.json"):
+        if (system / name).is_file():
+            shutil.copyfile(system / name, folder / name)
+    overrides_path = folder / "overrides.json"
+    overrides = json.loads(overrides_path.read_text()) if overrides_path.exists() else {}
+    overrides[_DOCMANAGER] = {**overrides.get(_DOCMANAGER, {}), "autosave": True, "autosaveInterval": AUTOSAVE_S}
+    overrides_path.write_text(json.dumps(overrides, indent=1))
+    return folder
+
+
 _STOP_WAIT_S = 60.0  # JupyterLab's own shutdown of its kernels, before it is killed
 
 
@@ -193,7 +218,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     print(f"session folder {folder} (JupyterLab's root); Ctrl-C seals it and writes SESSION.md")
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={args.port}", f"--notebook-dir={folder}"]
+    settings = Path(tempfile.mkdtemp(prefix="runbook-lab-settings-"))
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={args.port}", f"--notebook-dir={folder}",
+           f"--LabApp.app_settings_dir={app_settings(settings)}"]  # fmt: skip
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     # Ctrl-C is lab's to handle: JupyterLab is stopped with SIGTERM, which shuts its kernels
@@ -219,6 +246,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             lab.kill()
             code = lab.wait()
+    shutil.rmtree(settings, ignore_errors=True)
     summary = seal_session(folder, database, started, lines)
     print(f"sealed the session: {summary}")
     return code if code > 0 else 0
