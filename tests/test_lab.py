@@ -94,9 +94,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("interrupts", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+@pytest.mark.parametrize(
+    ("wait_s", "interrupts"), [(3, 1), (3, 2), (0, 1)], ids=["ctrl-c", "ctrl-c-twice", "ctrl-c-the-moment-the-folder-exists"]
+)
 def test_lab_on_a_real_database_opens_a_session_folder_says_which_database_and_seals_it_on_ctrl_c(
-    dsn: str, tmp_path: Path, interrupts: int
+    dsn: str, tmp_path: Path, wait_s: float, interrupts: int
 ) -> None:
     before = subprocess.run(["git", "status", "--porcelain", "notebooks"], cwd=ROOT, capture_output=True, text=True).stdout
     env = {**os.environ, "DATABASE_URL": dsn, "RUNBOOK_RUN_DIR": str(tmp_path), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
@@ -105,8 +107,8 @@ def test_lab_on_a_real_database_opens_a_session_folder_says_which_database_and_s
     try:
         deadline = time.monotonic() + 90
         while not list(tmp_path.glob("*_INC-9")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(3)  # JupyterLab starting
+            time.sleep(0.02)
+        time.sleep(wait_s)  # JupyterLab starting (0: not yet started)
     finally:
         lab.send_signal(signal.SIGINT)
         if interrupts == 2:  # the impatient engineer: a second Ctrl-C while JupyterLab stops

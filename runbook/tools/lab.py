@@ -200,6 +200,10 @@ _STOP_WAIT_S = 60.0  # JupyterLab's own shutdown of its kernels, before it is ki
 def cmd_lab(args: argparse.Namespace) -> int:
     """JupyterLab on a new session folder, on the demo or the configured database; on Ctrl-C
     the folder's notebooks are sealed and SESSION.md written. Exit status: JupyterLab's."""
+    # Ctrl-C, or SIGTERM from whatever supervises lab, stops it and seals the session, also
+    # when lab was started with SIGINT ignored (as a shell starts its background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo = _uses_demo(args)
     env = {k: v for k, v in os.environ.items()}
     if demo:
@@ -211,41 +215,57 @@ def cmd_lab(args: argparse.Namespace) -> int:
         env["DATABASE_URL"] = server.dsn(DEMO_DATABASE)
     database = resolve(env)
     lines, _ = database_lines(database, demo)
-    folder = new_session(args.label)
-    env["RUNBOOK_RUN_DIR"] = str(folder)  # headless runs from its terminal land in the session too
-    env["RUNBOOK_SESSION"] = "demo" if demo else "real"
-    started = datetime.now(timezone.utc)
-    for line in lines:
-        print(line)
-    print(f"session folder {folder} (JupyterLab's root); Ctrl-C seals it and writes SESSION.md")
-    settings = Path(tempfile.mkdtemp(prefix="runbook-lab-settings-"))
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={args.port}", f"--notebook-dir={folder}",
-           f"--LabApp.app_settings_dir={app_settings(settings)}"]  # fmt: skip
+    # Everything slow comes before the session folder exists: from its creation on, a
+    # Ctrl-C at any moment ends in a sealed folder.
+    settings = app_settings(Path(tempfile.mkdtemp(prefix="runbook-lab-settings-")))
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={args.port}",
+           f"--LabApp.app_settings_dir={settings}"]  # fmt: skip
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    # Ctrl-C is lab's to handle: JupyterLab is stopped with SIGTERM, which shuts its kernels
-    # down before it exits, and only then is the session sealed. Without a terminal a SIGINT
-    # to the process group would also reach JupyterLab, which then exits at once and leaves
-    # its kernels (a panel's sweep among them) running while the session is sealed. So it
-    # starts with SIGINT ignored (with a terminal it installs its own handler anyway; its
-    # kernels handle SIGINT themselves).
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lab: subprocess.Popen[bytes] | None = None
+    code = 0
+    for line in lines:
+        print(line, flush=True)
+    started = datetime.now(timezone.utc)
+    # A Ctrl-C while the folder is being filled is held until the try below can seal it.
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: held.append(1))
     try:
-        lab = subprocess.Popen(cmd, env=env)
-    finally:
+        folder = new_session(args.label)
+        print(f"session folder {folder} (JupyterLab's root); Ctrl-C seals it and writes SESSION.md", flush=True)
+    except BaseException:
         signal.signal(signal.SIGINT, previous)
+        raise
     try:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt
+        env["RUNBOOK_RUN_DIR"] = str(folder)  # headless runs from its terminal land in the session too
+        env["RUNBOOK_SESSION"] = "demo" if demo else "real"
+        # Ctrl-C is lab's to handle: JupyterLab is stopped with SIGTERM, which shuts its kernels
+        # down before it exits, and only then is the session sealed. Without a terminal a SIGINT
+        # to the process group would also reach JupyterLab, which then exits at once and leaves
+        # its kernels (a panel's sweep among them) running while the session is sealed. So it
+        # starts with SIGINT ignored (with a terminal it installs its own handler anyway; its
+        # kernels handle SIGINT themselves).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            lab = subprocess.Popen([*cmd, f"--notebook-dir={folder}"], env=env)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         code = lab.wait()
     except KeyboardInterrupt:
         # A second Ctrl-C here would leave the session unsealed: from now on it is ignored.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(f"stopping JupyterLab (killed after {_STOP_WAIT_S:.0f} s), then sealing the session; Ctrl-C is ignored now")
-        lab.terminate()
-        try:
-            code = lab.wait(timeout=_STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            lab.kill()
-            code = lab.wait()
+        if lab is not None:
+            lab.terminate()
+            try:
+                code = lab.wait(timeout=_STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                lab.kill()
+                code = lab.wait()
     shutil.rmtree(settings, ignore_errors=True)
     summary = seal_session(folder, database, started, lines)
     print(f"sealed the session: {summary}")
