@@ -70,6 +70,7 @@ def _poller(dsn: str, stop: threading.Event, completed: set[str], latencies: lis
                 c.execute(f"UPDATE {TABLE} SET status = 'completed' WHERE id = ANY(%s)", [done])
             completed.update(done)
             latencies.append(time.monotonic() - t0)
+            time.sleep(0.01)  # LiteLLM's poller runs on a schedule (every few seconds), not flat out
 
 
 def test_concurrent_poller_completions_are_never_overwritten(
@@ -86,9 +87,13 @@ def test_concurrent_poller_completions_are_never_overwritten(
     finally:
         stop.set()
         poller.join(30)
+    # Every pass may find the oldest rows in the poller's hands on a loaded machine: then the
+    # sweep says so (never waits on them), and they go once the poller has let go.
+    assert result.stop_reason in ("done", "remaining_locked")
+    if result.stop_reason == "remaining_locked":
+        assert sweep(conn, Target(), options(batch_size=50, **LIVE)).stop_reason == "done"
     final = statuses(conn)
     assert completed and all(final[k] == "completed" for k in completed)
-    assert result.stop_reason == "done"
     after = state(conn)
     changed = {k for k in before if after[k] != before[k]} - completed
     assert changed <= cands
