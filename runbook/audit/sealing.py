@@ -21,10 +21,12 @@ checksum recorded for its name (``verify``), and a later row cannot replace that
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from ..sql import ledger as q
 from ..version import PROJECT_DIR
 from .record import RECORD_KEY, read_record
 
-__all__ = ["run_dir", "seal", "seal_record_file", "open_notebook", "seal_notebook_copy", "verify", "Verified"]
+__all__ = ["run_dir", "executed_name", "run_of", "seal", "seal_record_file", "open_notebook", "seal_notebook_copy", "verify", "Verified"]
 
 
 def run_dir() -> Path:
@@ -49,6 +51,27 @@ def run_dir() -> Path:
     import os
 
     return Path(os.environ.get("RUNBOOK_RUN_DIR", PROJECT_DIR / "runs"))
+
+
+_STAMP = "%Y%m%dT%H%M%SZ"
+_EXECUTED = re.compile(r"^[0-9]{8}T[0-9]{6}Z_(?P<rest>.+)\.ipynb$")
+
+
+def executed_name(stem: str, run_id: str) -> str:
+    """The name of an executed (or sealed copy of a) notebook: ``<UTC time>_<notebook>_<run
+    id>.ipynb``, so a folder lists in time order and a run's files end in ``_<run id>.ipynb``."""
+    return f"{datetime.now(timezone.utc).strftime(_STAMP)}_{stem}_{run_id}.ipynb"
+
+
+def run_of(name: str, stems: list[str]) -> str | None:
+    """The run id in an ``executed_name`` (``stems``: the notebooks it may be a copy of, longest
+    first, since run ids and notebook names both hold underscores); None for other names."""
+    match = _EXECUTED.match(name)
+    if match is None:
+        return None
+    rest = match["rest"]
+    stem = next((s for s in stems if rest.startswith(s + "_")), None)
+    return rest[len(stem) + 1 :] if stem else None
 
 
 def _exists(conn: Conn, table: str) -> bool:
@@ -184,10 +207,9 @@ def seal_record_file(run_dir: Path, *, kind: str, run_id: str, record: dict[str,
     ``<UTC time>_panel_<kind>_<run_id>.json`` (read-only), its ``.sha256``, and the
     checksum in the run's ledger row when ``conn`` is given."""
     import json
-    from datetime import datetime, timezone
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(timezone.utc).strftime(_STAMP)
     path = run_dir / f"{stamp}_panel_{kind}_{run_id}.json"
     path.write_text(json.dumps({RECORD_KEY: record}, indent=1, default=str) + "\n")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -219,13 +241,10 @@ def seal_notebook_copy(run_dir: Path, *, run_id: str, conn: Conn | None) -> Path
     read-only, its ``.sha256``, and the checksum in the run's ledger row when ``conn`` is
     given. None (nothing written) outside JupyterLab. A closed tab or a dead kernel later
     loses nothing of what was on disk then."""
-    from datetime import datetime, timezone
-
     source = open_notebook()
     if source is None:
         return None
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = run_dir / f"{stamp}_{source.stem}_{run_id}.ipynb"
+    path = run_dir / executed_name(source.stem, run_id)
     path.write_bytes(source.read_bytes())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     (run_dir / (path.name + ".sha256")).write_text(f"{digest}  {path.name}\n")

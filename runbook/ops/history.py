@@ -105,9 +105,10 @@ def _files(run_dir: Path, run_ids: list[str], seals: dict[str, tuple[str, str]])
             found[rid][name] = "missing"
         else:
             found[rid][name] = "match" if hashlib.sha256(path.read_bytes()).hexdigest() == sha256 else "edited"
+    executed = sorted(p.name for p in run_dir.glob("*.ipynb")) if run_dir.is_dir() else []  # one listing
     for rid in run_ids:  # executed notebooks of the run the ledger never sealed (verify: unknown)
-        for path in sorted(run_dir.glob(f"*_{rid}.ipynb")) if run_dir.is_dir() else []:
-            found[rid].setdefault(path.name, "not sealed")
+        for name in (n for n in executed if n.endswith(f"_{rid}.ipynb")):
+            found[rid].setdefault(name, "not sealed")
     return found
 
 

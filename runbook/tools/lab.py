@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from ..audit.record import database_identity, operator, read_record
-from ..audit.sealing import run_dir, seal
+from ..audit.sealing import run_dir, run_of, seal
 from ..db.connect import DEMO_DATABASE, Database, connect, resolve
 from ..db.embedded import EmbeddedServer, default_home
 from ..db.transactions import read_only
 from ..errors import ParameterError
-from ..notebook.cells import NOTEBOOK_DIR
+from ..notebook.cells import NOTEBOOK_DIR, NOTEBOOKS
 from ..rules.states import Kind
 from ..sql import history as history_sql
 from .demo import demo_exists, load_demo
@@ -106,7 +106,7 @@ def seal_session(folder: Path, database: Database | None, started: datetime, lin
     ledger: those started during the session), which notebooks with their sha256. Returns
     SESSION.md's path. Writes those files only."""
     sealed = []
-    stems = sorted((p.stem for p in folder.glob("*.ipynb") if not _COPY.match(p.name)), key=len, reverse=True)
+    stems = sorted(NOTEBOOKS.values(), key=len, reverse=True)
     for path in sorted(folder.glob("*.ipynb")):
         kept = _sealed_copy(path, stems)
         if kept is not None:  # a live action's copy, sealed (and ledgered) under its run when it ended
@@ -148,24 +148,16 @@ def seal_session(folder: Path, database: Database | None, started: datetime, lin
     return out
 
 
-_COPY = re.compile(r"^[0-9]{8}T[0-9]{6}Z_(?P<rest>.+)\.ipynb$")  # audit.sealing.seal_notebook_copy's names
-
-
 def _sealed_copy(path: Path, stems: list[str]) -> tuple[str, str | None] | None:
-    """(sha256, run id) of a copy ``seal_notebook_copy`` sealed (``<UTC time>_<notebook>_<run
-    id>.ipynb``, read-only, matching its ``.sha256``); None for anything else, which is sealed
-    as the session ends. Its run id is its name's, not its record's: the copy is the notebook
-    as saved when the live action ended, whose own record (if any) is a dry run's."""
-    match = _COPY.match(path.name)
-    beside = path.with_name(path.name + ".sha256")
-    if match is None or path.stat().st_mode & 0o222 or not beside.exists():
+    """(sha256, run id) of a notebook already sealed under its run (an ``executed_name``,
+    read-only, matching its ``.sha256``: a live action's copy, or a headless run's); None for
+    anything else, which is sealed as the session ends. Its run id is its name's, not its
+    record's: a live action's copy is the notebook as saved, whose own record is a dry run's."""
+    run_id, beside = run_of(path.name, stems), path.with_name(path.name + ".sha256")
+    if run_id is None or path.stat().st_mode & 0o222 or not beside.exists():
         return None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if beside.read_text().split()[:1] != [digest]:
-        return None
-    rest = match["rest"]
-    stem = next((s for s in stems if rest.startswith(s + "_")), None)
-    return digest, rest[len(stem) + 1 :] if stem else None
+    return (digest, run_id) if beside.read_text().split()[:1] == [digest] else None
 
 
 def _uses_demo(args: argparse.Namespace) -> bool:

@@ -18,7 +18,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from .. import logs
 from ..audit import sealing
 from ..audit.record import check_run_id, read_record
-from ..audit.sealing import seal
+from ..audit.sealing import executed_name, seal
 from ..db.connect import Database, resolve
 from ..errors import ParameterError, RunbookError
 from ..rules.params import check_parameters, check_path, declared
@@ -136,9 +135,8 @@ def execute(name: str, parameters: dict[str, Any], run_dir: Path | None = None, 
     parameters = {**parameters, own: run_id}
     run_dir = run_dir or default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     stem = NOTEBOOKS[kind]
-    out = run_dir / f"{stamp}_{stem}_{run_id}.ipynb"
+    out = run_dir / executed_name(stem, run_id)
     error: str | None = None
     ended = Status.SUCCEEDED
     database: Database | None = None
