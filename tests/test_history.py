@@ -51,3 +51,14 @@ def test_the_history_shows_a_sweep_and_its_undo_with_counts_links_seals_and_deta
         (25, "sweep"), (25, inspected.path.name), (0, "sweep")]
     text = shown.path.read_text()
     assert "is EDITED" in text and "is MISSING" in text
+
+
+def test_history_names_an_executed_notebook_the_ledger_never_sealed_and_never_opens_a_sealed_path(tmp_path: Path) -> None:
+    from runbook.ops.history import _files
+
+    (tmp_path / "20261203T000000Z_03_sweep_r1.ipynb").write_text("{}")
+    outside = tmp_path.parent / "secret.ipynb"
+    seals = {"../secret.ipynb": ("r1", "0" * 64)}
+    found = _files(tmp_path, ["r1"], seals)
+    assert found == {"r1": {"../secret.ipynb": "not a file name", "20261203T000000Z_03_sweep_r1.ipynb": "not sealed"}}
+    assert not outside.exists()

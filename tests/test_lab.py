@@ -159,3 +159,27 @@ def test_a_live_undo_from_a_jupyterlab_cell_seals_its_record_and_the_notebook_as
     assert json.loads(record.read_text())
     files = {r[0] for r in conn.execute("SELECT record_file FROM litellm_runbook.records WHERE run_id = 'cell-undo'")}
     assert files == {record.name, copy.name}
+
+
+def test_a_live_index_build_from_a_jupyterlab_cell_seals_its_record_and_the_notebook_as_saved_at_once(
+    conn: psycopg.Connection, dsn: str, tmp_path: Path, monkeypatch: "pytest.MonkeyPatch"
+) -> None:
+    import runbook.notebook.run as rb
+
+    many(conn, 3)
+    notebook = tmp_path / "05_create_index.ipynb"
+    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JPY_SESSION_NAME", "05_create_index.ipynb")
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.setenv("RUNBOOK_RUN_DIR", str(tmp_path / "session"))
+    run = rb.start("index", run_id="cell-index", dry_run=False)
+    try:
+        result = run.create_index()
+    finally:
+        run.conn.close()
+    assert result.created
+    (record,) = (tmp_path / "session").glob("*_panel_index_cell-index.json")
+    (copy,) = (tmp_path / "session").glob("*_05_create_index_cell-index.ipynb")
+    assert stat.S_IMODE(record.stat().st_mode) == 0o444 and stat.S_IMODE(copy.stat().st_mode) == 0o444
+    assert copy.read_bytes() == notebook.read_bytes()
