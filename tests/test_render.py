@@ -186,3 +186,44 @@ def test_inspect_chart_ticks_are_distinct_integers_for_small_ranges(top: int) ->
     assert_distinct_integers(drawn_ticks(fig, "y", index=0))  # by age: vertical bars
     assert_distinct_integers(drawn_ticks(fig, "x", index=1))  # by status: horizontal
     assert_distinct_integers(drawn_ticks(fig, "x", index=2))  # by purpose: horizontal
+
+
+# -- a sweep of many batches -------------------------------------------------------------
+
+
+def test_a_sweep_of_25000_batches_draws_at_most_most_bars_bars_holding_every_row_and_the_slowest_batch() -> None:
+    from runbook.notebook.charts import MOST_BARS
+
+    rows = [100 + n % 17 for n in range(25_000)]
+    ms = [20.0 + n % 50 for n in range(25_000)]
+    ms[12_345] = 987.5  # one slow batch must stay visible
+    result = sweep_of(rows, ms=ms)
+    fig = sweep_figure(result)
+    bars, durations = fig.axes
+    assert 200 <= len(bars.patches) <= MOST_BARS
+    assert sum(bar.get_height() for bar in bars.patches) == sum(rows)
+    (line,) = durations.get_lines()
+    assert max(line.get_ydata()) == 987.5
+    assert "per 105 batches" in bars.get_ylabel()
+    assert f"{sum(rows):,} rows in 25,000 batches" in bars.get_title()
+    assert png_size(sweep_png(result)) == (1000, 340)
+
+
+def test_up_to_most_bars_batches_draw_a_bar_each() -> None:
+    from runbook.notebook.charts import MOST_BARS
+
+    fig = sweep_figure(sweep_of([1] * MOST_BARS))
+    assert len(fig.axes[0].patches) == MOST_BARS and fig.axes[0].get_ylabel() == "rows changed"
+
+
+def test_the_batch_table_of_a_long_sweep_shows_the_first_and_last_batches_and_says_where_the_rest_are() -> None:
+    result = sweep_of([3] * 25_000)
+    shown = render.sweep_result(result)
+    ((headers, cells),) = table_shapes(shown.html)
+    assert headers == len(render.BATCH_HEADERS) and len(cells) == render.MOST_BATCH_ROWS
+    numbers = [int(n.replace(",", "")) for n in re.findall(r"<tr><td[^>]*>([\d,]+)</td>", shown.html)]
+    assert numbers == [*range(1, 101), *range(24_901, 25_001)]
+    assert "The 24,800 batches between batch 100 and batch 24,901 are not shown" in shown.html
+    assert "25,000 batches" in shown.plain
+    short = render.sweep_result(sweep_of([3] * render.MOST_BATCH_ROWS))
+    assert len(table_shapes(short.html)[0][1]) == render.MOST_BATCH_ROWS and "not shown" not in short.html

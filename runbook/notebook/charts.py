@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from ..ops.history import HistoryReport
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "inspect_figure", "inspect_png", "sweep_figure", "sweep_png", "history_figure", "show_inspect_charts",
+    "inspect_figure", "inspect_png", "MOST_BARS", "Bars", "sweep_bars", "sweep_figure", "sweep_png", "history_figure", "show_inspect_charts",
     "show_sweep_chart", "show_history_chart",
 ]  # fmt: skip
 
@@ -121,8 +123,39 @@ def inspect_png(report: InspectReport) -> bytes:
     return _png(inspect_figure(report))
 
 
+# A sweep of 10M rows can take 25,000 batches; a bar each costs matplotlib ~11 KB (290 MB at
+# that size, bench/memory.py). Above this many, consecutive batches share one bar.
+MOST_BARS = 240
+
+
+@dataclass(frozen=True)
+class Bars:
+    """What the sweep chart draws: one bar per group of ``per`` consecutive batches (1 up to
+    MOST_BARS batches), at the group's first batch number, with the rows its batches changed
+    and its slowest batch's milliseconds."""
+
+    per: int
+    first: list[int]
+    rows: list[int]
+    slowest_ms: list[float]
+
+
+def sweep_bars(result: SweepResult) -> Bars:
+    """Group the batches for the chart, at most MOST_BARS groups. Pure."""
+    batches = result.batches
+    per = max(1, math.ceil(len(batches) / MOST_BARS))
+    groups = [batches[i : i + per] for i in range(0, len(batches), per)]
+    return Bars(
+        per=per,
+        first=[g[0].number for g in groups],
+        rows=[sum(b.changed for b in g) for g in groups],
+        slowest_ms=[max(b.seconds for b in g) * 1000 for g in groups],
+    )
+
+
 def sweep_figure(result: SweepResult) -> Figure:
-    """Rows changed (bars, left axis) and duration in ms (line, right axis) per batch.
+    """Rows changed (bars, left axis) and duration in ms (line, right axis) per batch, or per
+    group of consecutive batches above MOST_BARS (the group's rows, its slowest batch).
 
     Raises ValueError for a dry run or a sweep without batches: there is nothing to draw.
     """
@@ -131,31 +164,36 @@ def sweep_figure(result: SweepResult) -> Figure:
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     batches = result.batches
-    numbers = [b.number for b in batches]
+    bars_of = sweep_bars(result)
+    numbers, per = bars_of.first, bars_of.per
+    each = "" if per == 1 else f" per {per:,} batches"
     fig = _figure(10, 3.4)
     ax = fig.subplots()
-    bars = ax.bar(numbers, [b.changed for b in batches], width=0.8, color=_ROWS, label="rows changed")
-    ax.set_xlim(min(numbers) - 0.6, max(numbers) + 0.6)
-    _count_limits(ax, max(b.changed for b in batches), horizontal=False)
+    bars = ax.bar(numbers, bars_of.rows, width=0.8 * per, align="center" if per == 1 else "edge", color=_ROWS,
+                  label="rows changed")  # fmt: skip
+    ax.set_xlim(min(numbers) - 0.6, max(numbers) + (0.6 if per == 1 else per))
+    _count_limits(ax, max(bars_of.rows), horizontal=False)
     _integer_ticks(ax.yaxis, nbins=6)
     _integer_ticks(ax.xaxis, nbins=8)
-    ax.set_xlabel(f"batch {batches[0].number} to {batches[-1].number}")
-    ax.set_ylabel("rows changed")
+    ax.set_xlabel(f"batch {batches[0].number:,} to {batches[-1].number:,}")
+    ax.set_ylabel("rows changed" + each)
     ax.grid(axis="y", color="#e5e5e5")
     ax.set_axisbelow(True)
 
     ms = ax.twinx()
-    (line,) = ms.plot(numbers, [b.seconds * 1000 for b in batches], color=_DURATION, linewidth=1.5, label="duration (ms)",
-                      marker="o" if len(batches) <= 30 else None, markersize=3)  # fmt: skip
-    ms.set_ylim(0, max(max(b.seconds * 1000 for b in batches), 1.0) * 1.1)
+    middle = [n + (per * 0.4 if per > 1 else 0) for n in numbers]
+    (line,) = ms.plot(middle, bars_of.slowest_ms, color=_DURATION, linewidth=1.5, label="duration (ms)",
+                      marker="o" if len(numbers) <= 30 else None, markersize=3)  # fmt: skip
+    ms.set_ylim(0, max(max(bars_of.slowest_ms), 1.0) * 1.1)
     # Milliseconds need not be whole, but each label is shown once: no offset, no rounding away.
     ms.yaxis.set_major_locator(MaxNLocator(nbins=4))
     plain = ScalarFormatter(useOffset=False)
     plain.set_scientific(False)
     ms.yaxis.set_major_formatter(plain)
-    ms.set_ylabel("batch duration (ms)")
+    ms.set_ylabel("batch duration (ms)" if per == 1 else "slowest batch (ms)")
     # Below the axes, where no bar can be.
-    fig.legend([bars.patches[0], line], ["rows changed", "duration (ms)"], loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    labels = ["rows changed" + each, "duration (ms)" if per == 1 else f"slowest of {per:,} (ms)"]
+    fig.legend([bars.patches[0], line], labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     ax.set_title(_title(result), fontsize=11)
     return fig
 

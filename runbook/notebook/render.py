@@ -29,7 +29,7 @@ __all__ = [
     "started", "index_result", "inspect_report", "preview_report", "sweep_result", "undo_result", "undo_summary",
     "recent_runs", "show_inspect", "show_preview", "show_sweep", "show_undo", "show_record",
     "panel_preview", "panel_result", "ProgressFigures", "progress_line", "signals_text", "progress_label", "progress_final",
-    "BATCH_HEADERS",
+    "BATCH_HEADERS", "MOST_BATCH_ROWS",
 ]  # fmt: skip
 
 log = logs.get(__name__)
@@ -253,14 +253,30 @@ def sweep_result(s: SweepResult) -> Shown:
         + f" First batch fingerprint {s.first_batch_fingerprint}."
         + _ledger_hint(s)
     )
-    rows = _batch_rows(s.batches)
     text_headers = [*BATCH_HEADERS[:-1], "committed"]
     return Shown(
         notice(head, _level(s.stop_reason))
         + '<div style="max-height:320px;overflow:auto">'
-        + table(BATCH_HEADERS, rows)
+        + _batches_table(BATCH_HEADERS, s.batches)
         + "</div>",
-        head + "\n" + text_table(text_headers, rows[-20:]),
+        head + "\n" + text_table(text_headers, _batch_rows(s.batches[-20:])),
+    )
+
+
+# A 10M-row sweep can take 25,000 batches: a row each would put ~7 MB of HTML into the
+# executed notebook (and into papermill's memory). The first and last ones tell the story.
+MOST_BATCH_ROWS = 200
+
+
+def _batches_table(headers: Sequence[str], batches: list[BatchResult]) -> str:
+    """The batches' table: every batch up to MOST_BATCH_ROWS, else the first and the last
+    half of that many and a line saying how many are left out and where they all are."""
+    if len(batches) <= MOST_BATCH_ROWS:
+        return table(headers, _batch_rows(batches))
+    half = MOST_BATCH_ROWS // 2
+    return table(headers, _batch_rows(batches[:half] + batches[-half:])) + (
+        f"<p>The {len(batches) - MOST_BATCH_ROWS:,} batches between batch {batches[half - 1].number:,} and batch "
+        f"{batches[-half].number:,} are not shown; the run's record (JSON) and litellm_runbook.batches hold every one.</p>"
     )
 
 
@@ -296,7 +312,7 @@ def undo_result(u: UndoResult) -> Shown:
     if u.dry_run:
         return Shown(notice(head, "info"), head)
     headers = ["restored" if h == "changed" else h for h in BATCH_HEADERS]
-    return Shown(notice(head, _level(u.stop_reason)) + table(headers, _batch_rows(u.batches)), head)
+    return Shown(notice(head, _level(u.stop_reason)) + _batches_table(headers, u.batches), head)
 
 
 RECENT_RUN_HEADERS = ("run_id", "started (UTC)", "stopped", "rows changed", "undone by")
