@@ -14,6 +14,7 @@ import pytest
 
 from runbook import Target, options, sweep
 from runbook.errors import SweepInProgressError
+from runbook.notebook.render import sweep_result
 from runbook.tools.demo import load_demo_rows
 from tests.rows import TABLE, insert, many, state, statuses
 from tests.runs import LIVE, assert_consistent, candidates_of
@@ -50,6 +51,71 @@ def test_row_locked_by_a_poller_is_skipped_and_its_completion_wins(conn: psycopg
     result = outcome["r"]
     assert result.changed == 3  # type: ignore[attr-defined]
     assert statuses(conn) == {ids[0]: "completed", **{k: "stale_expired" for k in ids[1:]}}
+
+
+def _hold(dsn: str, key: str, held: threading.Event, release: threading.Event) -> None:
+    """LiteLLM's poller claiming one row: FOR UPDATE until ``release``, then let go unchanged."""
+    with psycopg.connect(dsn) as holder:
+        holder.execute(f"SELECT 1 FROM {TABLE} WHERE id = %s FOR UPDATE", [key])
+        held.set()
+        release.wait(60)
+        holder.rollback()
+
+
+def test_a_row_held_for_a_moment_is_taken_by_a_later_pass_after_a_wait_not_left_behind(conn: psycopg.Connection, dsn: str) -> None:
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(4)]
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold, args=(dsn, ids[3], held, release))  # the oldest row
+    holder.start()
+    assert held.wait(10)
+    threading.Timer(1.5, release.set).start()  # a poller's claim ends; the sweep's first wait is 1 s
+    try:
+        result = sweep(conn, Target(), options(batch_size=10, **LIVE))
+    finally:
+        release.set()
+        holder.join(10)
+    assert result.stop_reason == "done" and result.changed == 4 and result.remaining == 0
+    assert statuses(conn) == {k: "stale_expired" for k in ids}
+    assert [b.changed for b in result.batches if b.changed] == [3, 1]  # the passes that found it held changed nothing
+    assert result.signals["held_rows_waits_seconds"] >= 1.0
+    assert "s for rows others held" in sweep_result(result).plain
+
+
+def test_a_row_held_for_good_ends_remaining_locked_after_waits_of_1_2_and_4_s(conn: psycopg.Connection, dsn: str) -> None:
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(3)]
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold, args=(dsn, ids[0], held, release))
+    holder.start()
+    assert held.wait(10)
+    try:
+        started = time.monotonic()
+        result = sweep(conn, Target(), options(batch_size=10, **LIVE))
+        took = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(10)
+    assert result.stop_reason == "remaining_locked" and result.changed == 2 and result.remaining == 1
+    assert result.signals["held_rows_waits_seconds"] == pytest.approx(7.0, abs=0.3)
+    assert 7.0 <= took < 30
+    assert statuses(conn) == {ids[0]: "queued", ids[1]: "stale_expired", ids[2]: "stale_expired"}
+
+
+def test_a_stop_during_the_wait_for_held_rows_ends_the_run_at_once(conn: psycopg.Connection, dsn: str) -> None:
+    ids = [insert(conn, status="queued", age_days=10 + i) for i in range(3)]
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold, args=(dsn, ids[0], held, release))
+    holder.start()
+    assert held.wait(10)
+    asked = time.monotonic() + 1.5  # during the second wait (1 s, then 2 s)
+    try:
+        result = sweep(conn, Target(), options(batch_size=10, **LIVE), should_stop=lambda: time.monotonic() >= asked)
+        late = time.monotonic() - asked
+    finally:
+        release.set()
+        holder.join(10)
+    assert result.stop_reason == "stop_requested" and result.changed == 2
+    assert 0 <= late < 1.0, f"the stop came {late:.2f} s after it was asked"
+    assert statuses(conn)[ids[0]] == "queued"
 
 
 def _poller(dsn: str, stop: threading.Event, completed: set[str], latencies: list[float]) -> None:

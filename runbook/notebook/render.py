@@ -422,7 +422,8 @@ def _duration(seconds: float | None) -> str:
 
 def signals_text(signals: Mapping[str, Any], pauses: Sequence[Mapping[str, Any]]) -> str:
     """What the run saw of the foreground, for the progress line and the result: ``; lock
-    waiters max 2, lag max 1.2 MB, 1 own lock timeout, paused 2x (4.0 s), budget waits 3.1 s``;
+    waiters max 2, lag max 1.2 MB, 1 own lock timeout, paused 2x (4.0 s), budget waits 3.1 s, waited
+    3.0 s for rows others held``;
     '' while there is nothing to say."""
     parts = []
     if signals.get("lock_waiters_max"):
@@ -435,6 +436,8 @@ def signals_text(signals: Mapping[str, Any], pauses: Sequence[Mapping[str, Any]]
         parts.append(f"paused {len(pauses)}x ({sum(float(x['seconds']) for x in pauses):.1f} s)")
     if signals.get("budget_waits_seconds"):
         parts.append(f"budget waits {signals['budget_waits_seconds']:.1f} s")
+    if signals.get("held_rows_waits_seconds"):
+        parts.append(f"waited {signals['held_rows_waits_seconds']:.1f} s for rows others held")
     return ("; " + ", ".join(parts)) if parts else ""
 
 

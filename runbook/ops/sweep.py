@@ -18,6 +18,8 @@ re-checks the whole predicate at update time, so a concurrent completion always 
 Each round is sized from the WAL and time the last one measured (``rules.pacing``). When
 a snapshot is used up, one count over the real table decides: nothing left (``done``),
 or another pass over what is left (rows that were locked, or became candidates, meanwhile).
+A pass that changed nothing (what is left is held by other sessions) is followed by a wait
+of 1, then 2, then 4 s before the next; after the fifth pass the run ends ``remaining_locked``.
 
 Before the first write: the server must be writable, the role must hold UPDATE, the
 ledger must be writable, the target's advisory lock must be free, the candidates must
@@ -69,6 +71,10 @@ _MAX_PASSES = 5
 # ~40 MB of temp table and ~50 MB of sort memory. Each further window is one more scan of the
 # table (an index range scan with an index on the time column).
 SNAPSHOT_WINDOW = 500_000
+# After a pass that changed nothing (what is left is held by other sessions: LiteLLM's poller
+# claims the oldest responses FOR UPDATE), the next pass waits this long, doubling each time:
+# 1, 2, 4 s, then the run ends remaining_locked. A poller's claim lasts well under a second.
+_HELD_WAIT_S = 1.0
 SNAPSHOT_WORK_MEM = "96MB"
 _START: tuple[Any, str] = (datetime.min, "")  # a keyset before every snapshot entry
 OnBatch = Callable[["SweepResult", BatchResult], None]
@@ -256,6 +262,7 @@ class _Sweep:
         self.conn, self.pool, self.target, self.opts, self.params = conn, pool, target, opts, params
         self.result, self.run_, self.metrics, self.on_batch = result, run, metrics, on_batch
         self.archiving = archiving
+        self.idle_passes = 0  # passes in a row that changed nothing
         self.next_batch = run.first_batch
         self.first_round = time.monotonic()
         row = conn.execute(catalog.run_start()).fetchone()
@@ -269,7 +276,25 @@ class _Sweep:
             stop = self._pass(first=pass_number == 0)
             if stop is not None:
                 return stop
+            if self.idle_passes and pass_number + 1 < _MAX_PASSES:
+                reason = self._wait_for_holders(_HELD_WAIT_S * 2 ** (self.idle_passes - 1))
+                if reason:
+                    return self.run_.stopper.stop(reason)
         return Stop(StopReason.REMAINING_LOCKED)
+
+    def _wait_for_holders(self, seconds: float) -> StopReason | None:
+        """Wait ``seconds`` before another pass, since the last one found every row it
+        looked at held by another session (LiteLLM's poller holds the oldest responses
+        while it claims them); the wait goes into ``signals``. A stop ends it within half a second."""
+        log.info(f"{self.result.remaining:,} candidates are held by other sessions: another pass in {seconds:g} s")
+        until, reason = time.monotonic() + seconds, None
+        while (left := until - time.monotonic()) > 0:
+            if reason := self.run_.stopper.reason(len(self.result.batches)):
+                break
+            time.sleep(min(left, 0.5))
+        waited = seconds - max(left, 0.0)
+        self.result.signals["held_rows_waits_seconds"] = round(self.result.signals.get("held_rows_waits_seconds", 0.0) + waited, 3)
+        return reason
 
     def _pass(self, first: bool) -> Stop | None:
         """Snapshot the candidates window by window (oldest first) and write them all; None
@@ -310,10 +335,10 @@ class _Sweep:
         self.result.remaining = int(row[0]) if row else 0
         if self.result.remaining == 0:
             return Stop(StopReason.DONE)
-        if changed == 0:
-            # What is left is locked by other sessions or keeps changing under us:
-            # stop rather than spin; a later run picks it up.
-            return Stop(StopReason.REMAINING_LOCKED)
+        # A pass that changed nothing found what is left locked by other sessions (or
+        # changing under it): wait before the next one rather than spin (``run``); after
+        # the last pass, a later run picks it up.
+        self.idle_passes = self.idle_passes + 1 if changed == 0 else 0
         return None
 
     def _drain(self) -> tuple[int, Stop | None]:
