@@ -904,6 +904,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--fast", action="store_true", help="measure with fsync/synchronous_commit/full_page_writes off")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a PostgreSQL setting for the measurements")
+    p.add_argument("--index", action="store_true", help="build the runbook's partial index (05_create_index) in the base first")
     p.add_argument("--keep", action="store_true", help="keep the server and its base database (prints where)")
     p.add_argument("--home", type=Path, help="reuse a server kept with --keep (its --rows/--candidates)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -950,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reuse:
             meta = Meta(**json.loads((home / META).read_text()))
         else:
-            built = B.build(server, args.rows, args.candidates, args.seed)
+            built = B.build(server, args.rows, args.candidates, args.seed, index=args.index)
             meta = prepare_base(server, built, args.rows, args.client_ids, args.seed)
             (home / META).write_text(json.dumps(meta.__dict__))
         B.restart(server, settings)
