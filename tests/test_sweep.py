@@ -129,6 +129,37 @@ def test_batch_size_fits_the_wal_budget_and_grows_back_slowly() -> None:
     assert next_batch_size(options(batch_size=1000, target_batch_ms=100), 1000, 1000, 0.26, 4 * mb, 8 * mb) == 500  # slower limit wins
 
 
+def test_a_backlog_of_several_windows_without_an_index_is_warned_of_before_the_first_write_and_not_with_it(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each window costs a full scan of the table unless an index finds the candidates: the
+    record says so (and how to build it); with the runbook's index, windows are index scans."""
+    import runbook.ops.sweep as sweep_module
+    from runbook import create_index
+    from tests.rows import TABLE, many
+
+    monkeypatch.setattr(sweep_module, "SNAPSHOT_WINDOW", 7)
+    conn.execute(
+        f"INSERT INTO {TABLE} (id, unified_object_id, model_object_id, file_object, file_purpose, created_at, updated_at, status)"
+        " SELECT 'done-' || g, 'u-done-' || g, 'm-done-' || g, '{}', 'response', now() - interval '30 days', now(), 'completed'"
+        " FROM generate_series(1, 5000) AS g"
+    )  # terminal rows, so that an index on the candidates is worth using
+    conn.execute(f"ANALYZE {TABLE}")
+    many(conn, 23)
+    dry = sweep(conn, Target(), options(batch_size=3))
+    assert dry.warnings == []  # a dry run counts, and says nothing of windows
+    unindexed = sweep(conn, Target(), options(batch_size=3, max_batches=1, **LIVE))
+    (note,) = [w for w in unindexed.warnings if "windows" in w]
+    assert note.startswith("23 candidates are 4 windows of 7 and no index finds them: this sweep reads the whole of "
+                           "LiteLLM_ManagedObjectTable once per window (4 full scans). 05_create_index builds")  # fmt: skip
+    assert "CREATE INDEX CONCURRENTLY" in note and unindexed.changed == 3
+    assert create_index(conn, Target(), dry_run=False).valid
+    conn.execute(f"ANALYZE {TABLE}")
+    indexed = sweep(conn, Target(), options(batch_size=3, **LIVE))
+    assert indexed.changed == 20 and indexed.stop_reason == "done"
+    assert not [w for w in indexed.warnings if "windows" in w], indexed.warnings
+
+
 def test_a_backlog_larger_than_the_snapshot_window_is_swept_window_by_window_oldest_first(
     conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:

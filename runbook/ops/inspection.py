@@ -21,7 +21,7 @@ from ..sql import ledger as ledger_sql
 from ..sql.candidates import breakdown, next_batch_plan, payload_size
 from ..sql.index import create_index
 
-__all__ = ["Count", "InspectReport", "inspect", "index_suggestion"]
+__all__ = ["Count", "InspectReport", "inspect", "index_suggestion", "finds_by_full_scan"]
 
 AGE_BUCKETS = ("<1d", "1-7d", "7-30d", "30-90d", ">=90d")
 
@@ -91,6 +91,30 @@ def index_suggestion(target: Target, conn: Conn) -> str:
     return create_index(target).as_string(conn)
 
 
+def batch_plan(conn: Conn, target: Target, params: dict[str, Any]) -> dict[str, Any]:
+    """The plan of the next batch's search (EXPLAIN, not run). ``params``: the predicate's
+    and %(batch_size)s."""
+    row = conn.execute(next_batch_plan(target), params).fetchone()
+    doc = row[0] if row else []
+    if isinstance(doc, str):
+        doc = json.loads(doc)
+    return dict(doc[0]) if doc else {}
+
+
+def finds_by_full_scan(conn: Conn, target: Target, params: dict[str, Any], plan: dict[str, Any] | None = None) -> bool:
+    """Whether finding the next batch's candidates reads the whole table (no index serves the
+    rule). ``params``: the predicate's and %(batch_size)s; ``plan``: ``batch_plan``'s, when
+    already read. Reads only the catalog and the plan; call it in a read-only transaction."""
+    if not target.status_rule:
+        # An age rule can use any index leading with its time column (the planner may still
+        # scan when most rows are old); a mark rule reads status and purpose too: only its plan tells.
+        indexed = conn.execute(
+            catalog.time_index(), {"schema": target.schema, "table": target.table, "column": target.time_column}
+        ).fetchone()
+        return not (indexed and indexed[0])
+    return _scans_table_fully(plan if plan is not None else batch_plan(conn, target, params), target.table)
+
+
 def _scans_table_fully(plan: Any, table: str) -> bool:
     if isinstance(plan, dict):
         if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") == table:
@@ -123,11 +147,9 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
         cutoff = resolve_cutoff(conn, opts.stale_after_days, opts.cutoff, now=now)
         params = {**target.predicate_params(), "cutoff": cutoff, "now": now, "batch_size": opts.batch_size}
         rows = conn.execute(breakdown(target), params).fetchall()
-        indexed = conn.execute(
-            catalog.time_index(), {"schema": target.schema, "table": target.table, "column": target.time_column}
-        ).fetchone()
         payload_bytes = conn.execute(payload_size(target), params).fetchone() if target.action == "clear" else None
-        plan_rows = conn.execute(next_batch_plan(target), params).fetchone()
+        plan = batch_plan(conn, target, params)
+        full_scan = finds_by_full_scan(conn, target, params, plan)
         suggestion = index_suggestion(target, conn)
         wal_row = conn.execute(catalog.max_wal_size()).fetchone()
         stats = conn.execute(catalog.table_stats(), {"schema": target.schema, "table": target.table}).fetchone()
@@ -137,13 +159,6 @@ def inspect(conn: Conn, target: Target, opts: Options) -> InspectReport:
             rate_row = conn.execute(ledger_sql.sweep_rate(), {"target": f"{target.schema}.{target.table}"}).fetchone()
         zone_row = conn.execute(catalog.session_timezone()).fetchone()
         database = redact(conn.info.dsn)
-    plan_doc = plan_rows[0] if plan_rows else []
-    if isinstance(plan_doc, str):
-        plan_doc = json.loads(plan_doc)
-    plan = plan_doc[0] if plan_doc else {}
-    # A mark rule reads status and purpose too: only its plan tells. An age rule can use any
-    # index leading with its time column (the planner may still scan when most rows are old).
-    full_scan = _scans_table_fully(plan, target.table) if target.status_rule else not (indexed and indexed[0])
 
     candidates = sum(int(r[5]) for r in rows if r[3])
     oldest = min((r[6] for r in rows if r[3]), default=None)

@@ -57,6 +57,7 @@ from ..rules.states import Kind, StopReason
 from ..rules.target import Target
 from ..sql import candidates, catalog, maintenance
 from .live import BatchResult, LiveRun, MetricsFile, check_writable, end_run, live_run, set_batch_settings
+from .inspection import finds_by_full_scan, index_suggestion
 from .preview import fingerprint
 from .rounds import Archiving, Keys, Round, run_round, with_retries
 from .stops import Stop, wait_until_healthy
@@ -437,6 +438,25 @@ class _Sweep:
                     count = cur.rowcount
         return count
 
+    def _warn_of_scans(self, candidates_count: int) -> None:
+        """A backlog of several windows without an index to find them costs a full scan of
+        the table per window: say so in the result (and the log) before the first write."""
+        windows = math.ceil(candidates_count / SNAPSHOT_WINDOW)
+        if windows < 2:
+            return
+        with read_only(self.conn):
+            scans = finds_by_full_scan(self.conn, self.target, {**self.params, "batch_size": self.opts.batch_size})
+            if not scans:
+                return
+            suggestion = index_suggestion(self.target, self.conn)
+        note = (
+            f"{candidates_count:,} candidates are {windows} windows of {SNAPSHOT_WINDOW:,} and no index finds them: "
+            f"this sweep reads the whole of {self.target.table} once per window ({windows} full scans). "
+            f"05_create_index builds the index that makes each window an index range scan: {suggestion}"
+        )
+        log.warning(f"warning: {note}")
+        self.result.warnings.append(note)
+
     def _next_keys(self, after: tuple[Any, str], size: int) -> Keys:
         """The next ``size`` snapshot entries (time, key) after ``after``; none: pass done.
         Reads the session's temp table, so only on the connection that made the snapshot."""
@@ -454,6 +474,7 @@ class _Sweep:
             in_snapshot = max(in_snapshot, int(row[0]) if row else 0)
         result.candidates_at_start = in_snapshot
         control.note_candidates(self.conn, str(result.run_id), in_snapshot)
+        self._warn_of_scans(in_snapshot)
         if in_snapshot > opts.max_rows:
             raise TooManyCandidatesError(
                 f"{in_snapshot:,} candidates exceed max_rows={opts.max_rows:,}: refused before the first batch, "
