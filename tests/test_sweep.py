@@ -158,6 +158,13 @@ def test_a_backlog_of_several_windows_without_an_index_is_warned_of_before_the_f
     indexed = sweep(conn, Target(), options(batch_size=3, **LIVE))
     assert indexed.changed == 20 and indexed.stop_reason == "done"
     assert not [w for w in indexed.warnings if "windows" in w], indexed.warnings
+    # The same index serves LiteLLM's poller's claim of the oldest queued responses (a full scan without it).
+    poller = (
+        f"EXPLAIN SELECT id FROM {TABLE} WHERE file_purpose = 'response' AND status IN ('queued', 'in_progress')"
+        " ORDER BY created_at LIMIT 50 FOR UPDATE"
+    )
+    plan = "\n".join(str(r[0]) for r in conn.execute(poller))
+    assert 'Index Scan using "LiteLLM_ManagedObjectTable_runbook_stale_idx"' in plan and "Seq Scan" not in plan, plan
 
 
 def test_a_backlog_larger_than_the_snapshot_window_is_swept_window_by_window_oldest_first(
