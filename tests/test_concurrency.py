@@ -7,6 +7,8 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -53,27 +55,35 @@ def test_row_locked_by_a_poller_is_skipped_and_its_completion_wins(conn: psycopg
     assert statuses(conn) == {ids[0]: "completed", **{k: "stale_expired" for k in ids[1:]}}
 
 
-def _hold(dsn: str, key: str, held: threading.Event, release: threading.Event) -> None:
-    """LiteLLM's poller claiming one row: FOR UPDATE until ``release``, then let go unchanged."""
-    with psycopg.connect(dsn) as holder:
-        holder.execute(f"SELECT 1 FROM {TABLE} WHERE id = %s FOR UPDATE", [key])
-        held.set()
-        release.wait(60)
-        holder.rollback()
+@contextmanager
+def held(dsn: str, key: str, for_s: float | None = None) -> Iterator[None]:
+    """LiteLLM's poller claiming one row from another connection: FOR UPDATE from entry until
+    ``for_s`` seconds later (or the end of the block), then let go unchanged."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(dsn) as holder:
+            holder.execute(f"SELECT 1 FROM {TABLE} WHERE id = %s FOR UPDATE", [key])
+            locked.set()
+            release.wait(60)
+            holder.rollback()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert locked.wait(10)
+    if for_s is not None:
+        threading.Timer(for_s, release.set).start()
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(10)
 
 
 def test_a_row_held_for_a_moment_is_taken_by_a_later_pass_after_a_wait_not_left_behind(conn: psycopg.Connection, dsn: str) -> None:
     ids = [insert(conn, status="queued", age_days=10 + i) for i in range(4)]
-    held, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=_hold, args=(dsn, ids[3], held, release))  # the oldest row
-    holder.start()
-    assert held.wait(10)
-    threading.Timer(1.5, release.set).start()  # a poller's claim ends; the sweep's first wait is 1 s
-    try:
+    with held(dsn, ids[3], for_s=1.5):  # the oldest row; a poller's claim ends; the sweep's first wait is 1 s
         result = sweep(conn, Target(), options(batch_size=10, **LIVE))
-    finally:
-        release.set()
-        holder.join(10)
     assert result.stop_reason == "done" and result.changed == 4 and result.remaining == 0
     assert statuses(conn) == {k: "stale_expired" for k in ids}
     assert [b.changed for b in result.batches if b.changed] == [3, 1]  # the passes that found it held changed nothing
@@ -83,17 +93,10 @@ def test_a_row_held_for_a_moment_is_taken_by_a_later_pass_after_a_wait_not_left_
 
 def test_a_row_held_for_good_ends_remaining_locked_after_waits_of_1_2_and_4_s(conn: psycopg.Connection, dsn: str) -> None:
     ids = [insert(conn, status="queued", age_days=10 + i) for i in range(3)]
-    held, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=_hold, args=(dsn, ids[0], held, release))
-    holder.start()
-    assert held.wait(10)
-    try:
+    with held(dsn, ids[0]):
         started = time.monotonic()
         result = sweep(conn, Target(), options(batch_size=10, **LIVE))
         took = time.monotonic() - started
-    finally:
-        release.set()
-        holder.join(10)
     assert result.stop_reason == "remaining_locked" and result.changed == 2 and result.remaining == 1
     assert result.signals["held_rows_waits_seconds"] == pytest.approx(7.0, abs=0.3)
     assert 7.0 <= took < 30
@@ -102,17 +105,10 @@ def test_a_row_held_for_good_ends_remaining_locked_after_waits_of_1_2_and_4_s(co
 
 def test_a_stop_during_the_wait_for_held_rows_ends_the_run_at_once(conn: psycopg.Connection, dsn: str) -> None:
     ids = [insert(conn, status="queued", age_days=10 + i) for i in range(3)]
-    held, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=_hold, args=(dsn, ids[0], held, release))
-    holder.start()
-    assert held.wait(10)
     asked = time.monotonic() + 1.5  # during the second wait (1 s, then 2 s)
-    try:
+    with held(dsn, ids[0]):
         result = sweep(conn, Target(), options(batch_size=10, **LIVE), should_stop=lambda: time.monotonic() >= asked)
         late = time.monotonic() - asked
-    finally:
-        release.set()
-        holder.join(10)
     assert result.stop_reason == "stop_requested" and result.changed == 2
     assert 0 <= late < 1.0, f"the stop came {late:.2f} s after it was asked"
     assert statuses(conn)[ids[0]] == "queued"
