@@ -123,8 +123,9 @@ def inspect_png(report: InspectReport) -> bytes:
     return _png(inspect_figure(report))
 
 
-# A sweep of 10M rows can take 25,000 batches; a bar each costs matplotlib ~11 KB (290 MB at
-# that size, bench/memory.py). Above this many, consecutive batches share one bar.
+# A sweep of 10M rows can take 25,000 batches; a bar each cost matplotlib ~11 KB, 290 MB at that
+# size (the notebook's process peaked at 392 MB, 160 MB with bars grouped: bench/RESULTS.md).
+# Above this many, consecutive batches share one bar.
 MOST_BARS = 240
 
 
