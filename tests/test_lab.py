@@ -133,6 +133,18 @@ def test_kernel_install_user_points_the_kernel_at_this_python(tmp_path: Path) ->
     assert spec["argv"][0] == sys.executable and spec["display_name"] == "LiteLLM runbook"
 
 
+def _in_jupyterlab(stem: str, dsn: str, tmp_path: Path, monkeypatch: "pytest.MonkeyPatch") -> Path:
+    """What a kernel JupyterLab started for notebook ``stem`` sees: the saved notebook in its
+    folder (returned), the session's name, the database, the session folder ``tmp_path/session``."""
+    notebook = tmp_path / f"{stem}.ipynb"
+    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JPY_SESSION_NAME", notebook.name)
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    monkeypatch.setenv("RUNBOOK_RUN_DIR", str(tmp_path / "session"))
+    return notebook
+
+
 def test_a_live_undo_from_a_jupyterlab_cell_seals_its_record_and_the_notebook_as_saved_at_once(
     conn: psycopg.Connection, dsn: str, tmp_path: Path, monkeypatch: "pytest.MonkeyPatch"
 ) -> None:
@@ -141,12 +153,7 @@ def test_a_live_undo_from_a_jupyterlab_cell_seals_its_record_and_the_notebook_as
 
     many(conn, 6)
     sweep(conn, Target(), options(dry_run=False), run_id="to-undo")
-    notebook = tmp_path / "04_undo.ipynb"
-    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("JPY_SESSION_NAME", "04_undo.ipynb")
-    monkeypatch.setenv("DATABASE_URL", dsn)
-    monkeypatch.setenv("RUNBOOK_RUN_DIR", str(tmp_path / "session"))
+    notebook = _in_jupyterlab("04_undo", dsn, tmp_path, monkeypatch)
     run = rb.start("undo", run_id="to-undo", undo_run_id="cell-undo", dry_run=False)
     try:
         result = run.undo()
@@ -167,12 +174,7 @@ def test_a_live_index_build_from_a_jupyterlab_cell_seals_its_record_and_the_note
     import runbook.notebook.run as rb
 
     many(conn, 3)
-    notebook = tmp_path / "05_create_index.ipynb"
-    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("JPY_SESSION_NAME", "05_create_index.ipynb")
-    monkeypatch.setenv("DATABASE_URL", dsn)
-    monkeypatch.setenv("RUNBOOK_RUN_DIR", str(tmp_path / "session"))
+    notebook = _in_jupyterlab("05_create_index", dsn, tmp_path, monkeypatch)
     run = rb.start("index", run_id="cell-index", dry_run=False)
     try:
         result = run.create_index()

@@ -53,14 +53,18 @@ def run_dir() -> Path:
     return Path(os.environ.get("RUNBOOK_RUN_DIR", PROJECT_DIR / "runs"))
 
 
-_STAMP = "%Y%m%dT%H%M%SZ"
 _EXECUTED = re.compile(r"^[0-9]{8}T[0-9]{6}Z_(?P<rest>.+)\.ipynb$")
+
+
+def _stamp() -> str:
+    """Now, UTC, as the sealed files' names begin: ``20261203T134100Z``."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def executed_name(stem: str, run_id: str) -> str:
     """The name of an executed (or sealed copy of a) notebook: ``<UTC time>_<notebook>_<run
     id>.ipynb``, so a folder lists in time order and a run's files end in ``_<run id>.ipynb``."""
-    return f"{datetime.now(timezone.utc).strftime(_STAMP)}_{stem}_{run_id}.ipynb"
+    return f"{_stamp()}_{stem}_{run_id}.ipynb"
 
 
 def run_of(name: str, stems: list[str]) -> str | None:
@@ -209,8 +213,7 @@ def seal_record_file(run_dir: Path, *, kind: str, run_id: str, record: dict[str,
     import json
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime(_STAMP)
-    path = run_dir / f"{stamp}_panel_{kind}_{run_id}.json"
+    path = run_dir / f"{_stamp()}_panel_{kind}_{run_id}.json"
     path.write_text(json.dumps({RECORD_KEY: record}, indent=1, default=str) + "\n")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     (run_dir / (path.name + ".sha256")).write_text(f"{digest}  {path.name}\n")

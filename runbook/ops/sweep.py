@@ -288,13 +288,19 @@ class _Sweep:
         looked at held by another session (LiteLLM's poller holds the oldest responses
         while it claims them); the wait goes into ``signals``. A stop ends it within half a second."""
         log.info(f"{self.result.remaining:,} candidates are held by other sessions: another pass in {seconds:g} s")
+        return self._wait(seconds, "held_rows_waits_seconds")
+
+    def _wait(self, seconds: float, key: str) -> StopReason | None:
+        """Sleep up to ``seconds`` in steps of at most half a second, ending early at any stop
+        (stop file, a request, max_seconds, an interrupt); add the time waited to ``signals[key]``.
+        Returns the stop's reason, or None after the whole wait."""
         until, reason = time.monotonic() + seconds, None
         while (left := until - time.monotonic()) > 0:
             if reason := self.run_.stopper.reason(len(self.result.batches)):
                 break
             time.sleep(min(left, 0.5))
         waited = seconds - max(left, 0.0)
-        self.result.signals["held_rows_waits_seconds"] = round(self.result.signals.get("held_rows_waits_seconds", 0.0) + waited, 3)
+        self.result.signals[key] = round(self.result.signals.get(key, 0.0) + waited, 3)
         return reason
 
     def _pass(self, first: bool) -> Stop | None:
@@ -411,12 +417,7 @@ class _Sweep:
         rate = self.opts.max_rows_per_second
         if not rate:
             return
-        due = self.first_round + self.result.changed / rate
-        waited = 0.0
-        while (left := due - time.monotonic()) > 0 and not self.run_.stopper.reason(len(self.result.batches)):
-            time.sleep(min(left, 0.5))
-            waited += min(left, 0.5)
-        self.result.signals["budget_waits_seconds"] = round(self.result.signals.get("budget_waits_seconds", 0.0) + waited, 3)
+        self._wait(max(self.first_round + self.result.changed / rate - time.monotonic(), 0.0), "budget_waits_seconds")
 
     def _publish(self) -> None:
         remaining = max(self.result.candidates_at_start - self.result.changed, 0)
