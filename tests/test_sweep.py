@@ -148,8 +148,11 @@ def test_a_backlog_of_several_windows_without_an_index_is_warned_of_before_the_f
     many(conn, 23)
     dry = sweep(conn, Target(), options(batch_size=3))
     assert dry.warnings == []  # a dry run counts, and says nothing of windows
-    unindexed = sweep(conn, Target(), options(batch_size=3, max_batches=1, **LIVE))
+    at_first_batch: list[list[str]] = []
+    unindexed = sweep(conn, Target(), options(batch_size=3, max_batches=1, **LIVE),
+                      on_batch=lambda result, _: at_first_batch.append(list(result.warnings)))  # fmt: skip
     (note,) = [w for w in unindexed.warnings if "windows" in w]
+    assert note in at_first_batch[0]  # said before the first batch was written
     assert note.startswith("23 candidates are 4 windows of 7 and no index finds them: this sweep reads the whole of "
                            "LiteLLM_ManagedObjectTable once per window (4 full scans). 05_create_index builds")  # fmt: skip
     assert "CREATE INDEX CONCURRENTLY" in note and unindexed.changed == 3
